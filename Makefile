@@ -1,0 +1,53 @@
+# ShoeSeg: two commands for a newcomer, `make up` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+LS_VENV := .ls-venv
+LS_VERSION := 1.23.2
+PIP_QUIET := --quiet --disable-pip-version-check
+BIN := $(VENV)/bin
+
+.PHONY: help install ls-env system-deps lint test test-fast up bench clean
+
+help:
+	@echo "make up      install what is needed and run Redis, Label Studio, the backend and a worker"
+	@echo "make test    install everything the tests need, lint, and run every test"
+	@echo "make bench   run the benchmarks in bench/ (prints tables)"
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
+	$(BIN)/pip install $(PIP_QUIET) -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Label Studio pins old redis/rq and Django: it lives in its own environment, cached here.
+$(LS_VENV)/.installed:
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install $(PIP_QUIET) label-studio==$(LS_VERSION)
+	touch $@
+
+ls-env: $(LS_VENV)/.installed
+
+# Debian packages the tests use: a real redis-server and headless Chromium for the browser test.
+system-deps:
+	@bash scripts/system-deps.sh
+
+lint: install
+	$(BIN)/ruff check .
+
+test: install ls-env system-deps lint
+	SHOESEG_LS_VENV=$(abspath $(LS_VENV)) $(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -m "not e2e and not slow" $(PYTEST_ARGS)
+
+up: install ls-env
+	SHOESEG_LS_VENV=$(abspath $(LS_VENV)) $(BIN)/shoeseg up $(if $(VIA),--via $(VIA)) $(if $(IMAGES),--images $(IMAGES))
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(LS_VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The Label Studio ML backend web service."""

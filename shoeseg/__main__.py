@@ -1,0 +1,3 @@
+from shoeseg.cli import main
+
+main()

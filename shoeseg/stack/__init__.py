@@ -1,0 +1,1 @@
+"""Processes the product runs beside itself: Label Studio and Redis."""

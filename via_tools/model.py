@@ -1,0 +1,224 @@
+"""The one canonical annotation model that every format converts to and from.
+
+An :class:`AnnotationSet` holds :class:`ImageRecord` objects, each holding :class:`Region` objects.
+Coordinates are absolute pixels (``x`` right, ``y`` down, origin at the top-left corner of the image).
+
+A region keeps two views of itself:
+
+* ``shape``: the source region's own shape, exactly as the source wrote it (VIA's
+  ``shape_attributes``: ``{"name": "rect", "x": .., "y": .., "width": .., "height": ..}``), so that a
+  writer of the same format gives back the same file. ``None`` when the source had only polygons.
+* ``polygons``: the training geometry, a tuple of ``(N, 2)`` float arrays in pixels (several parts for
+  multi-part shapes). Empty for shapes that are not instances (polyline, point, temporal segments).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from via_tools.errors import AnnotationError
+
+#: Region shapes that enclose an area and become training instances.
+AREA_SHAPES = frozenset({"polygon", "rect", "circle", "ellipse"})
+#: Region shapes kept for round trips that are not instances.
+PASSIVE_SHAPES = frozenset({"polyline", "point"})
+
+DEFAULT_LABEL = "shoe"
+
+
+def as_polygon(points: Any, *, where: str = "") -> np.ndarray:
+    """Returns ``points`` as a float64 ``(N, 2)`` array, raising :class:`AnnotationError` when it is not one.
+
+    Args:
+        points: a sequence of ``(x, y)`` pairs or an ``(N, 2)`` array, in pixels.
+        where: names the file, image and region for the error message.
+
+    Example:
+        >>> as_polygon([(0, 0), (4, 0), (4, 3)]).shape
+        (3, 2)
+    """
+    try:
+        arr = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise AnnotationError(f"{where}: polygon points are not numbers: {e}") from e
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise AnnotationError(f"{where}: polygon must be a list of (x, y) pairs, got shape {arr.shape}")
+    if arr.shape[0] < 3:
+        raise AnnotationError(f"{where}: polygon has {arr.shape[0]} points, at least 3 are needed")
+    if not np.isfinite(arr).all():
+        raise AnnotationError(f"{where}: polygon has NaN or infinite coordinates")
+    return arr
+
+
+@dataclass(eq=False)
+class Region:
+    """One annotated region of an image.
+
+    Args:
+        label: class name (``"shoe"``).
+        polygons: training geometry in absolute pixels; empty for passive shapes.
+        shape: the source shape as written (VIA ``shape_attributes`` style dict), or ``None``.
+        attributes: the source region's attributes (VIA ``region_attributes``), kept verbatim.
+        score: model confidence in ``[0, 1]`` for predictions, ``None`` for human labels.
+        region_id: the source's id for this region (COCO annotation id, Label Studio result id).
+        extra: anything else a format needs for a faithful round trip.
+
+    Example:
+        >>> r = Region(label="shoe", polygons=(as_polygon([(0, 0), (10, 0), (10, 10)]),))
+        >>> r.is_instance
+        True
+    """
+
+    label: str
+    polygons: tuple[np.ndarray, ...] = ()
+    shape: dict[str, Any] | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    score: float | None = None
+    region_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.label, str):
+            raise AnnotationError(f"region {self.region_id}: label must be a string, got {self.label!r}")
+        self.polygons = tuple(as_polygon(p, where=f"region {self.region_id}") for p in self.polygons)
+        if self.score is not None:
+            if not isinstance(self.score, int | float) or not (0.0 <= float(self.score) <= 1.0):
+                raise AnnotationError(f"region {self.region_id}: score must be in [0, 1], got {self.score!r}")
+            self.score = float(self.score)
+
+    @property
+    def shape_name(self) -> str:
+        """The source shape's name (``polygon`` when the source had only polygons)."""
+        return (self.shape or {}).get("name", "polygon")
+
+    @property
+    def is_instance(self) -> bool:
+        """True when the region encloses an area and is used for training."""
+        return bool(self.polygons)
+
+    def bbox_xyxy(self) -> tuple[float, float, float, float]:
+        """Tight box around every polygon part, in pixels."""
+        if not self.polygons:
+            raise AnnotationError(f"region {self.region_id}: a {self.shape_name} has no box")
+        pts = np.concatenate(self.polygons)
+        x0, y0 = pts.min(axis=0)
+        x1, y1 = pts.max(axis=0)
+        return float(x0), float(y0), float(x1), float(y1)
+
+    def area_px(self) -> float:
+        """Polygon area in square pixels (shoelace formula, parts added)."""
+        total = 0.0
+        for p in self.polygons:
+            x, y = p[:, 0], p[:, 1]
+            total += 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+        return total
+
+
+@dataclass(eq=False)
+class ImageRecord:
+    """One image and its regions.
+
+    Args:
+        file_name: file name, relative path or URI of the image.
+        width_px / height_px: image size in pixels, ``None`` when the source does not say.
+        regions: the image's regions, in source order.
+        file_size: size in bytes (VIA keys images by file name + size), ``None`` when unknown.
+        file_attributes: the source's per-image attributes, kept verbatim.
+        image_id: the source's id for the image (VIA key, COCO id, Label Studio task id).
+        extra: anything else a format needs for a faithful round trip.
+    """
+
+    file_name: str
+    width_px: int | None = None
+    height_px: int | None = None
+    regions: list[Region] = field(default_factory=list)
+    file_size: int | None = None
+    file_attributes: dict[str, Any] = field(default_factory=dict)
+    image_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.file_name, str):
+            raise AnnotationError(f"image {self.image_id}: file name must be a string, got {self.file_name!r}")
+        for name in ("width_px", "height_px"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise AnnotationError(f"image {self.file_name!r}: {name} must be a positive integer, got {v!r}")
+            setattr(self, name, v)
+        self.regions = list(self.regions)
+
+    @property
+    def resolution_wh(self) -> tuple[int, int] | None:
+        if self.width_px is None or self.height_px is None:
+            return None
+        return self.width_px, self.height_px
+
+    @property
+    def instances(self) -> list[Region]:
+        """The regions used for training (area shapes), in order."""
+        return [r for r in self.regions if r.is_instance]
+
+
+@dataclass(eq=False)
+class AnnotationSet:
+    """A set of annotated images, the canonical form of every format.
+
+    Args:
+        images: the images in source order.
+        labels: class names, in class-index order (index 0 is the first class, background is not listed).
+        source_format: the format read (``via1``, ``via2``, ``via3``, ``csv``, ``coco``, ``ls``), if any.
+        meta: format-level data kept for round trips (VIA settings and attribute definitions, COCO info...).
+    """
+
+    images: list[ImageRecord] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    source_format: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.images = list(self.images)
+        if not self.labels:
+            self.labels = self.collect_labels()
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def collect_labels(self) -> list[str]:
+        """Labels of every instance, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for img in self.images:
+            for r in img.regions:
+                if r.is_instance:
+                    seen.setdefault(r.label, None)
+        return list(seen)
+
+    def count_regions(self) -> int:
+        return sum(len(img.regions) for img in self.images)
+
+    def count_instances(self) -> int:
+        return sum(len(img.instances) for img in self.images)
+
+    def by_file_name(self) -> Mapping[str, ImageRecord]:
+        return {img.file_name: img for img in self.images}
+
+
+def polygons_close(a: Iterable[np.ndarray], b: Iterable[np.ndarray], *, tol_px: float = 1e-6) -> bool:
+    """True when two lists of polygon parts hold the same points within ``tol_px``."""
+    a, b = list(a), list(b)
+    return len(a) == len(b) and all(p.shape == q.shape and np.allclose(p, q, atol=tol_px, rtol=0) for p, q in zip(a, b, strict=True))
+
+
+def is_finite_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

@@ -1,0 +1,1 @@
+"""RQ jobs that retrain, evaluate, promote and push predictions, and the worker process."""
