@@ -1,4 +1,4 @@
-"""Decoding images the way Label Studio shows them: EXIF orientation applied, RGB, uint8."""
+"""Reading images the way Label Studio shows them: EXIF orientation applied, RGB, uint8."""
 
 from __future__ import annotations
 
