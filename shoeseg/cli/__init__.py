@@ -11,7 +11,7 @@ import logging
 import typer
 
 from shoeseg import __version__
-from shoeseg.cli import core, loop, serve, via
+from shoeseg.cli import al, core, loop, serve, up, via
 
 app = typer.Typer(
     name="shoeseg",
@@ -44,6 +44,8 @@ via.register(app)
 core.register(app)
 serve.register(app)
 loop.register(app)
+al.register(app)
+up.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,9 @@
+"""Commands of the `up` area."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Adds this area's commands to the root app."""
