@@ -1,10 +1,11 @@
 # ShoeSeg: two commands for a newcomer, `make up` and `make test`.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 LS_VENV := .ls-venv
 LS_VERSION := 1.23.2
-PIP_QUIET := --quiet --disable-pip-version-check
+PIP := bash scripts/pip.sh
 BIN := $(VENV)/bin
 
 .PHONY: help install ls-env system-deps lint test test-fast up bench clean
@@ -16,8 +17,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
-	$(BIN)/pip install $(PIP_QUIET) -e '.[dev]'
+	$(PIP) $(BIN)/pip -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 # Label Studio pins old redis/rq and Django: it lives in its own environment, cached here.
 $(LS_VENV)/.installed:
 	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
-	$(LS_VENV)/bin/pip install $(PIP_QUIET) label-studio==$(LS_VERSION)
+	$(PIP) $(LS_VENV)/bin/pip label-studio==$(LS_VERSION)
 	touch $@
 
 ls-env: $(LS_VENV)/.installed
