@@ -1,0 +1,260 @@
+"""Reading and writing annotation files in any supported format, with detection and atomic writes.
+
+Example:
+    >>> from via_tools.io import load, save  # doctest: +SKIP
+    >>> ds = load("balloon/train/via_region_data.json")  # doctest: +SKIP
+    >>> save(ds, "balloon.coco.json", fmt="coco")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from via_tools.errors import AnnotationError
+from via_tools.images import ImageReadError, image_size_wh
+from via_tools.model import AnnotationSet
+from via_tools.options import ReadOptions, WriteOptions
+from via_tools.report import Report
+from via_tools.shapes import sanitize_many
+
+log = logging.getLogger(__name__)
+
+_MODULES = {
+    "via1": "via_tools.via1",
+    "via2": "via_tools.via2",
+    "via3": "via_tools.via3",
+    "csv": "via_tools.via_csv",
+    "coco": "via_tools.coco",
+    "ls": "via_tools.labelstudio",
+}
+
+
+class _Formats(Mapping[str, ModuleType]):
+    """Format name → module with ``read`` / ``write``, imported on first use."""
+
+    def __getitem__(self, name: str) -> ModuleType:
+        if name not in _MODULES:
+            raise KeyError(name)
+        return importlib.import_module(_MODULES[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULES)
+
+    def __len__(self) -> int:
+        return len(_MODULES)
+
+
+#: Every format by name: ``via1``, ``via2``, ``via3``, ``csv``, ``coco``, ``ls``.
+FORMATS: Mapping[str, ModuleType] = _Formats()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Reading builds hundreds of thousands of small objects that all stay alive: the cyclic garbage
+    # collector would scan them again and again (about 40% of the reading time) and find nothing.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _format_module(fmt: str) -> ModuleType:
+    if fmt not in _MODULES:
+        raise AnnotationError(f"unknown format {fmt!r} (known: {', '.join(_MODULES)})")
+    return FORMATS[fmt]
+
+
+def _parse_json(text: str, *, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{source}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from e
+    except RecursionError as e:
+        raise AnnotationError(f"{source}: JSON nested too deeply to read") from e
+
+
+def _looks_like_ls_task(t: Any) -> bool:
+    return isinstance(t, dict) and ("data" in t or "annotations" in t or "predictions" in t)
+
+
+def detect_format(doc_or_text: Any, *, source: str) -> str:
+    """Names the format of a parsed document (or of text: CSV, or JSON that is parsed first).
+
+    ``via1``: a dict of image entries with ``regions`` as objects (or 1.x ``fileref`` /
+    ``base64_img_data`` fields); ``via2``: a project (``_via_img_metadata``) or a dict of image entries
+    with ``regions`` as lists; ``via3``: ``project`` / ``file`` / ``view`` / ``metadata``; ``csv``: text
+    with a VIA CSV header; ``coco``: ``images`` and ``annotations``; ``ls``: a list of Label Studio tasks.
+
+    Raises:
+        AnnotationError: when the document is none of these, naming the source and what it found.
+
+    Example:
+        >>> detect_format({"a.jpg5": {"filename": "a.jpg", "size": 5, "regions": []}}, source="x.json")
+        'via2'
+    """
+    from via_tools.via_csv import is_csv_text
+
+    doc = doc_or_text
+    if isinstance(doc, bytes):
+        doc = doc.decode("utf-8-sig", errors="replace")
+    if isinstance(doc, str):
+        if is_csv_text(doc):
+            return "csv"
+        stripped = doc.lstrip("\ufeff \t\r\n")
+        if not stripped.startswith(("{", "[")):
+            raise AnnotationError(f"{source}: neither JSON nor a VIA CSV export (starts with {stripped[:40]!r})")
+        doc = _parse_json(stripped, source=source)
+    if isinstance(doc, list):
+        if all(_looks_like_ls_task(t) for t in doc[:50]):
+            return "ls"
+        raise AnnotationError(f"{source}: a JSON list that is not a list of Label Studio tasks")
+    if not isinstance(doc, dict):
+        raise AnnotationError(f"{source}: a JSON {type(doc).__name__} is no annotation format")
+    if "_via_img_metadata" in doc:
+        return "via2"
+    if all(k in doc for k in ("project", "file", "view", "metadata")):
+        return "via3"
+    if "images" in doc and "annotations" in doc and isinstance(doc.get("images"), list):
+        return "coco"
+    if not doc:
+        return "via2"
+    entries = [v for v in doc.values() if isinstance(v, dict) and "filename" in v]
+    if len(entries) * 2 < len(doc):
+        raise AnnotationError(
+            f"{source}: not a recognised annotation file (top-level keys: {', '.join(map(str, list(doc)[:6]))})"
+        )
+    for v in entries:
+        if "fileref" in v or "base64_img_data" in v or isinstance(v.get("regions"), dict):
+            return "via1"
+        if isinstance(v.get("regions"), list) and v["regions"]:
+            return "via2"
+    return "via2"
+
+
+def load(
+    path: str | Path,
+    *,
+    fmt: str | None = None,
+    options: ReadOptions = ReadOptions(),
+    report: Report | None = None,
+) -> AnnotationSet:
+    """Reads an annotation file in any supported format into the canonical :class:`AnnotationSet`.
+
+    Args:
+        path: the file.
+        fmt: its format (see :data:`FORMATS`); detected when ``None``.
+        options: label attribute, default label, and ``images_dir``: when given, every image must be
+            there, missing sizes are read from the files, and polygons are clipped to them.
+        report: receives counted fixes; logged at the end either way.
+
+    Raises:
+        AnnotationError: a missing or unreadable file, invalid JSON (with line and column), an unknown
+            format, bad annotations, or images missing from ``images_dir``.
+
+    Example:
+        >>> ds = load("via_region_data.json", options=ReadOptions(images_dir=Path("train")))  # doctest: +SKIP
+        >>> ds.count_instances()  # doctest: +SKIP
+        255
+    """
+    p = Path(path)
+    source = str(p)
+    report = report if report is not None else Report(source=source)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError as e:
+        raise AnnotationError(f"{source}: no such file") from e
+    except OSError as e:
+        raise AnnotationError(f"{source}: cannot read ({e.strerror or e})") from e
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{source}: byte {e.start}: not UTF-8 text ({e.reason})") from e
+    from via_tools.via_csv import is_csv_text
+
+    if fmt is None and is_csv_text(text):
+        fmt = "csv"
+    if fmt == "csv":
+        doc: Any = text
+    else:
+        with _gc_paused():
+            doc = _parse_json(text, source=source)
+        if fmt is None:
+            fmt = detect_format(doc, source=source)
+    module = _format_module(fmt)
+    with _gc_paused():
+        ds = module.read(doc, source=source, options=options, report=report)
+    if options.images_dir is not None:
+        _check_images(ds, Path(options.images_dir), source=source, report=report)
+    report.log()
+    return ds
+
+
+def _check_images(ds: AnnotationSet, images_dir: Path, *, source: str, report: Report) -> None:
+    missing = [img.file_name for img in ds.images if not (images_dir / img.file_name).is_file()]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise AnnotationError(f"{source}: {len(missing)} image(s) missing from {images_dir}: {shown}{more}")
+    sized = []
+    for img in ds.images:
+        if img.width_px is None or img.height_px is None:
+            try:
+                img.width_px, img.height_px = image_size_wh(images_dir / img.file_name)
+            except ImageReadError as e:
+                raise AnnotationError(f"{source}: image {img.file_name!r}: {e}") from e
+            sized.append(img)
+    regions = [(img, r) for img in sized for r in img.regions if r.is_instance]
+    fixed = sanitize_many(
+        [(r.polygons, img.width_px, img.height_px, f"{source}: image {img.file_name!r}: region {r.region_id}")
+         for img, r in regions],
+        report=report,
+        check_validity=[False] * len(regions),
+    )
+    for (_, r), polygons in zip(regions, fixed, strict=True):
+        r.polygons = polygons
+
+
+def save(ds: AnnotationSet, path: str | Path, *, fmt: str, options: WriteOptions = WriteOptions()) -> Path:
+    """Writes ``ds`` in format ``fmt`` atomically (a temporary file in the same folder, then renamed).
+
+    Args:
+        ds: the annotation set.
+        path: the file to write.
+        fmt: one of :data:`FORMATS`.
+        options: label attribute and Label Studio tag names.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> save(ds, "out/via_project.json", fmt="via2")  # doctest: +SKIP
+    """
+    p = Path(path)
+    with _gc_paused():
+        doc = _format_module(fmt).write(ds, options=options)
+        text = doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
