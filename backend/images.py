@@ -1,0 +1,384 @@
+"""Fetching task images the way Label Studio serves them, within limits.
+
+Where an image may come from:
+
+* Label Studio's own URLs (``/data/upload/...``, ``/data/local-files/?d=...``, ``/tasks/.../resolve/...``
+  and absolute URLs on Label Studio's host): fetched from the ``hostname`` that ``/setup`` sent, with
+  ``Authorization: Token <legacy token>``, or, for a personal access token (a JWT), with
+  ``Authorization: Bearer <access>`` after ``POST /api/token/refresh`` (refreshed again on expiry or 401).
+* plain ``http(s)`` URLs: only from the hosts in ``SHOESEG_ALLOWED_HOSTS`` (exact names, or ``*.domain``);
+  redirects are followed only to allowed hosts; no credentials are sent to them.
+* local paths and ``file://`` URLs: only under ``SHOESEG_IMAGE_ROOT`` (symbolic links resolved first).
+* ``data:image/...;base64,`` URIs.
+
+Every download is bounded in bytes and time, every decode in pixels; EXIF orientation is applied as
+Label Studio shows the image. Each failure raises :class:`ImageFetchError` naming the task and the URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit
+
+import httpx
+import numpy as np
+
+from backend.settings import Settings
+from via_tools.images import ImageReadError, decode_image
+
+log = logging.getLogger(__name__)
+
+#: Relative URL prefixes that Label Studio itself serves (with auth).
+LS_PREFIXES = ("/data/", "/tasks/", "/storage-data/", "/api/", "/projects/")
+_MAX_REDIRECTS = 3
+
+
+class ImageFetchError(ValueError):
+    """An image that could not be fetched or decoded; the message names the task and the URL."""
+
+    def __init__(self, message: str, *, task_id=None, url: str | None = None, unauthorized: bool = False):
+        super().__init__(message)
+        self.task_id = task_id
+        self.url = url
+        self.unauthorized = unauthorized
+
+
+@dataclass(frozen=True)
+class LabelStudioAccess:
+    """Where Label Studio is and how to authenticate to it (from ``/setup``, else from the settings).
+
+    Args:
+        hostname: the server's base URL, e.g. ``http://localhost:8080``.
+        token: a legacy API token (sent as ``Token``) or a personal access token (a JWT, refreshed to ``Bearer``).
+        aliases: other base URLs of the same server (the ``hostname`` Label Studio announced when
+            ``LABEL_STUDIO_URL`` overrides it); absolute URLs on them are fetched from ``hostname``.
+    """
+
+    hostname: str | None
+    token: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    """Raw bytes of one image and the content digest that keys the prediction cache."""
+
+    data: bytes
+    digest: str
+    source: str
+
+
+def _looks_like_jwt(token: str) -> bool:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+    except (ValueError, binascii.Error):
+        return False
+    return isinstance(header, dict) and "alg" in header
+
+
+def _jwt_expiry(token: str) -> float | None:
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, KeyError, TypeError, ValueError, binascii.Error):
+        return None
+
+
+def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    host = host.lower().rstrip(".")
+    for entry in allowed:
+        if entry.startswith("*."):
+            if host.endswith(entry[1:]):
+                return True
+        elif host == entry:
+            return True
+    return False
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class ImageFetcher:
+    """Fetches and decodes task images under the backend's rules (see the module docstring).
+
+    Args:
+        settings: limits, the local image root, allowed hosts, the cache directory, fallback credentials.
+        transport: an ``httpx`` transport (tests); ``None`` for the network.
+
+    Example:
+        >>> fetcher = ImageFetcher(Settings(image_root=Path("/srv/images")))  # doctest: +SKIP
+        >>> img = fetcher.fetch("shoes/1.jpg", task_id=7, access=None)  # doctest: +SKIP
+        >>> fetcher.decode(img, task_id=7).shape  # doctest: +SKIP
+        (480, 640, 3)
+    """
+
+    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None):
+        self.settings = settings
+        self._transport = transport
+        self._http: httpx.Client | None = None
+        self._access_tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._root = settings.image_root.resolve() if settings.image_root else None
+
+    @property
+    def _client(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(
+                    timeout=httpx.Timeout(self.settings.fetch_timeout_s),
+                    follow_redirects=False,
+                    transport=self._transport,
+                    headers={"User-Agent": "shoeseg-backend"},
+                )
+            return self._http
+
+    def close(self) -> None:
+        """Closes the connection pool (a new one is made if the fetcher is used again)."""
+        with self._lock:
+            http, self._http = self._http, None
+        if http is not None:
+            http.close()
+
+    # -- public API ------------------------------------------------------------------------------
+    def default_access(self) -> LabelStudioAccess:
+        """Label Studio access from the settings (``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``)."""
+        return LabelStudioAccess(self.settings.label_studio_url, self.settings.label_studio_api_key)
+
+    def fetch(self, url: str, *, task_id, access: LabelStudioAccess | None) -> FetchedImage:
+        """Returns the bytes of the image at ``url`` for task ``task_id``.
+
+        Raises:
+            ImageFetchError: naming the task and the URL, for any refusal, limit or network error.
+        """
+        if not isinstance(url, str) or not url.strip():
+            raise ImageFetchError(f"task {task_id}: no image URL in the task data (got {url!r})", task_id=task_id)
+        url = url.strip()
+        try:
+            data, source = self._fetch(url, task_id=task_id, access=access or self.default_access())
+        except ImageFetchError:
+            raise
+        except httpx.TimeoutException as e:
+            raise self._error(task_id, url, f"timed out after {self.settings.fetch_timeout_s:g} s ({e})") from e
+        except httpx.HTTPError as e:
+            raise self._error(task_id, url, f"cannot be downloaded ({type(e).__name__}: {e})") from e
+        except OSError as e:
+            raise self._error(task_id, url, f"cannot be read ({e.strerror or e})") from e
+        return FetchedImage(data=data, digest=hashlib.sha256(data).hexdigest(), source=source)
+
+    def decode(self, image: FetchedImage, *, task_id) -> np.ndarray:
+        """Decodes fetched bytes to RGB uint8 ``(H, W, 3)`` with EXIF orientation applied, within the pixel limit."""
+        try:
+            return decode_image(image.data, name=image.source, max_pixels=self.settings.max_image_pixels)
+        except ImageReadError as e:
+            raise ImageFetchError(f"task {task_id}: {e}", task_id=task_id, url=image.source) from e
+
+    # -- sources ---------------------------------------------------------------------------------
+    def _error(self, task_id, url: str, reason: str) -> ImageFetchError:
+        shown = url if len(url) <= 200 else url[:200] + "..."
+        return ImageFetchError(f"task {task_id}: image {shown!r} {reason}", task_id=task_id, url=url)
+
+    def _fetch(self, url: str, *, task_id, access: LabelStudioAccess) -> tuple[bytes, str]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme == "data":
+            return self._from_data_uri(url, task_id=task_id), "data URI"
+        if scheme in ("http", "https"):
+            if access.hostname and _origin(url)[1:] == _origin(access.hostname)[1:]:
+                return self._from_label_studio(url, task_id=task_id, access=access), url
+            for alias in access.aliases:
+                if access.hostname and _origin(url)[1:] == _origin(alias)[1:]:
+                    path = parts.path + (f"?{parts.query}" if parts.query else "")
+                    absolute = urljoin(access.hostname.rstrip("/") + "/", path.lstrip("/"))
+                    return self._from_label_studio(absolute, task_id=task_id, access=access, shown=url), url
+            if not _host_allowed(parts.hostname or "", self.settings.allowed_hosts):
+                raise self._error(
+                    task_id, url,
+                    f"is on host {parts.hostname!r}, which is not Label Studio's and not in SHOESEG_ALLOWED_HOSTS",
+                )
+            return self._download(url, task_id=task_id, headers={}, allowed_origin=None), url
+        if scheme == "file":
+            return self._from_local(unquote(parts.path), url, task_id=task_id), url
+        if scheme:
+            raise self._error(task_id, url, f"has an unsupported scheme {scheme!r} (http, https, file, data)")
+        if url.startswith(LS_PREFIXES):
+            if not access.hostname:
+                raise self._error(
+                    task_id, url,
+                    "is a Label Studio URL but no Label Studio hostname is known "
+                    "(connect the backend from Label Studio, or set LABEL_STUDIO_URL)",
+                )
+            absolute = urljoin(access.hostname.rstrip("/") + "/", url.lstrip("/"))
+            return self._from_label_studio(absolute, task_id=task_id, access=access, shown=url), url
+        return self._from_local(unquote(url), url, task_id=task_id), url
+
+    def _from_data_uri(self, url: str, *, task_id) -> bytes:
+        header, _, payload = url.partition(",")
+        if ";base64" not in header:
+            raise self._error(task_id, url, "is a data URI that is not base64")
+        if len(payload) * 3 // 4 > self.settings.max_image_bytes:
+            raise self._error(task_id, url, f"is over the {self.settings.max_image_bytes} byte limit")
+        try:
+            return base64.b64decode(payload, validate=False)
+        except (binascii.Error, ValueError) as e:
+            raise self._error(task_id, url, f"is a data URI with bad base64 ({e})") from e
+
+    def _from_local(self, path: str, url: str, *, task_id) -> bytes:
+        if self._root is None:
+            raise self._error(task_id, url, "is a local path but SHOESEG_IMAGE_ROOT is not set")
+        candidate = Path(path)
+        if not candidate.is_absolute():
+            candidate = self._root / candidate
+        try:
+            resolved = candidate.resolve(strict=True)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise self._error(task_id, url, "does not exist") from e
+        if not resolved.is_relative_to(self._root):
+            raise self._error(task_id, url, f"is outside SHOESEG_IMAGE_ROOT ({self._root})")
+        if not resolved.is_file():
+            raise self._error(task_id, url, "is not a file")
+        size = resolved.stat().st_size
+        if size > self.settings.max_image_bytes:
+            raise self._error(task_id, url, f"is {size} bytes, over the {self.settings.max_image_bytes} byte limit")
+        return resolved.read_bytes()
+
+    # -- Label Studio ----------------------------------------------------------------------------
+    def _cache_path(self, absolute_url: str) -> Path | None:
+        if self.settings.cache_dir is None or "/data/upload/" not in absolute_url:
+            return None  # only uploads are immutable (Label Studio names them with a unique prefix)
+        key = hashlib.sha256(absolute_url.encode()).hexdigest()
+        return self.settings.cache_dir / "label-studio" / key[:2] / key
+
+    def _from_label_studio(self, absolute_url: str, *, task_id, access: LabelStudioAccess, shown: str | None = None):
+        cached = self._cache_path(absolute_url)
+        if cached is not None and cached.is_file():
+            return cached.read_bytes()
+        token = access.token
+        origin = _origin(absolute_url)
+        data = None
+        for attempt in range(2):
+            headers = self._auth_headers(access, force_refresh=attempt > 0, task_id=task_id, url=shown or absolute_url)
+            try:
+                data = self._download(absolute_url, task_id=task_id, headers=headers, allowed_origin=origin,
+                                      shown=shown)
+                break
+            except _Unauthorized as e:
+                if attempt == 0 and token and _looks_like_jwt(token):
+                    continue  # the access token expired early: refresh once
+                hint = (
+                    "no token: connect the backend from Label Studio or set LABEL_STUDIO_API_KEY"
+                    if not token
+                    else "the token was refused; Label Studio sends the project owner's legacy token, which needs "
+                    "legacy tokens enabled in the organization, or set LABEL_STUDIO_API_KEY to a personal access token"
+                )
+                err = self._error(task_id, shown or absolute_url, f"was refused by Label Studio (HTTP {e.status}): {hint}")
+                err.unauthorized = True
+                raise err from None
+        assert data is not None
+        if cached is not None:
+            _atomic_write(cached, data)
+        return data
+
+    def _auth_headers(self, access: LabelStudioAccess, *, force_refresh: bool, task_id, url: str) -> dict[str, str]:
+        token = access.token
+        if not token:
+            return {}
+        if not _looks_like_jwt(token):
+            return {"Authorization": f"Token {token}"}
+        return {"Authorization": f"Bearer {self._access_token(access, force_refresh=force_refresh, task_id=task_id, url=url)}"}
+
+    def _access_token(self, access: LabelStudioAccess, *, force_refresh: bool, task_id, url: str) -> str:
+        key = (access.hostname or "", access.token or "")
+        with self._lock:
+            known = self._access_tokens.get(key)
+            if known and not force_refresh and known[1] > time.time() + 30:
+                return known[0]
+        refresh_url = urljoin((access.hostname or "").rstrip("/") + "/", "api/token/refresh")
+        try:
+            r = self._client.post(refresh_url, json={"refresh": access.token})
+        except httpx.HTTPError as e:
+            raise self._error(task_id, url, f"cannot be fetched: refreshing the personal access token failed ({e})") from e
+        if r.status_code != 200:
+            raise self._error(
+                task_id, url,
+                f"cannot be fetched: Label Studio refused to refresh the personal access token (HTTP {r.status_code})",
+            )
+        try:
+            access_token = r.json()["access"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise self._error(task_id, url, "cannot be fetched: the token refresh answer has no 'access'") from e
+        expiry = _jwt_expiry(access_token) or time.time() + 240
+        with self._lock:
+            self._access_tokens[key] = (access_token, expiry)
+        return access_token
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _download(self, url: str, *, task_id, headers: dict[str, str], allowed_origin, shown: str | None = None) -> bytes:
+        limit = self.settings.max_image_bytes
+        deadline = time.monotonic() + self.settings.fetch_timeout_s
+        current = url
+        for _ in range(_MAX_REDIRECTS + 1):
+            send_headers = headers if allowed_origin is None or _origin(current) == allowed_origin else {}
+            with self._client.stream("GET", current, headers=send_headers) as r:
+                if r.is_redirect:
+                    target = urljoin(current, r.headers.get("location", ""))
+                    tscheme, thost, _ = _origin(target)
+                    same_ls = allowed_origin is not None and _origin(target) == allowed_origin
+                    if tscheme not in ("http", "https") or not (same_ls or _host_allowed(thost, self.settings.allowed_hosts)):
+                        raise self._error(task_id, shown or url, f"redirects to {target!r}, which is not an allowed host")
+                    current = target
+                    continue
+                if r.status_code in (401, 403) and allowed_origin is not None:
+                    raise _Unauthorized(r.status_code)
+                if r.status_code != 200:
+                    raise self._error(task_id, shown or url, f"cannot be downloaded (HTTP {r.status_code})")
+                declared = r.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > limit:
+                    raise self._error(task_id, shown or url, f"is {declared} bytes, over the {limit} byte limit")
+                chunks, total = [], 0
+                for chunk in r.iter_bytes():
+                    total += len(chunk)
+                    if total > limit:
+                        raise self._error(task_id, shown or url, f"is over the {limit} byte limit")
+                    if time.monotonic() > deadline:
+                        raise self._error(task_id, shown or url, f"timed out after {self.settings.fetch_timeout_s:g} s")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+        raise self._error(task_id, shown or url, f"redirects more than {_MAX_REDIRECTS} times")
+
+
+class _Unauthorized(Exception):
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        log.warning("could not write the image cache file %s", path, exc_info=True)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
