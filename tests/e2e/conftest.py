@@ -1,10 +1,12 @@
-"""A real Label Studio 1.23.2 server, one per test run."""
+"""A real Label Studio 1.23.2 server, one per test run, and the ML backend as a real process beside it."""
 
 from __future__ import annotations
 
 import pytest
 
 from shoeseg.stack.labelstudio import LabelStudioServer, find_label_studio
+from tests.backend.conftest import make_checkpoint
+from tests.e2e.backend_process import create_preannotated_project, start_backend, stop_backend
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +30,29 @@ def label_studio(tmp_path_factory):
 def ls_client(label_studio):
     """A label-studio-sdk client for the session's server."""
     return label_studio.client()
+
+
+@pytest.fixture(scope="session")
+def backend_registry(tmp_path_factory):
+    """A registry with test-v1 promoted (a model biased to find three shoes per image) and test-v2."""
+    from shoeseg.registry import ModelRegistry
+
+    root = tmp_path_factory.mktemp("e2e-backend")
+    reg = ModelRegistry(root / "models")
+    for version, logit, n, seed in (("test-v1", 4.0, 3, 1), ("test-v2", 1.0, 1, 2)):
+        ckpt = make_checkpoint(root / f"{version}.pt", version=version, fg_logit=logit, detections=n, seed=seed)
+        reg.register(ckpt, metrics={"segm_AP": 0.0}, parent=None, meta={})
+    reg.promote("test-v1")
+    return reg
+
+
+@pytest.fixture(scope="session")
+def shoeseg_backend(backend_registry, tmp_path_factory):
+    backend = start_backend(tmp_path_factory.mktemp("backend-logs"), registry_root=backend_registry.root)
+    yield backend
+    stop_backend(backend)
+
+
+@pytest.fixture(scope="session")
+def preannotated(label_studio, shoeseg_backend):
+    return create_preannotated_project(label_studio, shoeseg_backend, title="shoeseg backend e2e")

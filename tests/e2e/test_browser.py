@@ -15,13 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import test_backend_labelstudio as backend_e2e
-
-# The backend process and the pre-annotated project fixtures of the e2e module (pytest registers them by name).
-backend_registry = backend_e2e.backend_registry
-shoeseg_backend = backend_e2e.shoeseg_backend
-preannotated = backend_e2e.preannotated
-
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
