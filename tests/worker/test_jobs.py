@@ -1,0 +1,202 @@
+"""The jobs through a real rq worker and a real Redis, with a tiny model.
+
+Label Studio is replaced by a small in-memory stand-in here (the end-to-end tests in tests/e2e use the
+real server); everything else is real: rq, Redis, training, evaluation, the registry, the image cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
+
+from tests.worker.synth import make_images
+from worker import jobs, trigger
+from worker.settings import PREDICT_QUEUE, TRAIN_QUEUE, LoopSettings
+
+TINY = {
+    "SHOESEG_TRAIN_ITERS": "1", "SHOESEG_MIN_SIZE": "64", "SHOESEG_MAX_SIZE": "96", "SHOESEG_ROI_BATCH": "32",
+    "SHOESEG_INIT_WEIGHTS": "none", "SHOESEG_DEVICE": "cpu", "SHOESEG_RETRY_MAX": "2",
+    "SHOESEG_RETRY_INTERVALS": "0", "SHOESEG_PREDICT_BATCH": "3", "SHOESEG_AL_STRATEGY": "least_confidence",
+}
+
+
+@pytest.fixture
+def loop_env(tmp_path, monkeypatch):
+    env = {**TINY, "SHOESEG_MODEL_DIR": str(tmp_path / "models"), "SHOESEG_CACHE_DIR": str(tmp_path / "cache"),
+           "LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "test-key"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return LoopSettings.from_env()
+
+
+class FakeProject(SimpleNamespace):
+    pass
+
+
+class FakeLabelStudio:
+    """Holds tasks in memory and records what the job stores (stand-in for the SDK client)."""
+
+    def __init__(self, images_dir: Path, ds):
+        self.images_dir = images_dir
+        self.tasks = []
+        for k, im in enumerate(ds.images):
+            self.tasks.append({"id": 100 + k, "data": {"image": f"/data/upload/1/{im.file_name}"},
+                               "total_annotations": 1 if k % 2 == 0 else 0, "predictions": []})
+        self.ds = ds
+        self.pushed: list[dict] = []
+        self.model_version = None
+        parsed = {"label": {"type": "PolygonLabels", "to_name": ["image"], "labels": ["shoe"]}}
+        self.projects = SimpleNamespace(
+            get=lambda id: FakeProject(id=id, parsed_label_config=parsed),
+            import_predictions=lambda id, request: self.pushed.extend(request),
+            update=lambda id, model_version: setattr(self, "model_version", model_version),
+        )
+
+    def annotated(self):
+        from via_tools.model import AnnotationSet, ImageRecord
+
+        images = []
+        for t, im in zip(self.tasks, self.ds.images, strict=True):
+            if t["total_annotations"]:
+                images.append(ImageRecord(file_name=im.file_name, width_px=im.width_px, height_px=im.height_px,
+                                          regions=im.regions, image_id=str(t["id"]),
+                                          extra={"ls_image": t["data"]["image"], "ls_task_id": t["id"],
+                                                 "ls_annotation_id": 1000 + t["id"]}))
+        return AnnotationSet(images=images, labels=["shoe"])
+
+
+@pytest.fixture
+def fake_ls(tmp_path, monkeypatch, loop_env):
+    src = tmp_path / "src"
+    ls = FakeLabelStudio(src, make_images(src, 6))
+    monkeypatch.setattr(jobs, "client_from_settings", lambda settings: ls)
+    monkeypatch.setattr("via_tools.ls_api.accepted_annotations", lambda client, project_id: ls.annotated())
+    monkeypatch.setattr("via_tools.ls_api.list_tasks", lambda client, project_id: [dict(t) for t in ls.tasks])
+    monkeypatch.setattr(jobs.TaskImages, "_fetch_bytes",
+                        lambda self, url, *, task_id: (src / url.rsplit("/", 1)[-1]).read_bytes())
+    return ls
+
+
+def work(conn, *queues):
+    SimpleWorker(list(queues), connection=conn).work(burst=True)
+
+
+def test_validation_subset_is_fixed_by_task_id():
+    ids = [str(i) for i in range(1, 200)]
+    val = jobs.validation_task_ids(ids, modulo=5)
+    assert 20 < len(val) < 60
+    # adding tasks never moves an existing one
+    assert jobs.validation_task_ids(ids + [str(i) for i in range(200, 400)], modulo=5) & set(ids) == val
+    for pair in (["1", "2"], ["7", "8"], ["3", "40"]):
+        small = jobs.validation_task_ids(pair, modulo=5)
+        assert len(small) == 1 and small < set(pair)
+    assert jobs.validation_task_ids(["5"], modulo=5) in (set(), {"5"})
+
+
+@pytest.mark.parametrize("new, cur, has_current, tol, promote", [
+    (0.1, None, False, 0.0, True),
+    (0.40, 0.42, True, 0.05, True),
+    (0.30, 0.42, True, 0.05, False),
+    (None, None, True, 0.05, False),
+])
+def test_promotion_rule(new, cur, has_current, tol, promote):
+    ok, why = jobs.decide_promotion(new, cur, has_current=has_current, tolerance=tol)
+    assert ok is promote and why
+
+
+def test_task_order_puts_unlabelled_first():
+    tasks = [{"id": 3, "total_annotations": 1}, {"id": 5, "total_annotations": 0}, {"id": 1, "total_annotations": 0},
+             {"id": 2, "total_annotations": 2}]
+    assert [t["id"] for t in jobs.task_order(tasks)] == [1, 5, 2, 3]
+
+
+@pytest.mark.slow
+def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_env, monkeypatch):
+    from shoeseg.predict import Predictor
+    from shoeseg.registry import ModelRegistry
+
+    first = trigger.request_training(redis_conn, 1, reason="test", settings=loop_env)
+    work(redis_conn, TRAIN_QUEUE)
+    job = Job.fetch(first["job_id"], connection=redis_conn)
+    assert job.get_status() == JobStatus.FINISHED, job.meta.get("error")
+    result = job.return_value()
+    assert result["promoted"] and result["decision"] == "no current version"
+    assert result["train_tasks"] + result["val_tasks"] == 3 and result["val_tasks"] >= 1
+    assert job.meta["stage"] == "done" and job.meta["iteration"] == 1 and "total_loss" in job.meta["losses"]
+    registry = ModelRegistry(loop_env.model_dir)
+    version = registry.current()
+    assert version.version == result["version"]
+    assert version.meta["task_ids"] == [100, 102, 104]
+    assert version.meta["annotation_ids"] == {"100": 1100, "102": 1102, "104": 1104}
+    assert "segm_AP" in version.metrics
+    assert trigger.training_state(redis_conn, 1)["state"] == "idle"
+    assert not list((loop_env.cache_dir / "runs" / "1").iterdir())  # the run dir is gone
+
+    # the promotion queued the predictions
+    assert Queue(PREDICT_QUEUE, connection=redis_conn).job_ids == [result["predict_job_id"]]
+    work(redis_conn, PREDICT_QUEUE)
+    pjob = Job.fetch(result["predict_job_id"], connection=redis_conn)
+    assert pjob.get_status() == JobStatus.FINISHED, pjob.meta.get("error")
+    assert [p["task"] for p in fake_ls.pushed] == [101, 103, 105, 100, 102, 104]  # unlabelled first
+    assert {p["model_version"] for p in fake_ls.pushed} == {version.version}
+    assert fake_ls.model_version == version.version
+    # the stored scores are the strategy's scores for each image
+    from shoeseg.active_learning import score_images
+    from via_tools.images import read_image
+
+    predictor = Predictor.from_checkpoint(version.checkpoint, device="cpu")
+    arrays = [read_image(fake_ls.images_dir / im.file_name) for im in fake_ls.ds.images]
+    expected = dict(zip([t["id"] for t in fake_ls.tasks], score_images("least_confidence", predictor, arrays),
+                        strict=True))
+    for p in fake_ls.pushed:
+        assert p["score"] == pytest.approx(expected[p["task"]], abs=1e-4)
+        for r in p["result"]:
+            assert r["type"] == "polygonlabels" and r["from_name"] == "label" and r["to_name"] == "image"
+
+    # a retried predict job pushes nothing twice
+    for t in fake_ls.tasks:
+        t["predictions"] = [p for p in fake_ls.pushed if p["task"] == t["id"]]
+    again = jobs.predict_project(1, version=version.version)
+    assert again["pushed"] == 0 and again["already_there"] == 6
+
+    # a second training that cannot beat the current one stays a candidate, and says why
+    monkeypatch.setenv("SHOESEG_PROMOTE_TOLERANCE", "-2")
+    second = trigger.request_training(redis_conn, 1, reason="again", settings=loop_env)
+    work(redis_conn, TRAIN_QUEUE)
+    res2 = Job.fetch(second["job_id"], connection=redis_conn).return_value()
+    assert res2["promoted"] is False and "worse than the current version" in res2["decision"]
+    assert registry.current().version == version.version
+    assert registry.get(res2["version"]).status == "candidate"
+    assert registry.get(res2["version"]).parent == version.version
+
+
+def test_label_studio_unreachable_is_retried_then_fails_with_the_reason(redis_conn, loop_env):
+    queued = trigger.request_training(redis_conn, 9, reason="test", settings=loop_env)
+    work(redis_conn, TRAIN_QUEUE)
+    job = Job.fetch(queued["job_id"], connection=redis_conn)
+    assert job.get_status() == JobStatus.FAILED
+    assert job.retries_left == 0 and job.meta["transient"] is True
+    assert "cannot reach Label Studio at http://127.0.0.1:9" in job.meta["error"]
+    assert queued["job_id"] in FailedJobRegistry(TRAIN_QUEUE, connection=redis_conn).get_job_ids()
+    assert job.meta["attempts"] == 3  # the first run and two retries
+    assert "LabelStudioUnavailable" in job.latest_result().exc_string
+    assert trigger.training_state(redis_conn, 9)["state"] == "idle"  # the next event starts afresh
+    assert trigger.request_training(redis_conn, 9, reason="again", settings=loop_env)["action"] == "queued"
+
+
+def test_bad_annotations_fail_at_once_without_retries(redis_conn, fake_ls, loop_env):
+    for t in fake_ls.tasks:
+        t["total_annotations"] = 1
+    for im in fake_ls.ds.images:
+        im.regions = []  # annotations without any polygon: nothing to learn
+    queued = trigger.request_training(redis_conn, 1, reason="test", settings=loop_env)
+    work(redis_conn, TRAIN_QUEUE)
+    job = Job.fetch(queued["job_id"], connection=redis_conn)
+    assert job.get_status() == JobStatus.FAILED
+    assert "no labelled instances" in job.meta["error"] and job.meta["transient"] is False
+    assert job.meta["attempts"] == 1

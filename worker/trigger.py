@@ -1,0 +1,349 @@
+"""When to train: Label Studio webhook events become at most one queued and one follow-up training job.
+
+Policy, per project:
+
+- new accepted annotations (``ANNOTATION_CREATED`` / ``ANNOTATION_UPDATED`` / ``ANNOTATIONS_CREATED``,
+  cancelled ones left out) are counted; when the count reaches ``min_new_annotations`` a training is
+  requested and the count starts again from zero. ``START_TRAINING`` requests one at once.
+- a request while a training job of the project is *waiting* (queued, or scheduled for a retry) changes
+  nothing: that job reads the annotations from Label Studio when it starts, so it sees this one too.
+- a request while a training job is *running* sets a ``pending`` flag; the running job, when it ends,
+  enqueues exactly one follow-up job if the flag is set. Any number of events during a run give one
+  follow-up, and none is lost.
+- a job that died without saying so (worker killed with SIGKILL) stops renewing its lease; the next request
+  (or :func:`recover_stale` when a worker starts) enqueues a fresh job instead of waiting forever.
+
+Every state change is one Redis transaction (``WATCH``/``MULTI``/``EXEC``) over the project's state hash
+and counter, and the rq job is enqueued inside the same transaction, so concurrent web processes and workers
+cannot both enqueue. Job ids are deterministic per project: ``train-<project>-<n>``.
+
+Only ``redis`` and ``rq`` are imported here: the web service calls this module without loading torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job
+
+from worker.settings import TRAIN_JOB, TRAIN_QUEUE, LoopSettings
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "shoeseg:loop"
+PROJECTS_KEY = f"{KEY_PREFIX}:projects"
+COUNTED_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED"})
+START_ACTION = "START_TRAINING"
+# rq statuses of a job that will still run (or is running).
+_WAITING = frozenset({"queued", "scheduled", "deferred"})
+_LIVE = _WAITING | {"started"}
+
+_HEARTBEAT = """
+if redis.call('HGET', KEYS[1], 'job_id') == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""
+
+
+def state_key(project_id: int | str) -> str:
+    return f"{KEY_PREFIX}:{project_id}:state"
+
+
+def count_key(project_id: int | str) -> str:
+    return f"{KEY_PREFIX}:{project_id}:count"
+
+
+def lease_key(project_id: int | str) -> str:
+    return f"{KEY_PREFIX}:{project_id}:lease"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _read_state(pipe, project_id) -> dict[str, str]:
+    raw = pipe.hgetall(state_key(project_id))
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+def _liveness(pipe, project_id, st: dict[str, str]) -> str:
+    """``"waiting"``, ``"running"`` or ``"none"`` for the project's recorded job (dead jobs count as none)."""
+    job_id = st.get("job_id")
+    state = st.get("state")
+    if not job_id or state not in ("queued", "running"):
+        return "none"
+    rq_status = _text(pipe.hget(Job.key_for(job_id), "status"))
+    if state == "running":
+        if _text(pipe.get(lease_key(project_id))) == job_id:
+            return "running"
+        # rq itself may have re-queued it (work horse killed, then retried): still one waiting job.
+        return "waiting" if rq_status in _WAITING else "none"
+    return "waiting" if rq_status in _LIVE else "none"
+
+
+def _enqueue_train(pipe, conn: redis.Redis, project_id, *, reason: str, st: dict, settings: LoopSettings) -> str:
+    """Writes (inside ``pipe``'s MULTI) a new training job and the state that records it; returns its id."""
+    seq = int(st.get("seq") or 0) + 1
+    job_id = f"train-{project_id}-{seq}"
+    retry = Retry(max=settings.retry_max, interval=list(settings.retry_intervals_s)) if settings.retry_max else None
+    Queue(TRAIN_QUEUE, connection=conn).enqueue_call(
+        TRAIN_JOB,
+        args=(int(project_id),),
+        kwargs={"reason": reason},
+        job_id=job_id,
+        timeout=settings.train_timeout_s,
+        result_ttl=7 * 86400,
+        failure_ttl=30 * 86400,
+        description=f"train project {project_id}: {reason}",
+        meta={"project": int(project_id), "reason": reason, "requested_at": _now()},
+        retry=retry,
+        pipeline=pipe,
+    )
+    pipe.hset(state_key(project_id), mapping={
+        "state": "queued", "job_id": job_id, "seq": seq, "pending": 0, "reason": reason, "updated_at": _now(),
+    })
+    pipe.sadd(PROJECTS_KEY, str(project_id))
+    return job_id
+
+
+def _request(conn: redis.Redis, project_id, *, reason: str, settings: LoopSettings,
+             min_count: int | None = None) -> dict:
+    def txn(pipe) -> dict:
+        count = int(_text(pipe.get(count_key(project_id))) or 0)
+        if min_count is not None and count < min_count:
+            pipe.multi()
+            return {"action": "counted", "project": project_id, "job_id": None, "count": count}
+        st = _read_state(pipe, project_id)
+        live = _liveness(pipe, project_id, st)
+        pipe.multi()
+        pipe.set(count_key(project_id), 0)
+        summary = {"project": project_id, "reason": reason, "count": count}
+        if live == "waiting":
+            return {**summary, "action": "already_queued", "job_id": st["job_id"]}
+        if live == "running":
+            pipe.hset(state_key(project_id), mapping={"pending": 1, "pending_reason": reason, "updated_at": _now()})
+            return {**summary, "action": "follow_up", "job_id": st["job_id"]}
+        job_id = _enqueue_train(pipe, conn, project_id, reason=reason, st=st, settings=settings)
+        if st.get("state") in ("queued", "running"):
+            log.warning("project %s: job %s was lost (%s); enqueued %s", project_id, st.get("job_id"),
+                        st.get("state"), job_id)
+            summary["replaces_lost_job"] = st.get("job_id")
+        return {**summary, "action": "queued", "job_id": job_id}
+
+    result = conn.transaction(txn, state_key(project_id), count_key(project_id), lease_key(project_id),
+                              value_from_callable=True)
+    if result["action"] in ("queued", "follow_up"):
+        log.info("project %s: %s %s (%s)", project_id, result["action"], result["job_id"], reason)
+    return result
+
+
+def request_training(conn: redis.Redis, project_id: int | str, *, reason: str,
+                     settings: LoopSettings | None = None) -> dict:
+    """Asks for a training of a project, keeping at most one waiting and one follow-up job.
+
+    Args:
+        conn: Redis connection of the queues.
+        project_id: Label Studio project id.
+        reason: why (stored in the job's meta and description).
+        settings: job timeout and retry policy; default from the environment.
+
+    Returns:
+        ``{"action": "queued" | "already_queued" | "follow_up", "project", "job_id", "reason", "count"}``.
+        ``follow_up`` means a job is running and will enqueue one more when it ends.
+
+    Raises:
+        redis.ConnectionError: Redis is unreachable.
+
+    Example:
+        >>> request_training(redis.Redis(), 3, reason="START_TRAINING")  # doctest: +SKIP
+        {'action': 'queued', 'project': 3, 'job_id': 'train-3-1', 'reason': 'START_TRAINING', 'count': 0}
+    """
+    return _request(conn, _project(project_id), reason=reason, settings=settings or LoopSettings.from_env())
+
+
+def _project(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"project id {value!r} is not an integer") from e
+
+
+def _project_of(payload: dict) -> int | None:
+    project = payload.get("project")
+    if isinstance(project, dict):
+        project = project.get("id")
+    if project is None:
+        for key in ("annotation", "task"):
+            item = payload.get(key)
+            if isinstance(item, dict) and item.get("project") is not None:
+                project = item["project"]
+                break
+    return None if project is None else _project(project)
+
+
+def _accepted(payload: dict) -> int:
+    items: list = []
+    for key in ("annotation", "annotations"):
+        value = payload.get(key)
+        if isinstance(value, dict):
+            items.append(value)
+        elif isinstance(value, list):
+            items.extend(v for v in value if isinstance(v, dict))
+    if not items:
+        return 1  # the event names an annotation without its body: count it
+    return sum(1 for a in items if not a.get("was_cancelled"))
+
+
+def on_webhook(conn: redis.Redis, payload: dict, *, min_new_annotations: int,
+               settings: LoopSettings | None = None) -> dict:
+    """Handles one Label Studio webhook body: counts accepted annotations and requests training.
+
+    Args:
+        conn: Redis connection of the queues.
+        payload: the JSON body Label Studio posted (``action``, ``project``, ``annotation``...).
+        min_new_annotations: accepted annotations that start a training.
+        settings: job timeout and retry policy; default from the environment.
+
+    Returns:
+        A JSON-able summary: ``action`` is ``queued``, ``already_queued``, ``follow_up`` (see
+        :func:`request_training`), ``counted`` (below the threshold; ``count`` says how many) or
+        ``ignored`` (another event, or only cancelled annotations); plus ``project``, ``job_id``, ``event``.
+
+    Raises:
+        ValueError: the body is not an object, or a training event names no integer project id.
+        redis.ConnectionError: Redis is unreachable (a web service answers 503).
+
+    Example:
+        >>> body = {"action": "START_TRAINING", "project": {"id": 3}}
+        >>> on_webhook(redis.Redis(), body, min_new_annotations=10)["action"]  # doctest: +SKIP
+        'queued'
+    """
+    if not isinstance(payload, dict):
+        raise ValueError(f"webhook body must be a JSON object, got {type(payload).__name__}")
+    if min_new_annotations < 1:
+        raise ValueError(f"min_new_annotations must be >= 1, got {min_new_annotations}")
+    action = str(payload.get("action") or "")
+    if action not in COUNTED_ACTIONS and action != START_ACTION:
+        return {"action": "ignored", "event": action, "project": _safe_project(payload), "job_id": None}
+    project_id = _project_of(payload)
+    if project_id is None:
+        raise ValueError(f"webhook {action} names no project (expected project.id)")
+    settings = settings or LoopSettings.from_env()
+    if action == START_ACTION:
+        result = _request(conn, project_id, reason=START_ACTION, settings=settings)
+        return {**result, "event": action}
+    accepted = _accepted(payload)
+    if accepted == 0:
+        return {"action": "ignored", "event": action, "project": project_id, "job_id": None,
+                "reason": "cancelled annotation"}
+    count = conn.incrby(count_key(project_id), accepted)
+    conn.sadd(PROJECTS_KEY, str(project_id))
+    if count < min_new_annotations:
+        return {"action": "counted", "event": action, "project": project_id, "job_id": None, "count": count}
+    result = _request(conn, project_id, reason=f"{count} new annotations (>= {min_new_annotations})",
+                      settings=settings, min_count=min_new_annotations)
+    return {**result, "event": action}
+
+
+def _safe_project(payload: dict) -> int | None:
+    try:
+        return _project_of(payload)
+    except ValueError:
+        return None
+
+
+# --- called by the training job -------------------------------------------------------------------------
+
+def begin_training(conn: redis.Redis, project_id: int | str, job_id: str, *, lease_ttl_s: int) -> bool:
+    """Marks the project's job as running and takes its lease; False when the job is not the recorded one.
+
+    Events after this point set the follow-up flag, so the job must read Label Studio after calling it.
+    """
+    def txn(pipe) -> bool:
+        st = _read_state(pipe, project_id)
+        pipe.multi()
+        if st.get("job_id") != job_id:
+            return False
+        pipe.hset(state_key(project_id), mapping={"state": "running", "pending": 0, "started_at": _now(),
+                                                  "updated_at": _now()})
+        pipe.set(lease_key(project_id), job_id, ex=lease_ttl_s)
+        return True
+
+    return conn.transaction(txn, state_key(project_id), value_from_callable=True)
+
+
+def heartbeat(conn: redis.Redis, project_id: int | str, job_id: str, *, lease_ttl_s: int) -> bool:
+    """Renews the running job's lease; False when the job is no longer the recorded one."""
+    return bool(conn.eval(_HEARTBEAT, 2, state_key(project_id), lease_key(project_id), job_id, lease_ttl_s))
+
+
+def finish_training(conn: redis.Redis, project_id: int | str, job_id: str, *, will_retry: bool, outcome: str,
+                    settings: LoopSettings | None = None) -> dict:
+    """Ends a run: back to waiting (rq retries it), one follow-up job when events came in meanwhile, or idle.
+
+    Returns:
+        ``{"action": "retrying" | "follow_up" | "idle" | "not_owner", "job_id": ...}``.
+    """
+    settings = settings or LoopSettings.from_env()
+
+    def txn(pipe) -> dict:
+        st = _read_state(pipe, project_id)
+        pipe.multi()
+        if st.get("job_id") != job_id:
+            return {"action": "not_owner", "job_id": st.get("job_id")}
+        pipe.delete(lease_key(project_id))
+        if will_retry:
+            pipe.hset(state_key(project_id), mapping={"state": "queued", "last_outcome": outcome, "updated_at": _now()})
+            return {"action": "retrying", "job_id": job_id}
+        pipe.hset(state_key(project_id), mapping={"last_job_id": job_id, "last_outcome": outcome})
+        if st.get("pending") == "1":
+            reason = f"follow-up of {job_id}: {st.get('pending_reason') or 'events during the run'}"
+            new_id = _enqueue_train(pipe, conn, project_id, reason=reason, st=st, settings=settings)
+            return {"action": "follow_up", "job_id": new_id}
+        pipe.hset(state_key(project_id), mapping={"state": "idle", "updated_at": _now()})
+        return {"action": "idle", "job_id": None}
+
+    result = conn.transaction(txn, state_key(project_id), value_from_callable=True)
+    log.info("project %s: %s finished (%s) -> %s %s", project_id, job_id, outcome, result["action"],
+             result["job_id"] or "")
+    return result
+
+
+def training_state(conn: redis.Redis, project_id: int | str) -> dict:
+    """The project's trigger state as stored (for dashboards and tests): state, job_id, pending, count..."""
+    st = _read_state(conn, project_id)
+    st["count"] = int(_text(conn.get(count_key(project_id))) or 0)
+    st["lease"] = _text(conn.get(lease_key(project_id)))
+    st["liveness"] = _liveness(conn, project_id, st)
+    return st
+
+
+def recover_stale(conn: redis.Redis, *, settings: LoopSettings | None = None) -> list[dict]:
+    """Re-enqueues the training of every project whose recorded job died (for a worker that starts).
+
+    Returns:
+        The :func:`request_training` summaries of the projects that got a new job.
+    """
+    settings = settings or LoopSettings.from_env()
+    recovered = []
+    for raw in conn.smembers(PROJECTS_KEY):
+        project_id = _text(raw)
+        st = _read_state(conn, project_id)
+        if st.get("state") in ("queued", "running") and _liveness(conn, project_id, st) == "none":
+            result = _request(conn, int(project_id), reason=f"recovery: job {st.get('job_id')} was lost",
+                              settings=settings)
+            if result["action"] == "queued":
+                recovered.append(result)
+    return recovered
