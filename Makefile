@@ -43,8 +43,11 @@ test: install ls-env system-deps lint
 test-fast: install
 	$(BIN)/pytest -m "not e2e and not slow" $(PYTEST_ARGS)
 
-up: install ls-env
-	SHOESEG_LS_VENV=$(abspath $(LS_VENV)) $(BIN)/shoeseg up $(if $(VIA),--via $(VIA)) $(if $(IMAGES),--images $(IMAGES))
+# VIA=file IMAGES=folder import a dataset; PORT=8080 is Label Studio's port. Ctrl-C stops everything.
+up:
+	@PYTHON=$(PYTHON) bash scripts/up-deps.sh
+	@$(MAKE) --no-print-directory install ls-env
+	SHOESEG_LS_VENV=$(abspath $(LS_VENV)) $(BIN)/shoeseg up $(if $(VIA),--via $(VIA)) $(if $(IMAGES),--images $(IMAGES)) $(if $(PORT),--port $(PORT))
 
 bench: install
 	$(BIN)/python -m bench

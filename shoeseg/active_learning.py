@@ -1,0 +1,357 @@
+"""Active-learning scores: which unlabelled images a person should label next.
+
+Every strategy turns the current model's view of an image into ONE number per image, the
+**score**, in ``[0, 1]``, where **lower means more informative**. The score is what the product
+stores as the prediction's ``score`` in Label Studio, and Label Studio's Data Manager sorts by
+prediction score ascending (``tasks:predictions_score``), so the first tasks a person sees are the
+ones the model would learn most from. In other words ``score = 1 - informativeness``.
+
+Strategies (:data:`STRATEGIES`):
+
+``random``
+    A baseline: a uniform number drawn from a hash of the task id and a seed. Deterministic (the
+    same task always gets the same score) and needs no model. Every other strategy has to beat it.
+``least_confidence``
+    ``score = max detection score`` (informativeness ``1 - max score``): images where even the best
+    shoe candidate is doubtful come first. An image with no candidate at all scores 0: for shoe
+    photos, seeing nothing is a miss, the most useful thing to correct.
+``flip_consistency``
+    The model looks at the image and at its mirror image; the flipped prediction is flipped back and
+    matched greedily to the original one by mask IoU. ``score = sum(IoU * (s_a + s_b)) / sum(all
+    scores)`` over matched pairs: 1 when both views agree shoe for shoe, 0 when nothing matches
+    (each detection weighs its own score, so faint candidates barely count). Masks that move under a
+    flip, or confident shoes seen in only one view, mean the model has not learnt a stable shape:
+    the boundary errors a mask metric punishes and a box score does not reveal.
+``entropy``
+    ``score = 1 - max binary entropy (bits) over every candidate >= 0.05``. Shoes come in pairs:
+    least confidence only looks at the best candidate, so an image with one sure shoe and one
+    doubtful shoe (p ~ 0.5) counts as easy. Entropy looks at every candidate and flags the image by
+    its most ambiguous one, whether that candidate is a half-seen second shoe or a shoe-like
+    background object; a candidate at 0.05 or 0.97 is near-certain and barely counts.
+
+Images where neither view holds a detection score 0 under every model-based strategy.
+
+Example:
+    >>> from shoeseg.active_learning import score_images
+    >>> score_images("random", None, [image], task_ids=[17])  # doctest: +SKIP
+    [0.7046...]
+    >>> predictor = Predictor.from_checkpoint("models/v3/model.pt")  # doctest: +SKIP
+    >>> score_images("least_confidence", predictor, [image_a, image_b])  # doctest: +SKIP
+    [0.93, 0.12]   # image_b first: its best shoe has score 0.12
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Detections below this score are not candidates (torchvision's own box score threshold).
+CANDIDATE_SCORE_THRESH = 0.05
+#: Seed of the ``random`` strategy, so two runs give the same order.
+RANDOM_SEED = 0
+
+
+class _Detection(Protocol):
+    label: str
+    score: float
+    mask: np.ndarray
+
+
+def random_score(task_id: Any, *, seed: int = RANDOM_SEED) -> float:
+    """A uniform number in ``[0, 1)`` fixed by ``task_id`` and ``seed``.
+
+    Example:
+        >>> random_score(42) == random_score(42)
+        True
+    """
+    digest = hashlib.blake2b(f"{seed}:{task_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def least_confidence_score(detections: Sequence[_Detection]) -> float:
+    """The best candidate's score (0 when there is none): lower means the model is less sure.
+
+    Example:
+        >>> from types import SimpleNamespace as D
+        >>> least_confidence_score([D(score=0.3), D(score=0.9)])
+        0.9
+    """
+    if not detections:
+        return 0.0
+    return _clip01(max(float(d.score) for d in detections))
+
+
+def _binary_entropy_bits(p: float) -> float:
+    p = min(max(p, 1e-12), 1.0 - 1e-12)
+    return -(p * math.log2(p) + (1.0 - p) * math.log2(1.0 - p))
+
+
+def entropy_score(detections: Sequence[_Detection], *, min_score: float = CANDIDATE_SCORE_THRESH) -> float:
+    """``1 -`` the highest binary entropy among candidates scoring at least ``min_score`` (0 when none).
+
+    Example:
+        >>> from types import SimpleNamespace as D
+        >>> entropy_score([D(score=0.99), D(score=0.5)])
+        0.0
+    """
+    candidates = [float(d.score) for d in detections if float(d.score) >= min_score]
+    if not candidates:
+        return 0.0
+    return _clip01(1.0 - max(_binary_entropy_bits(p) for p in candidates))
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    from shoeseg.geometry import mask_iou
+
+    return float(mask_iou(a, b))
+
+
+def match_greedy(
+    a: Sequence[_Detection], b: Sequence[_Detection], *, iou: Callable[[np.ndarray, np.ndarray], float] = _mask_iou
+) -> list[tuple[int, int, float]]:
+    """Pairs detections of ``a`` and ``b`` with the same label, highest mask IoU first, each used once.
+
+    Returns ``(index_in_a, index_in_b, iou)`` for every pair with IoU > 0.
+
+    Example:
+        >>> match_greedy([], [])
+        []
+    """
+    pairs = []
+    for i, da in enumerate(a):
+        for j, db in enumerate(b):
+            if da.label != db.label:
+                continue
+            v = iou(da.mask, db.mask)
+            if v > 0.0:
+                pairs.append((v, i, j))
+    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+    used_a: set[int] = set()
+    used_b: set[int] = set()
+    matches = []
+    for v, i, j in pairs:
+        if i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        matches.append((i, j, v))
+    return matches
+
+
+def flip_consistency_score(
+    original: Sequence[_Detection],
+    flipped_back: Sequence[_Detection],
+    *,
+    iou: Callable[[np.ndarray, np.ndarray], float] = _mask_iou,
+    min_score: float = CANDIDATE_SCORE_THRESH,
+) -> float:
+    """Agreement between a prediction and the prediction on the mirrored image, flipped back.
+
+    Candidates scoring at least ``min_score`` are matched greedily by mask IoU (same label); each
+    detection weighs its own score, so a confident shoe that moves or vanishes under the flip counts
+    much more than a faint candidate::
+
+        sum over matched pairs (a, b) of IoU(a, b) * (score_a + score_b)
+        ----------------------------------------------------------------
+             sum of scores of both views' candidates
+
+    1 when both views agree shoe for shoe, 0 when nothing matches or neither view sees anything.
+    With equal scores this is ``2 * sum(IoU) / (n_original + n_flipped)``.
+
+    Example:
+        >>> flip_consistency_score([], [])
+        0.0
+    """
+    a = [d for d in original if float(d.score) >= min_score]
+    b = [d for d in flipped_back if float(d.score) >= min_score]
+    total = sum(float(d.score) for d in a) + sum(float(d.score) for d in b)
+    if total <= 0.0:
+        return 0.0
+    matched = match_greedy(a, b, iou=iou)
+    agree = sum(v * (float(a[i].score) + float(b[j].score)) for i, j, v in matched)
+    return _clip01(agree / total)
+
+
+def _clip01(x: float) -> float:
+    return float(min(1.0, max(0.0, x)))
+
+
+def _check_images(images: Sequence[np.ndarray]) -> None:
+    for i, im in enumerate(images):
+        if not isinstance(im, np.ndarray) or im.ndim != 3 or im.shape[2] != 3:
+            shape = getattr(im, "shape", type(im).__name__)
+            raise ValueError(f"image {i}: expected an RGB uint8 array of shape (H, W, 3), got {shape}")
+
+
+def _score_random(predictor, images, task_ids):
+    return [random_score(t) for t in task_ids]
+
+
+def _score_least_confidence(predictor, images, task_ids):
+    dets = predictor.predict(list(images), score_thresh=CANDIDATE_SCORE_THRESH)
+    return [least_confidence_score(d) for d in dets]
+
+
+def _score_entropy(predictor, images, task_ids):
+    dets = predictor.predict(list(images), score_thresh=CANDIDATE_SCORE_THRESH)
+    return [entropy_score(d) for d in dets]
+
+
+def _score_flip(predictor, images, task_ids):
+    original, flipped = predictor.predict_with_flip(list(images), score_thresh=CANDIDATE_SCORE_THRESH)
+    return [flip_consistency_score(o, f) for o, f in zip(original, flipped, strict=True)]
+
+
+#: Strategy name -> ``fn(predictor, images, task_ids) -> scores`` (lower = more informative).
+STRATEGIES: dict[str, Callable[[Any, Sequence[np.ndarray], list[Any]], list[float]]] = {
+    "random": _score_random,
+    "least_confidence": _score_least_confidence,
+    "flip_consistency": _score_flip,
+    "entropy": _score_entropy,
+}
+
+
+def check_strategy(strategy: str) -> str:
+    """Returns ``strategy`` when it is known, else raises ``ValueError`` listing the known ones."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown active-learning strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    return strategy
+
+
+def score_images(
+    strategy: str, predictor, images: Sequence[np.ndarray], *, task_ids: Sequence[Any] | None = None
+) -> list[float]:
+    """Scores images for active learning: one number in ``[0, 1]`` per image, LOWER = MORE informative.
+
+    Label Studio sorts tasks by prediction score ascending, so storing this number as the
+    prediction's ``score`` puts the images the model would learn most from first.
+
+    Args:
+        strategy: one of :data:`STRATEGIES` (``random``, ``least_confidence``, ``flip_consistency``, ``entropy``).
+        predictor: a :class:`shoeseg.predict.Predictor` (unused, may be ``None``, for ``random``).
+        images: RGB uint8 arrays ``(H, W, 3)``; scored in one batch, so pass a few at a time.
+        task_ids: ids that seed the ``random`` strategy (default: the positions ``0..n-1``).
+
+    Returns:
+        One score per image, in order.
+
+    Raises:
+        ValueError: unknown strategy, an image that is not ``(H, W, 3)``, or ``task_ids`` of the wrong length.
+
+    Example:
+        >>> score_images("random", None, [np.zeros((8, 8, 3), np.uint8)], task_ids=[5]) == [random_score(5)]
+        True
+    """
+    fn = STRATEGIES[check_strategy(strategy)]
+    images = list(images)
+    _check_images(images)
+    ids = list(range(len(images))) if task_ids is None else list(task_ids)
+    if len(ids) != len(images):
+        raise ValueError(f"{len(ids)} task ids for {len(images)} images")
+    if not images:
+        return []
+    if predictor is None and strategy != "random":
+        raise ValueError(f"strategy {strategy!r} needs a predictor")
+    scores = fn(predictor, images, ids)
+    log.debug("%s scores: %s", strategy, scores)
+    return [_clip01(s) for s in scores]
+
+
+def rank(scores: Sequence[float], *, keys: Sequence[Any] | None = None, seed: int = RANDOM_SEED) -> list[int]:
+    """Indices of ``scores`` from most to least informative (ascending score).
+
+    Ties (common early on, when a weak model sees nothing in many images) are broken by a seeded
+    hash of ``keys`` (default: positions), never by input order.
+
+    Example:
+        >>> rank([0.9, 0.1, 0.5])
+        [1, 2, 0]
+    """
+    keys = list(range(len(scores))) if keys is None else list(keys)
+    return sorted(range(len(scores)), key=lambda i: (float(scores[i]), random_score(keys[i], seed=seed + 1)))
+
+
+# ---------------------------------------------------------------- Label Studio side
+
+
+def _unannotated_query() -> str:
+    return json.dumps(
+        {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+                    {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0},
+                ],
+            },
+            "ordering": ["tasks:predictions_score"],
+        }
+    )
+
+
+def task_score(task: Any, model_version: str | None) -> float | None:
+    """The score of ``task``'s prediction made by ``model_version`` (the newest one), else ``None``.
+
+    When ``model_version`` is ``None``, the newest prediction's score counts.
+    """
+    preds = _get(task, "predictions") or []
+    best = None
+    for p in preds:
+        if model_version is not None and _get(p, "model_version") != model_version:
+            continue
+        score = _get(p, "score")
+        if score is None:
+            continue
+        key = (_get(p, "created_at") or "", _get(p, "id") or 0)
+        if best is None or key > best[0]:
+            best = (key, float(score))
+    return None if best is None else best[1]
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def select_next(client, project_id: int, k: int) -> list[Any]:
+    """The ``k`` unlabelled tasks of a project to label next: lowest prediction score first.
+
+    Tasks without annotations (neither submitted nor skipped) are asked for in Label Studio's
+    ``tasks:predictions_score`` order, then ordered again here by the score of their prediction
+    from the project's current ``model_version``, so the answer does not depend on that ordering
+    being applied server side. Tasks that have no such prediction come last, by id.
+
+    Args:
+        client: a ``label_studio_sdk.LabelStudio`` client.
+        project_id: the Label Studio project.
+        k: how many tasks to return (``k >= 1``).
+
+    Returns:
+        Task objects of the SDK (with ``id``, ``data`` and ``predictions``), most informative first.
+
+    Example:
+        >>> for task in select_next(ls, 3, 10):  # doctest: +SKIP
+        ...     print(task.id, task_score(task, None))
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    project = client.projects.get(id=project_id)
+    model_version = getattr(project, "model_version", None) or None
+    tasks = list(client.tasks.list(project=project_id, query=_unannotated_query(), fields="all"))
+    tasks = [t for t in tasks if not (_get(t, "total_annotations") or 0) and not (_get(t, "cancelled_annotations") or 0)]
+
+    def key(task):
+        s = task_score(task, model_version)
+        return (s is None, s if s is not None else 0.0, _get(task, "id") or 0)
+
+    tasks.sort(key=key)
+    return tasks[:k]

@@ -1,0 +1,107 @@
+"""docker-compose.yml: valid for the compose client, pinned images, health checks, a GPU for the worker."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+yaml = pytest.importorskip("yaml")
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+SERVICES = {"redis", "label-studio", "backend", "worker", "setup"}
+
+
+def compose_command() -> list[str]:
+    """``docker compose`` (v2 plugin), else ``docker-compose`` (v1), else skip."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy:
+        return [legacy]
+    pytest.skip("no compose client here (neither `docker compose` nor `docker-compose`)")
+
+
+def run_config(env_file: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "SHOESEG", "VIA_", "IMAGES_"))}
+    env["HOME"] = str(tmp_path)  # the client may write its config there
+    return subprocess.run(
+        [*compose_command(), "--project-directory", str(REPO), "-f", str(COMPOSE), "--env-file", str(env_file), "config"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+
+
+def check_structure(doc: dict) -> None:
+    services = doc["services"]
+    assert set(services) == SERVICES
+    # third-party images are pinned to a version, Label Studio to the one the project is tested with
+    assert services["label-studio"]["image"] == "heartexlabs/label-studio:1.23.2"
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+(-alpine)?", services["redis"]["image"]), services["redis"]["image"]
+    # backend and worker share one image built from the Dockerfile, with different commands
+    assert "build" in services["backend"]
+    assert services["worker"]["image"] == services["backend"]["image"]
+    assert services["backend"]["command"][:2] == ["shoeseg", "serve"]
+    assert services["worker"]["command"][:2] == ["shoeseg", "worker"]
+    # health checks
+    for name in ("redis", "label-studio", "backend", "worker"):
+        test = services[name]["healthcheck"]["test"]
+        assert test and test[0] in ("CMD", "CMD-SHELL"), name
+    assert "9090/health" in " ".join(services["backend"]["healthcheck"]["test"])
+    assert "8080/health" in " ".join(services["label-studio"]["healthcheck"]["test"])
+    # the worker reserves one NVIDIA GPU
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # models shared by backend and worker; Label Studio's data in a volume
+    for name in ("backend", "worker"):
+        assert any(str(v).startswith("models:/models") or _target(v) == "/models" for v in services[name]["volumes"]), name
+    assert any(_target(v) == "/label-studio/data" for v in services["label-studio"]["volumes"])
+    assert {"models", "label-studio-data"} <= set(doc["volumes"])
+    # the setup service waits for healthy servers
+    assert services["setup"]["depends_on"]["label-studio"]["condition"] == "service_healthy"
+    assert services["setup"]["depends_on"]["backend"]["condition"] == "service_healthy"
+
+
+def _target(volume) -> str:
+    if isinstance(volume, dict):
+        return volume.get("target", "")
+    parts = str(volume).split(":")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def test_compose_file_structure():
+    check_structure(yaml.safe_load(COMPOSE.read_text()))
+
+
+def test_env_example_names_every_required_variable():
+    text = COMPOSE.read_text()
+    required = set(re.findall(r"\$\{(\w+):\?", text))
+    given = {line.split("=", 1)[0] for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line and not line.startswith("#")}
+    assert required, "the compose file requires the admin's credentials and API key"
+    assert required <= given, f"missing from .env.example: {required - given}"
+
+
+def test_docker_compose_config_accepts_the_file_with_the_example_env(tmp_path):
+    res = run_config(ENV_EXAMPLE, tmp_path)
+    assert res.returncode == 0, res.stderr
+    doc = yaml.safe_load(res.stdout)
+    check_structure(doc)
+    env = doc["services"]["backend"]["environment"]
+    assert env["LABEL_STUDIO_API_KEY"] == doc["services"]["label-studio"]["environment"]["LABEL_STUDIO_USER_TOKEN"]
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_docker_compose_config_names_a_missing_secret(tmp_path):
+    env_file = tmp_path / "incomplete.env"
+    env_file.write_text("".join(
+        line + "\n" for line in ENV_EXAMPLE.read_text().splitlines() if not line.startswith("LABEL_STUDIO_API_KEY=")
+    ))
+    res = run_config(env_file, tmp_path)
+    assert res.returncode != 0
+    assert "LABEL_STUDIO_API_KEY" in res.stderr
