@@ -1,9 +1,362 @@
-"""Commands of the `core` area (filled in by its issue)."""
+"""`shoeseg train`, `shoeseg eval`, `shoeseg predict` and `shoeseg models list|register|promote|rollback`.
+
+Heavy modules (torch, the model code) are imported inside the commands so that `shoeseg --help` is fast.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable
+from enum import Enum
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
 import typer
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+models_app = typer.Typer(
+    name="models",
+    help="The model registry ($SHOESEG_MODEL_DIR, default ./models): list, register, promote, roll back.",
+    no_args_is_help=True,
+)
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class SplitPart(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Bad input becomes one line on stderr and exit code 2 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from shoeseg.model import WeightsUnavailableError
+        from shoeseg.registry import RegistryError
+        from via_tools.errors import AnnotationError
+        from via_tools.images import ImageReadError
+
+        try:
+            return fn(*args, **kwargs)
+        except (AnnotationError, ImageReadError, WeightsUnavailableError, RegistryError, FileNotFoundError,
+                KeyError, ValueError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            typer.echo(f"error: {msg}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _images_dir_for(data: Path, images: Path | None) -> Path:
+    if images is not None:
+        return images
+    for cand in (data.parent / "images", data.parent):
+        if cand.is_dir():
+            return cand
+    return data.parent
+
+
+def _load_dataset(data: Path, images: Path):
+    from via_tools.io import load
+    from via_tools.options import ReadOptions
+
+    return load(data, options=ReadOptions(images_dir=images))
+
+
+def _use_all_cores() -> None:
+    """On CPU, compute with every core, unless OMP_NUM_THREADS says otherwise (a shared machine)."""
+    import torch
+
+    if not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _loss_table(losses: dict[str, float]) -> str:
+    keys = list(losses)
+    return "  ".join(f"{k:>12}" for k in keys) + "\n" + "  ".join(f"{losses[k]:12.4f}" for k in keys)
+
+
+def _resolve_model(model: str, registry: Path | None) -> Path:
+    """A checkpoint path, or a registry version id / ``current``."""
+    p = Path(model)
+    if p.is_file():
+        return p
+    from shoeseg.registry import ModelRegistry
+
+    reg = ModelRegistry(registry)
+    if model == "current":
+        cur = reg.current()
+        if cur is None:
+            raise FileNotFoundError(f"no model is promoted in {reg.root}")
+        return cur.checkpoint
+    if reg.versions_dir.is_dir() and (reg.versions_dir / model).is_dir():
+        return reg.get(model).checkpoint
+    raise FileNotFoundError(f"model {model!r} is neither a checkpoint file nor a version in {reg.root}")
 
 
 def register(app: typer.Typer) -> None:
     """Adds this area's commands to the root app."""
+
+    @app.command("train")
+    @_clean_errors
+    def train_cmd(
+        data: Path = typer.Option(..., "--data", help="Annotations (VIA 1/2/3, VIA CSV, COCO or Label Studio)."),
+        out: Path = typer.Option(..., "--out", help="Run directory (model.pt, metrics.jsonl, split.json, plot)."),
+        images: Path | None = typer.Option(None, "--images", help="Image folder (default: images/ beside --data)."),
+        iters: int = typer.Option(600, "--iters", help="Iterations (MAX_ITER)."),
+        ims_per_batch: int = typer.Option(2, "--ims-per-batch", help="Images per iteration (IMS_PER_BATCH)."),
+        base_lr: float = typer.Option(0.00025, "--base-lr", help="Learning rate after warm-up (BASE_LR)."),
+        warmup_iters: int = typer.Option(100, "--warmup-iters", help="Linear warm-up iterations."),
+        roi_batch: int = typer.Option(512, "--roi-batch", help="ROIs per image (ROI_HEADS.BATCH_SIZE_PER_IMAGE)."),
+        min_size: int = typer.Option(800, "--min-size", help="Shorter image side in pixels."),
+        max_size: int = typer.Option(1333, "--max-size", help="Cap on the longer side in pixels."),
+        device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
+        weights: str = typer.Option("coco", "--weights", help="coco (torchvision's COCO weights), none, or a PATH."),
+        init_from: Path | None = typer.Option(None, "--init-from", help="Fine-tune this checkpoint (parent version)."),
+        split: Path | None = typer.Option(None, "--split", help="Reuse this split.json instead of making one."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the split, data order and augmentation."),
+        train_frac: float = typer.Option(0.7, "--train-frac", help="Share of images to train on."),
+        val_frac: float = typer.Option(0.2, "--val-frac", help="Share of images to validate on."),
+        log_period: int = typer.Option(20, "--log-period", help="Iterations between log lines / metrics rows."),
+        clip_grad: float | None = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
+    ) -> None:
+        """Trains Mask R-CNN R50-FPN with the study's recipe (600 iterations, 512 ROIs, 2 images per batch).
+
+        Example: shoeseg train --data shoes/via_project.json --out runs/shoes --weights none --min-size 256
+        """
+        from shoeseg.data import subset
+        from shoeseg.model import coco_weights_cache_path, load_coco_state_dict
+        from shoeseg.train import TrainConfig, split_dataset, train
+
+        if init_from is None and weights.lower() == "coco" and not coco_weights_cache_path().is_file():
+            load_coco_state_dict()  # downloads into the torch.hub cache, or stops here offline
+        config = TrainConfig(
+            iters=iters, ims_per_batch=ims_per_batch, base_lr=base_lr, warmup_iters=warmup_iters,
+            roi_batch_size_per_image=roi_batch, min_size=min_size, max_size=max_size, device=device.value,
+            weights=weights, init_from=str(init_from) if init_from else None, log_period=log_period, seed=seed,
+            clip_grad_norm=clip_grad,
+        )
+        images_dir = _images_dir_for(data, images)
+        ds = _load_dataset(data, images_dir)
+        if split is not None:
+            try:
+                parts = json.loads(split.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{split}: not a readable split file ({e})") from e
+        else:
+            parts = split_dataset(ds, train_frac=train_frac, val_frac=val_frac, seed=seed)
+        train_ds = subset(ds, parts["train"])
+        val_ds = subset(ds, parts.get("val", [])) if parts.get("val") else None
+        _use_all_cores()
+        typer.echo(f"training on {len(train_ds)} images, validating on {len(val_ds) if val_ds else 0} ({images_dir})")
+        result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=out, val_dataset=val_ds, split=parts)
+        typer.echo(f"\nmodel {result.checkpoint} (version {result.version}), {result.wall_s:.0f} s")
+        typer.echo("final training losses (median of the last log period):")
+        typer.echo(_loss_table(result.final_metrics["train_losses"]))
+        if result.eval is not None:
+            typer.echo("\nvalidation:")
+            typer.echo(result.eval.table())
+
+    @app.command("eval")
+    @_clean_errors
+    def eval_cmd(
+        model: str = typer.Option(..., "--model", help="Checkpoint path, registry version id, or 'current'."),
+        data: Path = typer.Option(..., "--data", help="Annotations to evaluate against."),
+        images: Path | None = typer.Option(None, "--images", help="Image folder (default: images/ beside --data)."),
+        split: SplitPart = typer.Option(SplitPart.val, "--split", help="Part of the model's split, or all."),
+        split_file: Path | None = typer.Option(None, "--split-file",
+                                               help="split.json (default: the checkpoint's, else beside it)."),
+        out: Path | None = typer.Option(None, "--out", help="JSON results (default: eval-<split>.json beside the model)."),
+        device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
+        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+    ) -> None:
+        """COCO box and mask AP / AP50 / AP75 and the loss table on a part of the split.
+
+        Example: shoeseg eval --model runs/shoes/model.pt --data shoes/via_project.json --split val
+        """
+        from shoeseg.data import subset
+        from shoeseg.evaluate import evaluate
+        from shoeseg.model import read_checkpoint_meta
+        from shoeseg.predict import Predictor
+
+        ckpt = _resolve_model(model, registry)
+        images_dir = _images_dir_for(data, images)
+        ds = _load_dataset(data, images_dir)
+        if split != SplitPart.all:
+            if split_file is not None:
+                parts = json.loads(split_file.read_text(encoding="utf-8"))
+            else:
+                parts = read_checkpoint_meta(ckpt).get("extra", {}).get("split")
+                if parts is None and (ckpt.parent / "split.json").is_file():
+                    parts = json.loads((ckpt.parent / "split.json").read_text(encoding="utf-8"))
+                if parts is None:
+                    raise FileNotFoundError(f"{ckpt}: no split recorded; pass --split-file or --split all")
+            if not parts.get(split.value):
+                raise ValueError(f"the split has no {split.value!r} images")
+            ds = subset(ds, parts[split.value])
+        _use_all_cores()
+        predictor = Predictor.from_checkpoint(ckpt, device=device.value, score_thresh=0.05)
+        result = evaluate(predictor, ds, images_dir=images_dir, progress_bar=True)
+        out = out or ckpt.parent / f"eval-{split.value}.json"
+        _write_json(out, {"model": str(ckpt), "version": predictor.model_version, "split": split.value,
+                          **result.to_json()})
+        typer.echo(f"model {ckpt} (version {predictor.model_version}), split {split.value}")
+        typer.echo(result.table())
+        typer.echo(f"\nwritten {out}")
+
+    @app.command("predict")
+    @_clean_errors
+    def predict_cmd(
+        images: list[Path] = typer.Argument(..., help="Image files or folders."),
+        model: str = typer.Option(..., "--model", help="Checkpoint path, registry version id, or 'current'."),
+        out: Path = typer.Option(..., "--out", help="Output folder."),
+        score_thresh: float = typer.Option(0.5, "--score-thresh", help="Drop detections below this score."),
+        overlay: bool = typer.Option(False, "--overlay", help="Write coloured mask / box / score overlays."),
+        masks: bool = typer.Option(False, "--masks", help="Write binary in-painting masks (union and per shoe)."),
+        dilate: int = typer.Option(0, "--dilate", help="Grow in-painting masks by this many pixels."),
+        tolerance: float = typer.Option(1.0, "--tolerance", help="Polygon simplification tolerance in pixels."),
+        device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
+        batch_size: int = typer.Option(2, "--batch-size", help="Images per forward pass."),
+        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+    ) -> None:
+        """Finds shoes: polygons as JSON and VIA, and optionally overlays and in-painting masks.
+
+        Example: shoeseg predict photos/ --model current --out preds --overlay --masks --dilate 8
+        """
+        from tqdm import tqdm
+
+        from shoeseg.predict import Predictor
+        from shoeseg.visualize import draw_overlay, inpainting_masks, write_image_atomic
+        from via_tools.images import read_image
+        from via_tools.io import save
+        from via_tools.model import AnnotationSet, ImageRecord
+
+        if dilate < 0:
+            raise ValueError(f"--dilate must be 0 or more pixels, got {dilate}")
+        files: list[Path] = []
+        for p in images:
+            if p.is_dir():
+                files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+            elif p.is_file():
+                files.append(p)
+            else:
+                raise FileNotFoundError(f"image {p} does not exist")
+        if not files:
+            raise FileNotFoundError("no images found in " + ", ".join(map(str, images)))
+        stems = [f.stem for f in files]
+        if len(set(stems)) != len(stems):
+            raise ValueError("two input images share a file name; outputs would overwrite each other")
+        ckpt = _resolve_model(model, registry)
+        _use_all_cores()
+        predictor = Predictor.from_checkpoint(ckpt, device=device.value, score_thresh=score_thresh,
+                                              tolerance_px=tolerance, batch_size=batch_size)
+        out.mkdir(parents=True, exist_ok=True)
+        records, rows = [], []
+        for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):
+            chunk = files[start : start + batch_size]
+            arrays = [read_image(f) for f in chunk]
+            for f, image, dets in zip(chunk, arrays, predictor.predict(arrays), strict=True):
+                h, w = image.shape[:2]
+                rows.append({"file_name": f.name, "width_px": w, "height_px": h, "detections": [
+                    {"label": d.label, "score": d.score, "box_xyxy": list(d.box_xyxy),
+                     "polygons": [p.round(2).tolist() for p in d.polygons]} for d in dets]})
+                records.append(ImageRecord(file_name=f.name, width_px=w, height_px=h,
+                                           file_size=f.stat().st_size,
+                                           regions=[d.to_region() for d in dets]))
+                if overlay:
+                    write_image_atomic(out / "overlays" / f"{f.stem}.jpg", draw_overlay(image, dets))
+                if masks:
+                    union, each = inpainting_masks(dets, h, w, dilate_px=dilate)
+                    write_image_atomic(out / "masks" / f"{f.stem}_mask.png", union)
+                    for k, m in enumerate(each, start=1):
+                        write_image_atomic(out / "masks" / f"{f.stem}_shoe{k}.png", m)
+        _write_json(out / "predictions.json", {"model": str(ckpt), "version": predictor.model_version,
+                                               "score_thresh": score_thresh, "images": rows})
+        save(AnnotationSet(images=records, labels=list(predictor.class_names)), out / "predictions_via.json",
+             fmt="via2")
+        n = sum(len(r["detections"]) for r in rows)
+        typer.echo(f"{n} shoes in {len(rows)} images -> {out}/predictions.json, predictions_via.json"
+                   + (", overlays/" if overlay else "") + (", masks/" if masks else ""))
+
+    app.add_typer(models_app)
+
+    @models_app.command("list")
+    @_clean_errors
+    def models_list(
+        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    ) -> None:
+        """Lists registered versions (the promoted one marked with *)."""
+        from shoeseg.registry import ModelRegistry
+
+        reg = ModelRegistry(registry)
+        versions = reg.versions()
+        if as_json:
+            typer.echo(json.dumps([v.to_dict() for v in versions], indent=2))
+            return
+        if not versions:
+            typer.echo(f"no model versions in {reg.root}")
+            return
+        typer.echo(f"  {'version':<24} {'status':<10} {'segm_AP':>8} {'bbox_AP':>8}  {'parent':<24} created")
+        for v in versions:
+            mark = "*" if v.status == "promoted" else " "
+            ap = "  ".join(f"{v.metrics.get(k):8.3f}" if isinstance(v.metrics.get(k), int | float) else f"{'-':>8}"
+                           for k in ("segm_AP", "bbox_AP"))
+            typer.echo(f"{mark} {v.version:<24} {v.status:<10} {ap}  {v.parent or '-':<24} {v.created_at}")
+
+    @models_app.command("register")
+    @_clean_errors
+    def models_register(
+        checkpoint: Path = typer.Argument(..., help="A model.pt written by `shoeseg train`."),
+        promote: bool = typer.Option(False, "--promote", help="Also make it the current version."),
+        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+    ) -> None:
+        """Adds a checkpoint to the registry as a candidate (its metrics and parent come with it)."""
+        from shoeseg.registry import ModelRegistry
+
+        reg = ModelRegistry(registry)
+        v = reg.register(checkpoint, metrics=None, parent=None, meta={"source": str(checkpoint)})
+        if promote:
+            v = reg.promote(v.version)
+        typer.echo(f"registered {v.version} ({v.status}) in {reg.root}")
+
+    @models_app.command("promote")
+    @_clean_errors
+    def models_promote(
+        version: str = typer.Argument(..., help="The version id to serve."),
+        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+    ) -> None:
+        """Makes a version the current one (atomic pointer swap)."""
+        from shoeseg.registry import ModelRegistry
+
+        v = ModelRegistry(registry).promote(version)
+        typer.echo(f"current model: {v.version}")
+
+    @models_app.command("rollback")
+    @_clean_errors
+    def models_rollback(
+        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+    ) -> None:
+        """Goes back to the previously promoted version (else the current one's parent)."""
+        from shoeseg.registry import ModelRegistry
+
+        v = ModelRegistry(registry).rollback()
+        typer.echo(f"current model: {v.version}")

@@ -1,0 +1,296 @@
+"""Inference: images in, shoes out (score, box, mask at the image's size, polygons).
+
+The :class:`Predictor` loads a model once, keeps it in eval mode and runs it under
+``torch.inference_mode()`` (with float16 autocast on CUDA), a batch of images at a time. Masks are thresholded
+at 0.5 at the original image size; polygons come from :func:`shoeseg.geometry.mask_to_polygons`, traced on a
+crop around each box rather than on the whole image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from shoeseg.device import autocast, configure_for_speed, resolve_device
+from shoeseg.geometry import flip_polygons_x, mask_to_polygons
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Detection:
+    """One detected instance.
+
+    Args:
+        label: class name.
+        score: confidence in ``[0, 1]``.
+        box_xyxy: box in pixels of the input image.
+        mask: bool ``(H, W)`` mask at the input image's size.
+        polygons: ``(N, 2)`` float arrays in pixels (several parts for a split mask), largest first.
+    """
+
+    label: str
+    score: float
+    box_xyxy: tuple[float, float, float, float]
+    mask: np.ndarray
+    polygons: tuple[np.ndarray, ...]
+
+    def to_region(self):
+        """This detection as a canonical :class:`via_tools.model.Region` (polygons, label, score)."""
+        from via_tools.model import Region
+
+        return Region(label=self.label, polygons=self.polygons, score=min(max(float(self.score), 0.0), 1.0))
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device, *, where: str = "image") -> torch.Tensor:
+    """An RGB uint8 ``(H, W, 3)`` array (gray and RGBA accepted) as a float ``(3, H, W)`` tensor in ``[0, 1]``."""
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{where}: expected an RGB (H, W, 3) array, got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{where}: expected uint8 pixels, got {arr.dtype}")
+    if arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if not arr.flags.writeable or not arr.flags.c_contiguous:
+        arr = np.array(arr, copy=True, order="C")  # torch wants writable memory
+    t = torch.from_numpy(arr).to(device, non_blocking=True)
+    return t.permute(2, 0, 1).float().div_(255.0)
+
+
+class Predictor:
+    """Runs a trained model on images and returns :class:`Detection` lists.
+
+    Args:
+        model: a Mask R-CNN from :func:`shoeseg.model.build_model` or a loaded checkpoint.
+        class_names: class names in class-index order.
+        model_version: the checkpoint's version id.
+        device: ``auto``, ``cpu``, ``cuda`` or a :class:`torch.device`.
+        score_thresh: detections below this score are dropped (detectron2's ``SCORE_THRESH_TEST``).
+        mask_thresh: mask probability threshold.
+        tolerance_px: polygon simplification tolerance.
+        min_area_px: mask parts smaller than this become no polygon.
+        batch_size: images per forward pass.
+
+    Example:
+        >>> predictor = Predictor.from_checkpoint("models/versions/v1/model.pt")  # doctest: +SKIP
+        >>> [d.label for d in predictor.predict([image])[0]]  # doctest: +SKIP
+        ['shoe', 'shoe']
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        class_names: Sequence[str],
+        model_version: str = "unversioned",
+        device: str | torch.device = "auto",
+        score_thresh: float = 0.5,
+        mask_thresh: float = 0.5,
+        tolerance_px: float = 1.0,
+        min_area_px: float = 16.0,
+        batch_size: int = 2,
+    ) -> None:
+        self.device = resolve_device(device)
+        configure_for_speed(self.device)
+        self.model = model.eval().to(self.device)
+        self.class_names = list(class_names)
+        self.model_version = model_version
+        self.score_thresh = float(score_thresh)
+        self.mask_thresh = float(mask_thresh)
+        self.tolerance_px = float(tolerance_px)
+        self.min_area_px = float(min_area_px)
+        self.batch_size = max(1, int(batch_size))
+        self._lock = threading.Lock()
+        n_out = model.roi_heads.box_predictor.cls_score.out_features - 1
+        if n_out != len(self.class_names):
+            raise ValueError(f"{len(self.class_names)} class names {self.class_names} for a model with {n_out} classes")
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, *, device: str | torch.device = "auto", score_thresh: float = 0.5, **kwargs: Any
+    ) -> Predictor:
+        """Loads a checkpoint (``weights_only=True``) into a predictor.
+
+        Example:
+            >>> Predictor.from_checkpoint("runs/shoes/model.pt", device="cpu").class_names  # doctest: +SKIP
+            ['shoe']
+        """
+        from shoeseg.model import load_checkpoint
+
+        ckpt = load_checkpoint(path)
+        p = cls(ckpt.model, class_names=ckpt.class_names, model_version=ckpt.version, device=device,
+                score_thresh=score_thresh, **kwargs)
+        p.checkpoint_path = Path(path)
+        return p
+
+    # -- batched prediction -------------------------------------------------------------------------
+
+    def forward_raw(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None) -> list[dict[str, torch.Tensor]]:
+        """The model's own outputs for a batch (boxes, labels, scores, soft masks at image size), on CPU."""
+        thresh = self.score_thresh if score_thresh is None else float(score_thresh)
+        tensors = [image_to_tensor(im, self.device, where=f"image {i}") for i, im in enumerate(images)]
+        roi_heads = self.model.roi_heads
+        with self._lock, torch.inference_mode(), autocast(self.device):
+            saved = roi_heads.score_thresh
+            roi_heads.score_thresh = thresh
+            try:
+                return self.model(tensors)
+            finally:
+                roi_heads.score_thresh = saved
+
+    def predict(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None) -> list[list[Detection]]:
+        """Detects shoes in RGB uint8 ``(H, W, 3)`` images.
+
+        Args:
+            images: the images; they are run ``batch_size`` at a time.
+            score_thresh: overrides the predictor's threshold for this call.
+
+        Returns:
+            One list per image of detections, highest score first. Detections whose mask is empty after
+            thresholding are left out.
+        """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise TypeError("predict() takes a list of images; wrap a single image in a list")
+        results: list[list[Detection]] = []
+        for start in range(0, len(images), self.batch_size):
+            batch = list(images[start : start + self.batch_size])
+            outputs = self.forward_raw(batch, score_thresh=score_thresh)
+            for out, image in zip(outputs, batch, strict=True):
+                results.append(self._to_detections(out, image.shape[0], image.shape[1]))
+        return results
+
+    def _to_detections(self, out: dict[str, torch.Tensor], height_px: int, width_px: int) -> list[Detection]:
+        if len(out["scores"]) == 0:
+            return []
+        masks = (out["masks"][:, 0] > self.mask_thresh).cpu().numpy()
+        boxes = out["boxes"].float().cpu().numpy()
+        scores = out["scores"].float().cpu().numpy()
+        labels = out["labels"].cpu().numpy()
+        dets = []
+        for mask, box, score, label in zip(masks, boxes, scores, labels, strict=True):
+            polygons = self._polygons_in_box(mask, box, height_px, width_px)
+            if not polygons:
+                continue
+            dets.append(Detection(
+                label=self.class_names[int(label) - 1],
+                score=float(score),
+                box_xyxy=tuple(float(v) for v in box),
+                mask=mask,
+                polygons=polygons,
+            ))
+        return dets
+
+    def _polygons_in_box(self, mask: np.ndarray, box: np.ndarray, height_px: int, width_px: int) -> tuple[np.ndarray, ...]:
+        # Pasted masks may spill a little past their box (torchvision pads the 28x28 mask): crop with a margin.
+        x1, y1, x2, y2 = (float(v) for v in box)
+        pad = 0.1 * max(x2 - x1, y2 - y1) + 2
+        c0, r0 = max(int(math.floor(x1 - pad)), 0), max(int(math.floor(y1 - pad)), 0)
+        c1, r1 = min(int(math.ceil(x2 + pad)), width_px), min(int(math.ceil(y2 + pad)), height_px)
+        if c1 <= c0 or r1 <= r0:
+            return ()
+        return mask_to_polygons(mask[r0:r1, c0:c1], tolerance_px=self.tolerance_px, min_area_px=self.min_area_px,
+                                offset_xy=(c0, r0))
+
+    # -- one given box --------------------------------------------------------------------------------
+
+    def predict_in_box(self, image: np.ndarray, box_xyxy: Sequence[float]) -> Detection | None:
+        """Runs the mask head on a given box (for instance one an annotator drew) and returns its mask.
+
+        The backbone runs once on the image; the box head scores the box, and the mask head of the best
+        foreground class gives the mask, pasted into the image at full size. The score is that class's
+        probability from the box head (softmax over background and classes) for the box as given; the box
+        itself is not regressed.
+
+        Args:
+            image: RGB uint8 ``(H, W, 3)``.
+            box_xyxy: ``(x1, y1, x2, y2)`` in pixels of ``image``; clipped to the image.
+
+        Returns:
+            The detection, or ``None`` when the mask is empty after thresholding.
+
+        Raises:
+            ValueError: a box that is not four finite numbers, or has no area inside the image.
+
+        Example:
+            >>> det = predictor.predict_in_box(image, (40, 30, 200, 160))  # doctest: +SKIP
+        """
+        from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+        h, w = int(image.shape[0]), int(image.shape[1])
+        try:
+            box = [float(v) for v in box_xyxy]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"box {box_xyxy!r}: expected four numbers x1, y1, x2, y2") from e
+        if len(box) != 4 or not all(math.isfinite(v) for v in box):
+            raise ValueError(f"box {box_xyxy!r}: expected four finite numbers x1, y1, x2, y2")
+        x1, x2 = sorted((min(max(box[0], 0.0), w), min(max(box[2], 0.0), w)))
+        y1, y2 = sorted((min(max(box[1], 0.0), h), min(max(box[3], 0.0), h)))
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            raise ValueError(f"box {box_xyxy!r} has no area inside the {w}x{h} image")
+        model = self.model
+        tensor = image_to_tensor(image, self.device)
+        with self._lock, torch.inference_mode(), autocast(self.device):
+            batch, _ = model.transform([tensor])
+            features = model.backbone(batch.tensors)
+            rh, rw = batch.image_sizes[0]
+            orig = torch.tensor([[x1, y1, x2, y2]], device=self.device)
+            scaled = orig * torch.tensor([rw / w, rh / h, rw / w, rh / h], device=self.device)
+            rh_ = model.roi_heads
+            box_feats = rh_.box_head(rh_.box_roi_pool(features, [scaled], batch.image_sizes))
+            class_logits, _ = rh_.box_predictor(box_feats)
+            probs = class_logits.float().softmax(-1)[0]
+            cls = int(probs[1:].argmax()) + 1
+            mask_feats = rh_.mask_head(rh_.mask_roi_pool(features, [scaled], batch.image_sizes))
+            mask_prob = rh_.mask_predictor(mask_feats)[:, cls].float().sigmoid()[:, None]
+            pasted = paste_masks_in_image(mask_prob, orig, (h, w))[0, 0]
+            mask = (pasted > self.mask_thresh).cpu().numpy()
+        polygons = self._polygons_in_box(mask, np.array([x1, y1, x2, y2]), h, w)
+        if not polygons:
+            return None
+        return Detection(label=self.class_names[cls - 1], score=float(probs[cls]), box_xyxy=(x1, y1, x2, y2),
+                         mask=mask, polygons=polygons)
+
+    # -- flip consistency -------------------------------------------------------------------------------
+
+    def predict_with_flip(
+        self, images: Sequence[np.ndarray], *, score_thresh: float | None = None
+    ) -> tuple[list[list[Detection]], list[list[Detection]]]:
+        """Predicts on the images and on their mirror images, mapping the latter back.
+
+        For flip-consistency active learning: a model that is sure of a shoe finds the same mask both ways.
+
+        Returns:
+            ``(original, flipped_back)``: two lists with one detection list per image; the second holds the
+            detections on the horizontally flipped image, mirrored back into the original's frame.
+
+        Example:
+            >>> plain, mirrored = predictor.predict_with_flip([image])  # doctest: +SKIP
+        """
+        flipped = [np.ascontiguousarray(np.asarray(im)[:, ::-1]) for im in images]
+        both = self.predict(list(images) + flipped, score_thresh=score_thresh)
+        n = len(images)
+        back: list[list[Detection]] = []
+        for dets, im in zip(both[n:], images, strict=True):
+            w = int(im.shape[1])
+            back.append([
+                Detection(
+                    label=d.label,
+                    score=d.score,
+                    box_xyxy=(w - d.box_xyxy[2], d.box_xyxy[1], w - d.box_xyxy[0], d.box_xyxy[3]),
+                    mask=np.ascontiguousarray(d.mask[:, ::-1]),
+                    polygons=flip_polygons_x(d.polygons, w),
+                )
+                for d in dets
+            ])
+        return both[:n], back

@@ -1,0 +1,469 @@
+"""Training Mask R-CNN R50-FPN with the study's recipe (detectron2 vocabulary).
+
+The recipe: 600 iterations (``MAX_ITER``), 2 images per batch (``IMS_PER_BATCH``), 512 ROIs per image
+(``ROI_HEADS.BATCH_SIZE_PER_IMAGE``), SGD with momentum, a linear warm-up and step decay of the learning rate.
+Losses are reported under detectron2's names: ``total_loss``, ``loss_cls``, ``loss_box_reg``, ``loss_mask``,
+``loss_rpn_cls``, ``loss_rpn_loc``.
+
+A run directory holds ``model.pt`` (the checkpoint), ``metrics.jsonl`` (one row per log period),
+``split.json`` (the images trained and validated on) and ``loss_curve.png``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shoeseg.data import ShoeDataset, collate, image_key, resolve_image_path, train_transforms
+from shoeseg.device import autocast, configure_for_speed, resolve_device
+from via_tools.images import ImageReadError
+from via_tools.model import AnnotationSet
+
+log = logging.getLogger(__name__)
+
+#: torchvision's loss names -> detectron2's.
+LOSS_NAMES = {
+    "loss_classifier": "loss_cls",
+    "loss_box_reg": "loss_box_reg",
+    "loss_mask": "loss_mask",
+    "loss_objectness": "loss_rpn_cls",
+    "loss_rpn_box_reg": "loss_rpn_loc",
+}
+LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")
+
+
+def detectron2_losses(loss_dict: dict[str, Any]) -> dict[str, float]:
+    """torchvision's loss dict renamed to detectron2's names, with their sum as ``total_loss``.
+
+    Example:
+        >>> detectron2_losses({"loss_classifier": 0.5, "loss_box_reg": 0.25, "loss_mask": 0.5,
+        ...                    "loss_objectness": 0.125, "loss_rpn_box_reg": 0.125})["total_loss"]
+        1.5
+    """
+    out = {LOSS_NAMES.get(k, k): float(v) for k, v in loss_dict.items()}
+    return {"total_loss": sum(out.values()), **{k: out[k] for k in LOSS_KEYS[1:] if k in out}}
+
+
+@dataclass
+class TrainConfig:
+    """Training settings, named after detectron2's config keys.
+
+    Args:
+        iters: iterations to run (``SOLVER.MAX_ITER``); the study ran 600.
+        ims_per_batch: images per iteration (``SOLVER.IMS_PER_BATCH``).
+        base_lr: learning rate after warm-up (``SOLVER.BASE_LR``; 0.00025 as in detectron2's fine-tuning
+            tutorial; training from random weights wants more).
+        momentum / weight_decay: SGD settings (detectron2's defaults).
+        warmup_iters / warmup_factor: linear warm-up from ``base_lr * warmup_factor``.
+        steps: iterations at which the learning rate is multiplied by ``gamma`` (``SOLVER.STEPS``); ``None``
+            means 75% and 90% of ``iters``.
+        gamma: the decay factor.
+        roi_batch_size_per_image: ROIs per image for the box head (``ROI_HEADS.BATCH_SIZE_PER_IMAGE``).
+        min_size / max_size: input resize, shorter side and cap on the longer side (``INPUT.MIN_SIZE_TRAIN``).
+        scale_jitter: the shorter side is drawn from ``min_size * [1 - j, 1 + j]`` (5 choices); 0 disables.
+        flip / photometric: horizontal flips and brightness/contrast/saturation jitter.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        weights: starting weights when ``init_from`` is not given: ``coco``, ``none`` or a path.
+        init_from: a ShoeSeg checkpoint to fine-tune (its version becomes the parent version).
+        log_period: iterations between log lines and ``metrics.jsonl`` rows (``window`` medians).
+        seed: seeds Python, NumPy and torch (data order, augmentation, sampling).
+        num_workers: data-loading processes; ``None``: 0 on CPU, up to 4 on CUDA.
+        amp: mixed precision on CUDA.
+        clip_grad_norm: clip the gradients' total norm to this (``SOLVER.CLIP_GRADIENTS``); ``None``: off.
+        trainable_backbone_layers: ResNet stages trained (0-5, the complement of ``BACKBONE.FREEZE_AT``);
+            ``None``: 5 from random weights, 3 from pretrained ones.
+        progress_bar: show a tqdm bar.
+    """
+
+    iters: int = 600
+    ims_per_batch: int = 2
+    base_lr: float = 0.00025
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    warmup_factor: float = 0.001
+    steps: tuple[int, ...] | None = None
+    gamma: float = 0.1
+    roi_batch_size_per_image: int = 512
+    min_size: int = 800
+    max_size: int = 1333
+    scale_jitter: float = 0.1
+    flip: bool = True
+    photometric: bool = True
+    device: str = "auto"
+    weights: str | None = "coco"
+    init_from: str | None = None
+    log_period: int = 20
+    seed: int = 0
+    num_workers: int | None = None
+    amp: bool = True
+    clip_grad_norm: float | None = None
+    trainable_backbone_layers: int | None = None
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.iters < 1:
+            raise ValueError(f"iters must be at least 1, got {self.iters}")
+        if self.ims_per_batch < 1:
+            raise ValueError(f"ims_per_batch must be at least 1, got {self.ims_per_batch}")
+        if not (self.base_lr > 0 and math.isfinite(self.base_lr)):
+            raise ValueError(f"base_lr must be a positive number, got {self.base_lr}")
+        if self.min_size < 8 or self.max_size < self.min_size:
+            raise ValueError(f"min_size/max_size must satisfy 8 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
+        if self.roi_batch_size_per_image < 1:
+            raise ValueError(f"roi_batch_size_per_image must be at least 1, got {self.roi_batch_size_per_image}")
+        if self.steps is not None:
+            self.steps = tuple(sorted(int(s) for s in self.steps))
+        self.log_period = max(1, int(self.log_period))
+
+    def resolved_steps(self) -> tuple[int, ...]:
+        if self.steps is not None:
+            return self.steps
+        return tuple(sorted({max(1, round(self.iters * 0.75)), max(1, round(self.iters * 0.9))}))
+
+    def lr_factor(self, iteration: int) -> float:
+        """Learning-rate multiplier at ``iteration`` (warm-up times step decay)."""
+        warm = 1.0
+        if iteration < self.warmup_iters:
+            alpha = iteration / self.warmup_iters
+            warm = self.warmup_factor * (1 - alpha) + alpha
+        return warm * self.gamma ** bisect.bisect_right(self.resolved_steps(), iteration)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["steps"] = list(self.resolved_steps())
+        return d
+
+
+@dataclass
+class TrainResult:
+    """What a run produced.
+
+    Attributes:
+        checkpoint: the saved ``model.pt``.
+        metrics: the ``metrics.jsonl`` rows.
+        run_dir: the run directory.
+        version: the checkpoint's version id.
+        class_names: the classes trained.
+        eval: the validation result (``EvalResult``) when a validation set was given.
+        loss_plot: the loss-curve PNG.
+        wall_s: training time in seconds.
+    """
+
+    checkpoint: Path
+    metrics: list[dict[str, Any]]
+    run_dir: Path
+    version: str
+    class_names: list[str]
+    eval: Any = None
+    loss_plot: Path | None = None
+    wall_s: float = 0.0
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def split_dataset(ds: AnnotationSet, *, train_frac: float = 0.7, val_frac: float = 0.2, seed: int = 0) -> dict[str, Any]:
+    """A deterministic train/val/test split by file name (same seed and names -> same split, in any order).
+
+    Args:
+        ds: the annotations.
+        train_frac / val_frac: shares of the images; the rest is the test part.
+        seed: shuffling seed.
+
+    Returns:
+        ``{"seed", "train_frac", "val_frac", "train": [...], "val": [...], "test": [...]}`` (file names).
+
+    Example:
+        >>> s = split_dataset(ds, seed=0)  # doctest: +SKIP
+        >>> len(s["train"]), len(s["val"]), len(s["test"])  # doctest: +SKIP
+        (53, 15, 8)
+    """
+    if not (0 < train_frac <= 1 and 0 <= val_frac <= 1 and train_frac + val_frac <= 1 + 1e-9):
+        raise ValueError(f"bad split fractions train={train_frac} val={val_frac}")
+    names = [image_key(r) for r in ds.images]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"file names must be unique to split by name; repeated: {dupes[:5]}")
+    names = sorted(names)
+    random.Random(seed).shuffle(names)
+    n = len(names)
+    n_train = min(n, max(1, round(n * train_frac))) if n else 0
+    n_val = min(n - n_train, round(n * val_frac))
+    if val_frac > 0 and n_val == 0 and n - n_train == 0 and n >= 2:
+        n_train -= 1  # keep at least one image to validate on
+    if val_frac > 0 and n_val == 0 and n - n_train > 0:
+        n_val = 1
+    return {
+        "seed": seed,
+        "train_frac": train_frac,
+        "val_frac": val_frac,
+        "train": names[:n_train],
+        "val": names[n_train : n_train + n_val],
+        "test": names[n_train + n_val :],
+    }
+
+
+def _check_images(ds: AnnotationSet, images_dir: Path, *, what: str) -> None:
+    missing = []
+    for r in ds.images:
+        try:
+            resolve_image_path(images_dir, r)
+        except ImageReadError as e:
+            missing.append(str(e))
+    if missing:
+        raise ImageReadError(f"{len(missing)} {what} image(s) cannot be found in {images_dir}: " + "; ".join(missing[:5]))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _infinite(loader):
+    while True:
+        yield from loader
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _class_names_for(dataset: AnnotationSet, parent_classes: list[str] | None) -> list[str]:
+    labels = list(dataset.labels) or dataset.collect_labels()
+    if parent_classes and set(labels) <= set(parent_classes):
+        return list(parent_classes)
+    return labels
+
+
+def train(
+    config: TrainConfig,
+    *,
+    dataset: AnnotationSet,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    val_dataset: AnnotationSet | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    split: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Trains a model and writes a run directory.
+
+    Args:
+        config: the recipe.
+        dataset: training annotations (images resolved as ``images_dir / file_name``).
+        images_dir: the image folder.
+        out_dir: the run directory (created).
+        val_dataset: evaluated at the end (COCO AP and losses); its metrics go into the checkpoint.
+        progress: called every ``log_period`` iterations with ``{"iteration", "max_iter", "losses", "lr",
+            "eta_seconds"}`` (the worker stores it in the RQ job's meta).
+        split: the split to record in ``split.json`` (default: the file names of ``dataset`` and
+            ``val_dataset``).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        FloatingPointError: a loss became NaN or infinite (the message names the iteration and losses).
+        ImageReadError / ValueError: missing images, bad annotations, no instances.
+        WeightsUnavailableError: ``weights="coco"`` offline without a cached copy.
+
+    Example:
+        >>> cfg = TrainConfig(iters=300, min_size=256, max_size=426, weights="none", base_lr=0.01)
+        >>> result = train(cfg, dataset=ds, images_dir="images", out_dir="runs/shoes")  # doctest: +SKIP
+        >>> result.checkpoint  # doctest: +SKIP
+        PosixPath('runs/shoes/model.pt')
+    """
+    from shoeseg.model import build_model, read_checkpoint_meta, save_checkpoint
+    from shoeseg.visualize import plot_losses
+
+    t_start = time.perf_counter()
+    images_dir = Path(images_dir)
+    run_dir = Path(out_dir)
+    if len(dataset) == 0:
+        raise ValueError("the training set has no images")
+    if dataset.count_instances() == 0:
+        raise ValueError("the training set has no labelled instances (polygons)")
+    _check_images(dataset, images_dir, what="training")
+    if val_dataset is not None and len(val_dataset):
+        _check_images(val_dataset, images_dir, what="validation")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    _seed_all(config.seed)
+    device = resolve_device(config.device)
+    configure_for_speed(device)
+    use_amp = config.amp and device.type == "cuda"
+
+    start_weights = config.init_from or config.weights
+    parent_version, parent_classes = None, None
+    if start_weights and str(start_weights).lower() not in ("none", "coco", "random"):
+        try:
+            meta = read_checkpoint_meta(start_weights)
+            parent_version, parent_classes = meta["version"], list(meta["class_names"])
+        except ValueError:
+            pass  # a plain state dict: no parent
+    class_names = _class_names_for(dataset, parent_classes)
+    model = build_model(
+        num_classes=len(class_names),
+        weights=start_weights,
+        roi_batch_size_per_image=config.roi_batch_size_per_image,
+        min_size=config.min_size,
+        max_size=config.max_size,
+        trainable_backbone_layers=config.trainable_backbone_layers,
+    )
+    # The dataset's transforms resize (with scale jitter); the model must not undo it while training.
+    model.transform._skip_resize = True
+    model.to(device).train()
+
+    train_ds = ShoeDataset(dataset, images_dir=images_dir, class_names=class_names, transforms=train_transforms(
+        min_size=config.min_size, max_size=config.max_size, scale_jitter=config.scale_jitter,
+        flip=config.flip, photometric=config.photometric))
+    num_workers = config.num_workers
+    if num_workers is None:
+        num_workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+    gen = torch.Generator().manual_seed(config.seed)
+    loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=config.ims_per_batch, shuffle=True, collate_fn=collate, num_workers=num_workers,
+        generator=gen, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    split = split or {"train": [image_key(r) for r in dataset.images],
+                      "val": [image_key(r) for r in val_dataset.images] if val_dataset is not None else []}
+    _write_json_atomic(run_dir / "split.json", split)
+
+    metrics_path = run_dir / "metrics.jsonl"
+    rows: list[dict[str, Any]] = []
+    window: dict[str, list[float]] = {k: [] for k in LOSS_KEYS}
+    data_iter = _infinite(loader)
+    log.info("training %d iterations on %s: %d images, classes %s, %d ROIs/image, %d-%d px", config.iters,
+             device, len(train_ds), class_names, config.roi_batch_size_per_image, config.min_size, config.max_size)
+    bar = None
+    if config.progress_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.iters, desc="train", unit="it", dynamic_ncols=True)
+    t_loop = time.perf_counter()
+    with open(metrics_path, "w", encoding="utf-8") as mfile:
+        try:
+            for it in range(config.iters):
+                t_data = time.perf_counter()
+                images, targets = next(data_iter)
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+                data_time = time.perf_counter() - t_data
+                lr = optimizer.param_groups[0]["lr"]
+                try:
+                    losses = train_step(model, images, targets, optimizer=optimizer, scaler=scaler, params=params,
+                                        amp=use_amp, clip_grad_norm=config.clip_grad_norm)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"at iteration {it + 1}: {e}") from None
+                scheduler.step()
+                for k, v in losses.items():
+                    window[k].append(v)
+                if bar is not None:
+                    bar.update(1)
+                done = it + 1
+                if done % config.log_period == 0 or done == config.iters:
+                    elapsed = time.perf_counter() - t_loop
+                    eta = elapsed / done * (config.iters - done)
+                    med = {k: statistics.median(v) for k, v in window.items() if v}
+                    row = {"iteration": done, **med, "lr": lr, "data_time": data_time,
+                           "time": elapsed / done, "eta_seconds": eta}
+                    rows.append(row)
+                    mfile.write(json.dumps(row) + "\n")
+                    mfile.flush()
+                    log.info("iter %d/%d  %s  lr %.6g  eta %s", done, config.iters,
+                             "  ".join(f"{k} {v:.4f}" for k, v in med.items()), lr, _fmt_eta(eta))
+                    if bar is not None:
+                        bar.set_postfix(total_loss=f"{med['total_loss']:.3f}")
+                    if progress is not None:
+                        progress({"iteration": done, "max_iter": config.iters, "losses": med, "lr": lr,
+                                  "eta_seconds": eta})
+                    window = {k: [] for k in LOSS_KEYS}
+        finally:
+            if bar is not None:
+                bar.close()
+    train_s = time.perf_counter() - t_loop
+
+    plot_path = plot_losses(rows, run_dir / "loss_curve.png")
+    model.eval()
+    final: dict[str, Any] = {"iterations": config.iters, "train_s": round(train_s, 2),
+                             "train_losses": {k: rows[-1][k] for k in LOSS_KEYS if k in rows[-1]}}
+    eval_result = None
+    if val_dataset is not None and len(val_dataset):
+        from shoeseg.evaluate import evaluate
+        from shoeseg.predict import Predictor
+
+        predictor = Predictor(model, class_names=class_names, device=device, score_thresh=0.05)
+        eval_result = evaluate(predictor, val_dataset, images_dir=images_dir)
+        final.update(eval_result.metrics)
+        final["val_losses"] = eval_result.losses
+        _write_json_atomic(run_dir / "eval.json", eval_result.to_json())
+    model.transform._skip_resize = False
+    ckpt_path = run_dir / "model.pt"
+    version = save_checkpoint(ckpt_path, model=model, class_names=class_names, config=config.to_dict(),
+                              metrics=final, parent_version=parent_version, extra={"split": split})
+    log.info("saved %s (version %s) after %.1f s", ckpt_path, version, time.perf_counter() - t_start)
+    return TrainResult(checkpoint=ckpt_path, metrics=rows, run_dir=run_dir, version=version, class_names=class_names,
+                       eval=eval_result, loss_plot=plot_path, wall_s=time.perf_counter() - t_start,
+                       final_metrics=final)
+
+
+def train_step(
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    targets: list[dict[str, torch.Tensor]],
+    *,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    params: list[torch.nn.Parameter],
+    amp: bool = False,
+    clip_grad_norm: float | None = None,
+) -> dict[str, float]:
+    """One optimisation step on a batch; returns the detectron2-named losses.
+
+    The loss values are read back once per step (one device synchronisation), after the update.
+
+    Raises:
+        FloatingPointError: a loss is NaN or infinite.
+    """
+    device = images[0].device
+    with autocast(device, enabled=amp):
+        loss_dict = model(images, targets)
+    total = sum(loss_dict.values())
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    if clip_grad_norm:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    values = torch.stack([v.detach().float() for v in loss_dict.values()]).tolist()
+    named = dict(zip(loss_dict, values, strict=True))
+    if not all(math.isfinite(v) for v in values):
+        raise FloatingPointError(f"loss became {sum(values)}: " + ", ".join(
+            f"{LOSS_NAMES.get(k, k)}={v}" for k, v in named.items()))
+    return detectron2_losses(named)
+
+
+def _fmt_eta(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"

@@ -1,0 +1,81 @@
+"""Generated shoe-like images for fast tests: coloured shoe silhouettes on textured backgrounds.
+
+Each shoe is a side-view silhouette (toe, vamp, ankle opening, heel) with a darker sole band, scaled,
+mirrored and placed at random on a background of noise, a colour gradient and stripes. The annotation is the
+silhouette polygon, so the truth is exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from shoeseg.geometry import polygons_to_mask
+from via_tools.model import AnnotationSet, ImageRecord, Region
+
+# Side view of a shoe in a unit box, toe on the right, sole at y = 1.
+SHOE_UNIT = np.array([
+    (0.00, 0.55), (0.04, 0.32), (0.16, 0.22), (0.30, 0.02), (0.50, 0.00), (0.56, 0.26),
+    (0.72, 0.38), (0.90, 0.50), (1.00, 0.68), (1.00, 0.86), (0.94, 1.00), (0.06, 1.00), (0.00, 0.88),
+])
+
+
+def shoe_polygon(rng: np.random.Generator, *, x0: float, y0: float, w: float, h: float) -> np.ndarray:
+    pts = SHOE_UNIT.copy()
+    pts += rng.normal(0, 0.015, pts.shape)  # no two shoes alike
+    if rng.random() < 0.5:
+        pts[:, 0] = 1.0 - pts[:, 0]
+    return np.column_stack([x0 + pts[:, 0] * w, y0 + pts[:, 1] * h])
+
+
+def background(rng: np.random.Generator, height_px: int, width_px: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height_px, 0:width_px].astype(np.float32)
+    c0, c1 = rng.uniform(60, 200, 3), rng.uniform(60, 200, 3)
+    t = (xx / max(width_px - 1, 1))[..., None]
+    img = c0 * (1 - t) + c1 * t
+    period = rng.uniform(6, 14)
+    img += 18 * np.sin(2 * np.pi * (xx + yy * rng.uniform(-1, 1)) / period)[..., None]
+    img += rng.normal(0, 10, img.shape)
+    return img
+
+
+def make_image(rng: np.random.Generator, height_px: int, width_px: int, n_shoes: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    img = background(rng, height_px, width_px)
+    polys = []
+    for k in range(n_shoes):
+        # Shoes side by side in their own horizontal slot so that they do not overlap.
+        slot_w = width_px / n_shoes
+        w = rng.uniform(0.55, 0.85) * slot_w
+        h = w * rng.uniform(0.45, 0.6)
+        x0 = k * slot_w + rng.uniform(0, slot_w - w)
+        y0 = rng.uniform(0.05 * height_px, 0.95 * height_px - h)
+        poly = shoe_polygon(rng, x0=x0, y0=y0, w=w, h=h)
+        mask = polygons_to_mask([poly], height_px, width_px)
+        colour = rng.uniform(0, 255, 3)
+        colour[rng.integers(3)] = rng.choice([20.0, 235.0])  # saturated
+        img[mask] = colour + rng.normal(0, 6, (int(mask.sum()), 3))
+        sole = mask & (np.arange(height_px)[:, None] > y0 + 0.85 * h)
+        img[sole] = img[sole] * 0.35
+        polys.append(poly)
+    return np.clip(img, 0, 255).astype(np.uint8), polys
+
+
+def make_shoe_dataset(
+    out_dir: str | Path, *, n_images: int, size_px: tuple[int, int] = (96, 128), seed: int = 0, max_shoes: int = 2
+) -> AnnotationSet:
+    """Writes ``n_images`` PNG images into ``out_dir`` and returns their annotations (label ``shoe``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    h, w = size_px
+    records = []
+    for i in range(n_images):
+        n = int(rng.integers(1, max_shoes + 1))
+        img, polys = make_image(rng, h, w, n)
+        name = f"shoe_{i:03d}.png"
+        Image.fromarray(img).save(out_dir / name)
+        regions = [Region(label="shoe", polygons=(p,), region_id=str(k)) for k, p in enumerate(polys)]
+        records.append(ImageRecord(file_name=name, width_px=w, height_px=h, regions=regions, image_id=str(i)))
+    return AnnotationSet(images=records, labels=["shoe"])

@@ -1,0 +1,122 @@
+"""Building the model, COCO weights offline, and checkpoint round trips."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from shoeseg.model import (
+    WeightsUnavailableError,
+    build_model,
+    coco_weights_cache_path,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+
+SMALL = dict(min_size=64, max_size=96)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    torch.manual_seed(0)
+    return build_model(num_classes=1, weights=None, roi_batch_size_per_image=32, **SMALL)
+
+
+def test_random_model_has_the_requested_heads_and_recipe_settings(small_model):
+    m = small_model
+    assert m.roi_heads.box_predictor.cls_score.out_features == 2  # background + shoe
+    assert m.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 2
+    assert m.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+    assert m.transform.min_size == (64,) and m.transform.max_size == 96
+    # detectron2's small-normal init of the mask logits (torchvision's Kaiming init gives |logits| ~ 16)
+    assert m.roi_heads.mask_predictor.mask_fcn_logits.weight.std() < 0.01
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model(num_classes=0, weights=None)
+
+
+def _online() -> bool:
+    try:
+        socket.create_connection(("download.pytorch.org", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_coco_weights_offline_fail_at_once_naming_the_alternatives(tmp_path, monkeypatch):
+    if _online():
+        pytest.skip("the network is reachable here, so the offline failure cannot be shown")
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # an empty cache
+    with pytest.raises(WeightsUnavailableError) as err:
+        build_model(num_classes=1, weights="coco", progress=False)
+    msg = str(err.value)
+    assert "--weights none" in msg and "--weights PATH" in msg and str(coco_weights_cache_path()) in msg
+
+
+def test_coco_weights_are_read_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    # An offline user who placed torchvision's file in the cache: a 91-class state dict with frozen BN.
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    torch.manual_seed(1)
+    coco_like = build_model(num_classes=90, weights=None, **SMALL)
+    state = {k: v for k, v in coco_like.state_dict().items() if not k.endswith("num_batches_tracked")}
+    cache = coco_weights_cache_path()
+    cache.parent.mkdir(parents=True)
+    torch.save(state, cache)
+    m = build_model(num_classes=1, weights="coco", **SMALL)
+    assert torch.equal(m.backbone.body.layer1[0].conv1.weight, state["backbone.body.layer1.0.conv1.weight"])
+    assert torch.equal(m.rpn.head.conv[0][0].weight, state["rpn.head.conv.0.0.weight"])
+    assert m.roi_heads.box_predictor.cls_score.out_features == 2  # class heads re-made for one class
+    from torchvision.ops import FrozenBatchNorm2d
+
+    bns = [x for x in m.modules() if isinstance(x, FrozenBatchNorm2d)]
+    assert bns and all(b.eps == 0.0 for b in bns)  # as torchvision does for these weights
+    assert not m.backbone.body.conv1.weight.requires_grad and m.backbone.body.layer2[0].conv1.weight.requires_grad
+
+
+def test_checkpoint_round_trip_keeps_weights_metadata_and_predictions(small_model, tmp_path):
+    path = tmp_path / "run" / "model.pt"
+    version = save_checkpoint(path, model=small_model, class_names=["shoe"], config={"iters": 7, "steps": (5, 6)},
+                              metrics={"segm_AP": np.float32(0.25)}, parent_version="20240101-000000-abcdef")
+    raw = torch.load(path, weights_only=True)  # loads safely: plain tensors and JSON-able data only
+    assert raw["meta"]["version"] == version
+    ckpt = load_checkpoint(path)
+    assert ckpt.version == version and ckpt.class_names == ["shoe"]
+    assert ckpt.config == {"iters": 7, "steps": [5, 6]} and ckpt.metrics == {"segm_AP": 0.25}
+    assert ckpt.parent_version == "20240101-000000-abcdef"
+    assert ckpt.model_config.min_size == 64 and ckpt.model_config.roi_batch_size_per_image == 32
+    a, b = small_model.state_dict(), ckpt.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not ckpt.model.training
+    small_model.eval()
+    img = [torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(0))]
+    with torch.inference_mode():
+        out_a, out_b = small_model(img)[0], ckpt.model(img)[0]
+    assert torch.equal(out_a["boxes"], out_b["boxes"]) and torch.equal(out_a["masks"], out_b["masks"])
+    assert read_checkpoint_meta(path)["class_names"] == ["shoe"]
+    assert not list(path.parent.glob(".*tmp"))  # the temporary file was renamed away
+
+
+def test_checkpoint_as_starting_weights_keeps_the_body_and_remakes_heads_for_new_classes(small_model, tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model=small_model, class_names=["shoe"])
+    m = build_model(num_classes=2, weights=path, **SMALL)
+    assert m.roi_heads.box_predictor.cls_score.out_features == 3
+    assert torch.equal(m.backbone.fpn.inner_blocks[0][0].weight, small_model.backbone.fpn.inner_blocks[0][0].weight)
+
+
+def test_bad_weights_and_checkpoints_are_named(tmp_path, small_model):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        build_model(num_classes=1, weights=tmp_path / "nope.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_checkpoint(junk)
+    plain = tmp_path / "plain.pt"
+    torch.save({"a": torch.zeros(1)}, plain)
+    with pytest.raises(ValueError, match="plain.pt"):
+        load_checkpoint(plain)
+    with pytest.raises(ValueError, match="class names"):
+        save_checkpoint(tmp_path / "x.pt", model=small_model, class_names=["shoe", "boot"])

@@ -1,0 +1,133 @@
+"""Training: the recipe's schedule, a short run whose losses fall, NaN handling, fine-tuning lineage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shoeseg.model import load_checkpoint
+from shoeseg.train import LOSS_KEYS, TrainConfig, detectron2_losses, train
+from tests.shoeseg.synth import make_shoe_dataset
+
+OVERFIT_ITERS = 80  # enough for the recipe below to reach IoU 0.77-0.90 on every shoe in trial runs
+TINY = dict(min_size=64, max_size=80, roi_batch_size_per_image=32, warmup_iters=4, base_lr=0.01, clip_grad_norm=10.0,
+            weights="none", device="cpu", progress_bar=False)
+
+
+def test_recipe_defaults_and_learning_rate_schedule():
+    cfg = TrainConfig()
+    assert (cfg.iters, cfg.ims_per_batch, cfg.roi_batch_size_per_image, cfg.weights) == (600, 2, 512, "coco")
+    assert cfg.resolved_steps() == (450, 540)
+    s = TrainConfig(iters=100, warmup_iters=10, warmup_factor=0.001, gamma=0.1)
+    assert s.lr_factor(0) == pytest.approx(0.001)
+    assert s.lr_factor(5) == pytest.approx(0.5005)
+    assert s.lr_factor(10) == s.lr_factor(74) == 1.0
+    assert s.lr_factor(75) == pytest.approx(0.1) and s.lr_factor(95) == pytest.approx(0.01)
+    assert TrainConfig(iters=100, steps=(60, 20), warmup_iters=0).lr_factor(30) == pytest.approx(0.1)
+    for bad in [dict(iters=0), dict(ims_per_batch=0), dict(base_lr=-1.0), dict(min_size=100, max_size=50)]:
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+def test_loss_names_follow_detectron2():
+    out = detectron2_losses({"loss_classifier": 1.0, "loss_box_reg": 2.0, "loss_mask": 3.0, "loss_objectness": 4.0,
+                             "loss_rpn_box_reg": 5.0})
+    assert list(out) == list(LOSS_KEYS) and out["total_loss"] == 15.0 and out["loss_rpn_loc"] == 5.0
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    ds = make_shoe_dataset(d / "images", n_images=2, size_px=(64, 80), seed=11)
+    calls = []
+    cfg = TrainConfig(iters=16, log_period=4, seed=1, **TINY)
+    result = train(cfg, dataset=ds, images_dir=d / "images", out_dir=d / "run", progress=calls.append)
+    return result, calls, ds, d
+
+
+def test_losses_fall_over_a_short_run(short_run):
+    result, _, _, _ = short_run
+    rows = result.metrics
+    assert [r["iteration"] for r in rows] == [4, 8, 12, 16]
+    first, last = rows[0], rows[-1]
+    # From random weights the box classifier and RPN learn "background" within a few iterations;
+    # the total falls by far more than the 15% asked here (about 2.8 -> 1.8 in trial runs).
+    assert last["total_loss"] < 0.85 * first["total_loss"]
+    assert last["loss_cls"] < first["loss_cls"]
+
+
+def test_run_directory_and_progress_reports(short_run):
+    result, calls, ds, d = short_run
+    run = d / "run"
+    assert {p.name for p in run.iterdir()} >= {"model.pt", "metrics.jsonl", "split.json", "loss_curve.png"}
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines == result.metrics
+    assert set(LOSS_KEYS) <= set(lines[0]) and {"lr", "eta_seconds", "time"} <= set(lines[0])
+    # the learning rate of each row's last iteration: warm-up (4 iterations), then decay at 12 and 14
+    cfg = TrainConfig(iters=16, **TINY)
+    assert [r["lr"] for r in lines] == pytest.approx([0.01 * cfg.lr_factor(i - 1) for i in (4, 8, 12, 16)])
+    assert lines[0]["lr"] > 0.01 * cfg.lr_factor(0) and lines[-1]["lr"] == pytest.approx(0.0001)
+    assert [c["iteration"] for c in calls] == [4, 8, 12, 16] and all(c["max_iter"] == 16 for c in calls)
+    assert set(calls[0]) == {"iteration", "max_iter", "losses", "lr", "eta_seconds"}
+    assert calls[-1]["eta_seconds"] == 0
+    assert json.loads((run / "split.json").read_text())["train"] == [r.file_name for r in ds.images]
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.version == result.version and ckpt.class_names == ["shoe"] and ckpt.parent_version is None
+    assert ckpt.config["iters"] == 16 and ckpt.config["roi_batch_size_per_image"] == 32
+    assert ckpt.metrics["train_losses"]["total_loss"] == pytest.approx(result.metrics[-1]["total_loss"])
+    assert ckpt.model_config.min_size == 64
+
+
+def test_fine_tuning_from_a_checkpoint_records_its_parent(short_run):
+    result, _, ds, d = short_run
+    cfg = TrainConfig(iters=1, log_period=1, init_from=str(result.checkpoint), **TINY)
+    child = train(cfg, dataset=ds, images_dir=d / "images", out_dir=d / "child")
+    assert load_checkpoint(child.checkpoint).parent_version == result.version
+
+
+def test_nan_losses_raise(short_run):
+    _, _, ds, d = short_run
+    cfg = TrainConfig(iters=6, log_period=1, **{**TINY, "base_lr": 1e12, "warmup_iters": 0, "clip_grad_norm": None})
+    with pytest.raises(FloatingPointError, match="iteration"):
+        train(cfg, dataset=ds, images_dir=d / "images", out_dir=d / "nan")
+
+
+def test_bad_training_sets_are_refused(tmp_path):
+    from via_tools.images import ImageReadError
+    from via_tools.model import AnnotationSet, ImageRecord
+
+    cfg = TrainConfig(iters=1, **TINY)
+    with pytest.raises(ValueError, match="no images"):
+        train(cfg, dataset=AnnotationSet(images=[]), images_dir=tmp_path, out_dir=tmp_path / "r")
+    ds = make_shoe_dataset(tmp_path / "img", n_images=1, size_px=(64, 64), seed=0)
+    with pytest.raises(ValueError, match="no labelled"):
+        train(cfg, dataset=AnnotationSet(images=[ImageRecord(file_name="x.png")], labels=["shoe"]),
+              images_dir=tmp_path, out_dir=tmp_path / "r")
+    with pytest.raises(ImageReadError, match="shoe_000.png"):
+        train(cfg, dataset=ds, images_dir=tmp_path / "elsewhere", out_dir=tmp_path / "r")
+
+
+@pytest.mark.slow
+def test_a_model_overfitted_on_two_images_finds_their_shoes_again(tmp_path):
+    from shoeseg.geometry import mask_iou, polygons_to_mask
+    from shoeseg.predict import Predictor
+    from via_tools.images import read_image
+
+    ds = make_shoe_dataset(tmp_path / "images", n_images=2, size_px=(64, 80), seed=3)
+    assert ds.count_instances() == 3
+    cfg = TrainConfig(iters=OVERFIT_ITERS, log_period=10, seed=0, scale_jitter=0.0, photometric=False,
+                      **{**TINY, "base_lr": 0.02, "warmup_iters": 5})
+    result = train(cfg, dataset=ds, images_dir=tmp_path / "images", out_dir=tmp_path / "run")
+    predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu", score_thresh=0.5)
+    for rec in ds.images:
+        image = read_image(tmp_path / "images" / rec.file_name)
+        dets = predictor.predict([image])[0]
+        for region in rec.instances:
+            truth = polygons_to_mask(region.polygons, 64, 80)
+            best = max((mask_iou(truth, d.mask) for d in dets), default=0.0)
+            # Threshold 0.5, COCO's loosest match (AP50). The shoes are small (230-1900 px): a one-pixel
+            # error all along a 15x25 px outline alone costs ~0.15 IoU. An untrained model's best match,
+            # even among 75-89 detections at score 0.5, stays at 0.39 or below (3 seeds tried), so
+            # passing needs real learning.
+            assert best >= 0.5, (rec.file_name, region.region_id, best)
