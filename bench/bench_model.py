@@ -209,8 +209,11 @@ def bench_training(size: int, device: torch.device, repeats: int, checkpoint: st
     amp = device.type == "cuda"
     p_ours = [p for p in ours.parameters() if p.requires_grad]
     p_plain = [p for p in plain.parameters() if p.requires_grad]
-    opt_ours = torch.optim.SGD(p_ours, lr=1e-4, momentum=0.9, weight_decay=1e-4)
-    opt_plain = torch.optim.SGD(p_plain, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    # Learning rate 0: the optimiser does all its work but the weights stay put, so that both models keep
+    # making the same proposals and every repeat costs the same (diverging weights change the mask head's
+    # share of positive ROIs).
+    opt_ours = torch.optim.SGD(p_ours, lr=0.0, momentum=0.9, weight_decay=1e-4)
+    opt_plain = torch.optim.SGD(p_plain, lr=0.0, momentum=0.9, weight_decay=1e-4)
     scaler_ours = torch.amp.GradScaler("cuda", enabled=amp)
     scaler_plain = torch.amp.GradScaler("cuda", enabled=amp)
 
