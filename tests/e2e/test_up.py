@@ -75,7 +75,7 @@ def start_up(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
             if proc.poll() is not None:
                 break
             continue
-        if line.startswith("ShoeSeg is up:"):
+        if "press Ctrl-C to stop everything" in line:  # the banner's last line: the whole banner is read
             return proc, transcript
     _interrupt(proc)
     pytest.fail("shoeseg up did not come up:\n" + "".join(transcript[-60:]))
