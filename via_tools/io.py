@@ -8,8 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import importlib
 import json
 import logging
@@ -24,6 +22,7 @@ from via_tools.errors import AnnotationError
 from via_tools.images import ImageReadError, image_size_wh
 from via_tools.model import AnnotationSet
 from via_tools.options import ReadOptions, WriteOptions
+from via_tools.perf import gc_paused
 from via_tools.report import Report
 from via_tools.shapes import sanitize_many
 
@@ -58,17 +57,6 @@ class _Formats(Mapping[str, ModuleType]):
 FORMATS: Mapping[str, ModuleType] = _Formats()
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    # Reading builds hundreds of thousands of small objects that all stay alive: the cyclic garbage
-    # collector would scan them again and again (about 40% of the reading time) and find nothing.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _format_module(fmt: str) -> ModuleType:
@@ -189,12 +177,12 @@ def load(
     if fmt == "csv":
         doc: Any = text
     else:
-        with _gc_paused():
+        with gc_paused():
             doc = _parse_json(text, source=source)
         if fmt is None:
             fmt = detect_format(doc, source=source)
     module = _format_module(fmt)
-    with _gc_paused():
+    with gc_paused():
         ds = module.read(doc, source=source, options=options, report=report)
     if options.images_dir is not None:
         _check_images(ds, Path(options.images_dir), source=source, report=report)
@@ -243,7 +231,7 @@ def save(ds: AnnotationSet, path: str | Path, *, fmt: str, options: WriteOptions
         >>> save(ds, "out/via_project.json", fmt="via2")  # doctest: +SKIP
     """
     p = Path(path)
-    with _gc_paused():
+    with gc_paused():
         doc = _format_module(fmt).write(ds, options=options)
         text = doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
     p.parent.mkdir(parents=True, exist_ok=True)
