@@ -1,17 +1,21 @@
 """The ML backend web app: ``create_app(settings)`` builds a FastAPI app speaking Label Studio 1.23's protocol.
 
 Routes: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``,
-``GET /metrics`` (Prometheus text). Every error answers ``{"error": "..."}`` without a traceback; request
-bodies over ``max_request_bytes`` answer 413; with ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route
-but ``/health`` needs HTTP basic auth (Label Studio sends it when the ML backend is added with it).
+``GET /metrics`` (Prometheus text). Every error, the framework's own included (unknown routes, bodies that
+do not parse), answers ``{"error": "..."}`` without a traceback; request bodies over ``max_request_bytes``
+and ``/predict`` requests over the task or pixel budget answer 413; a ``/setup`` naming an untrusted Label
+Studio answers 403; with ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route but ``/health``
+(``/metrics`` included) needs HTTP basic auth (Label Studio sends it when the ML backend is added with it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import secrets
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -21,10 +25,11 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.control_models import LabelConfigError
 from backend.metrics import Metrics
-from backend.model import QueueUnavailable, ShoeSegModel
+from backend.model import ClientGone, QueueUnavailable, RequestTooLarge, SetupRefused, ShoeSegModel
 from backend.protocol import (
     ErrorResponse,
     HealthResponse,
@@ -43,6 +48,7 @@ log = logging.getLogger(__name__)
 _ERRORS = {
     400: {"model": ErrorResponse, "description": "The request cannot be served (the message says why)."},
     401: {"model": ErrorResponse, "description": "Basic auth is required."},
+    403: {"model": ErrorResponse, "description": "The Label Studio server named is not trusted."},
     413: {"model": ErrorResponse, "description": "The request body is too large."},
     422: {"model": ErrorResponse, "description": "The request body does not have the expected shape."},
 }
@@ -180,6 +186,26 @@ def create_app(settings: Settings | None = None, *, model: ShoeSegModel | None =
         log.error("%s", exc)
         return _error(503, str(exc))
 
+    @app.exception_handler(SetupRefused)
+    async def _setup_refused(request: Request, exc: SetupRefused):
+        metrics.errors.labels(kind="setup_refused").inc()
+        log.warning("%s", exc)
+        return _error(403, str(exc))
+
+    @app.exception_handler(RequestTooLarge)
+    async def _too_large(request: Request, exc: RequestTooLarge):
+        metrics.errors.labels(kind="too_large").inc()
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return _error(413, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # The framework's own answers (unknown route, wrong method, a body it cannot parse) in our shape.
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404:
+            detail = f"no route {request.url.path}"
+        return _error(exc.status_code, detail, getattr(exc, "headers", None))
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         metrics.errors.labels(kind="validation").inc()
@@ -209,11 +235,35 @@ def create_app(settings: Settings | None = None, *, model: ShoeSegModel | None =
 
     @app.post("/predict", response_model=PredictResponse, response_model_exclude_none=True,
               responses={**_ERRORS}, tags=["Label Studio"])
-    def predict(body: PredictRequest) -> dict[str, Any]:
-        """Pre-annotates the tasks: one result per task, in order (empty with ``error`` for a bad image)."""
+    async def predict(body: PredictRequest, request: Request) -> Any:
+        """Pre-annotates the tasks: one result per task, in order (empty with ``error`` for a bad image).
+
+        The work stops between batches when the client disconnects.
+        """
         context = body.params.context if body.params else None
         tasks = [t.model_dump() for t in body.tasks]
-        results = shoeseg.predict(tasks, context, label_config=body.label_config, project=body.project)
+        gone = threading.Event()
+
+        async def watch() -> None:
+            while not gone.is_set():
+                if await request.is_disconnected():
+                    gone.set()
+                    return
+                await asyncio.sleep(0.1)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            results = await run_in_threadpool(
+                shoeseg.predict, tasks, context, label_config=body.label_config, project=body.project,
+                should_stop=gone.is_set,
+            )
+        except ClientGone as e:
+            metrics.errors.labels(kind="client_gone").inc()
+            log.warning("/predict of %d tasks: %s", len(tasks), e)
+            return _error(499, str(e))
+        finally:
+            gone.set()
+            watcher.cancel()
         version = results[0]["model_version"] if results else shoeseg.model_version
         return {"results": results, "model_version": version}
 
@@ -227,7 +277,7 @@ def create_app(settings: Settings | None = None, *, model: ShoeSegModel | None =
             summary = shoeseg.fit(body.action, payload)
         except ValueError as e:
             metrics.errors.labels(kind="webhook").inc()
-            return _error(400, f"webhook {body.action}: {e}")
+            return _error(422, f"webhook {body.action}: {e}")
         summary.setdefault("event", body.action)
         return summary
 

@@ -196,9 +196,12 @@ class BrushLabelsControl(ControlModel):
 
         if src.mask is None or not src.mask.any():
             return []
-        if src.mask.shape != (height_px, width_px):
-            raise ValueError(f"mask of shape {src.mask.shape} for an image of {width_px}x{height_px} px")
-        rle = mask2rle(src.mask.astype(np.uint8) * 255)
+        mask = src.mask.astype(np.uint8) * 255
+        if mask.shape != (height_px, width_px):  # the model saw the image shrunk: one mask at full size at a time
+            from PIL import Image
+
+            mask = np.asarray(Image.fromarray(mask).resize((width_px, height_px), Image.Resampling.NEAREST))
+        rle = mask2rle(mask)
         return [{"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [src.label]}]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import json
 import logging
 import os
@@ -32,9 +33,10 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from backend.settings import Settings
-from via_tools.images import ImageReadError, decode_image
+from via_tools.images import ImageReadError, decode_image_scaled
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +48,14 @@ _MAX_REDIRECTS = 3
 class ImageFetchError(ValueError):
     """An image that could not be fetched or decoded; the message names the task and the URL."""
 
-    def __init__(self, message: str, *, task_id=None, url: str | None = None, unauthorized: bool = False):
+    def __init__(self, message: str, *, task_id=None, url: str | None = None, unauthorized: bool = False,
+                 reason: str | None = None):
         super().__init__(message)
         self.task_id = task_id
         self.url = url
         self.unauthorized = unauthorized
+        #: the message without the task and the URL, to group identical failures of many tasks
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,16 @@ class LabelStudioAccess:
         token: a legacy API token (sent as ``Token``) or a personal access token (a JWT, refreshed to ``Bearer``).
         aliases: other base URLs of the same server (the ``hostname`` Label Studio announced when
             ``LABEL_STUDIO_URL`` overrides it); absolute URLs on them are fetched from ``hostname``.
+        fallback_token: a second credential of the same server, tried once when ``token`` is refused (the
+            configured ``LABEL_STUDIO_API_KEY``, only ever set when ``hostname`` is ``LABEL_STUDIO_URL``).
+
+    Every credential here goes to ``hostname`` and nowhere else.
     """
 
     hostname: str | None
     token: str | None = None
     aliases: tuple[str, ...] = ()
+    fallback_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,21 +108,69 @@ def _jwt_expiry(token: str) -> float | None:
         return None
 
 
-def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _split_entry(entry: str) -> tuple[str, int | None]:
+    """``host`` -> (host, None); ``host:port`` and ``[v6]:port`` -> (host, port)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    host, sep, port = entry.rpartition(":")
+    if sep and port.isdigit():
+        return host, int(port)
+    return entry, None
+
+
+def host_allowed(host: str, port: int | None, allowed: tuple[str, ...]) -> bool:
+    """Whether ``host:port`` matches an entry of ``SHOESEG_ALLOWED_HOSTS``.
+
+    An entry ``host`` allows that host on ports 80 and 443 only; ``host:port`` that port only; ``*.domain``
+    every subdomain (not the domain itself) on ports 80 and 443, ``*.domain:port`` on that port.
+
+    Example:
+        >>> host_allowed("img.example.org", 443, ("*.example.org",))
+        True
+        >>> host_allowed("localhost", 8080, ("localhost",))
+        False
+    """
     host = host.lower().rstrip(".")
     for entry in allowed:
-        if entry.startswith("*."):
-            if host.endswith(entry[1:]):
+        name, entry_port = _split_entry(entry.lower())
+        if entry_port is None:
+            if port not in _DEFAULT_PORTS.values():
+                continue
+        elif port != entry_port:
+            continue
+        if name.startswith("*."):
+            if host.endswith(name[1:]):
                 return True
-        elif host == entry:
+        elif host == name.rstrip("."):
             return True
     return False
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
+def origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
-    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a port that is not a number
+        port = None
     return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def same_server(a: str | None, b: str | None) -> bool:
+    """Whether two base URLs name the same server (scheme, host and port)."""
+    return bool(a) and bool(b) and origin(a) == origin(b)
+
+
+def has_userinfo(url: str) -> bool:
+    """Whether a URL carries ``user[:password]@`` (never forwarded: such URLs are refused)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return "@" in parts.netloc
 
 
 class ImageFetcher:
@@ -125,7 +183,7 @@ class ImageFetcher:
     Example:
         >>> fetcher = ImageFetcher(Settings(image_root=Path("/srv/images")))  # doctest: +SKIP
         >>> img = fetcher.fetch("shoes/1.jpg", task_id=7, access=None)  # doctest: +SKIP
-        >>> fetcher.decode(img, task_id=7).shape  # doctest: +SKIP
+        >>> fetcher.decode(img, task_id=7)[0].shape  # doctest: +SKIP
         (480, 640, 3)
     """
 
@@ -136,6 +194,7 @@ class ImageFetcher:
         self._access_tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
         self._root = settings.image_root.resolve() if settings.image_root else None
+        self._decode_slots = threading.BoundedSemaphore(max(1, settings.decode_workers))
 
     @property
     def _client(self) -> httpx.Client:
@@ -182,17 +241,41 @@ class ImageFetcher:
             raise self._error(task_id, url, f"cannot be read ({e.strerror or e})") from e
         return FetchedImage(data=data, digest=hashlib.sha256(data).hexdigest(), source=source)
 
-    def decode(self, image: FetchedImage, *, task_id) -> np.ndarray:
-        """Decodes fetched bytes to RGB uint8 ``(H, W, 3)`` with EXIF orientation applied, within the pixel limit."""
+    def decode(self, image: FetchedImage, *, task_id, fit_within: tuple[int, int] | None = None
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Decodes fetched bytes to RGB uint8 ``(H, W, 3)`` with EXIF orientation applied, within the pixel limit.
+
+        Args:
+            image: the fetched bytes.
+            task_id: for error messages.
+            fit_within: ``(min_size, max_size)`` of the model's resize: the image is shrunk to it while decoding.
+
+        Returns:
+            ``(array, (width_px, height_px))``: the (possibly shrunk) pixels and the image's full displayed size.
+            At most ``decode_workers`` decodes run at once in the process, whatever the number of requests.
+        """
+        with self._decode_slots:
+            try:
+                return decode_image_scaled(image.data, name=image.source, max_pixels=self.settings.max_image_pixels,
+                                           fit_within=fit_within)
+            except ImageReadError as e:
+                raise ImageFetchError(f"task {task_id}: {e}", task_id=task_id, url=image.source,
+                                      reason=str(e).replace(image.source, "<image>", 1)) from e
+
+    def image_size(self, image: FetchedImage, *, task_id) -> tuple[int, int]:
+        """``(width_px, height_px)`` from the file header, before any pixel is decoded."""
         try:
-            return decode_image(image.data, name=image.source, max_pixels=self.settings.max_image_pixels)
-        except ImageReadError as e:
-            raise ImageFetchError(f"task {task_id}: {e}", task_id=task_id, url=image.source) from e
+            with Image.open(io.BytesIO(image.data)) as im:
+                return im.size
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ImageFetchError(f"task {task_id}: image {image.source!r} is not a readable image ({e})",
+                                  task_id=task_id, url=image.source, reason=f"not a readable image ({e})") from e
 
     # -- sources ---------------------------------------------------------------------------------
     def _error(self, task_id, url: str, reason: str) -> ImageFetchError:
         shown = url if len(url) <= 200 else url[:200] + "..."
-        return ImageFetchError(f"task {task_id}: image {shown!r} {reason}", task_id=task_id, url=url)
+        return ImageFetchError(f"task {task_id}: image {shown!r} {reason}", task_id=task_id, url=url,
+                               reason=f"image {reason}")
 
     def _fetch(self, url: str, *, task_id, access: LabelStudioAccess) -> tuple[bytes, str]:
         parts = urlsplit(url)
@@ -200,17 +283,22 @@ class ImageFetcher:
         if scheme == "data":
             return self._from_data_uri(url, task_id=task_id), "data URI"
         if scheme in ("http", "https"):
-            if access.hostname and _origin(url)[1:] == _origin(access.hostname)[1:]:
+            if has_userinfo(url):
+                raise self._error(task_id, url, "holds a user or password (user:password@host); such URLs are "
+                                  "refused so that no credential in them is forwarded")
+            if access.hostname and origin(url)[1:] == origin(access.hostname)[1:]:
                 return self._from_label_studio(url, task_id=task_id, access=access), url
             for alias in access.aliases:
-                if access.hostname and _origin(url)[1:] == _origin(alias)[1:]:
+                if access.hostname and origin(url)[1:] == origin(alias)[1:]:
                     path = parts.path + (f"?{parts.query}" if parts.query else "")
                     absolute = urljoin(access.hostname.rstrip("/") + "/", path.lstrip("/"))
                     return self._from_label_studio(absolute, task_id=task_id, access=access, shown=url), url
-            if not _host_allowed(parts.hostname or "", self.settings.allowed_hosts):
+            _, host, port = origin(url)
+            if not host_allowed(host, port, self.settings.allowed_hosts):
                 raise self._error(
                     task_id, url,
-                    f"is on host {parts.hostname!r}, which is not Label Studio's and not in SHOESEG_ALLOWED_HOSTS",
+                    f"is on {host}:{port}, which is not Label Studio's and not in SHOESEG_ALLOWED_HOSTS "
+                    "(an entry 'host' allows ports 80 and 443; name other ports as 'host:port')",
                 )
             return self._download(url, task_id=task_id, headers={}, allowed_origin=None), url
         if scheme == "file":
@@ -270,12 +358,12 @@ class ImageFetcher:
         if cached is not None and cached.is_file():
             return cached.read_bytes()
         token = access.token
-        origin = _origin(absolute_url)
+        ls_origin = origin(absolute_url)
         data = None
         for attempt in range(2):
             headers = self._auth_headers(access, force_refresh=attempt > 0, task_id=task_id, url=shown or absolute_url)
             try:
-                data = self._download(absolute_url, task_id=task_id, headers=headers, allowed_origin=origin,
+                data = self._download(absolute_url, task_id=task_id, headers=headers, allowed_origin=ls_origin,
                                       shown=shown)
                 break
             except _Unauthorized as e:
@@ -334,13 +422,15 @@ class ImageFetcher:
         deadline = time.monotonic() + self.settings.fetch_timeout_s
         current = url
         for _ in range(_MAX_REDIRECTS + 1):
-            send_headers = headers if allowed_origin is None or _origin(current) == allowed_origin else {}
+            send_headers = headers if allowed_origin is None or origin(current) == allowed_origin else {}
             with self._client.stream("GET", current, headers=send_headers) as r:
                 if r.is_redirect:
                     target = urljoin(current, r.headers.get("location", ""))
-                    tscheme, thost, _ = _origin(target)
-                    same_ls = allowed_origin is not None and _origin(target) == allowed_origin
-                    if tscheme not in ("http", "https") or not (same_ls or _host_allowed(thost, self.settings.allowed_hosts)):
+                    tscheme, thost, tport = origin(target)
+                    same_ls = allowed_origin is not None and origin(target) == allowed_origin
+                    if has_userinfo(target):
+                        raise self._error(task_id, shown or url, "redirects to a URL with a user or password")
+                    if tscheme not in ("http", "https") or not (same_ls or host_allowed(thost, tport, self.settings.allowed_hosts)):
                         raise self._error(task_id, shown or url, f"redirects to {target!r}, which is not an allowed host")
                     current = target
                     continue

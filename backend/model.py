@@ -20,10 +20,11 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -35,7 +36,16 @@ from backend.control_models import (
     LabelConfigError,
     RegionSource,
 )
-from backend.images import FetchedImage, ImageFetcher, ImageFetchError, LabelStudioAccess
+from backend.images import (
+    FetchedImage,
+    ImageFetcher,
+    ImageFetchError,
+    LabelStudioAccess,
+    has_userinfo,
+    host_allowed,
+    origin,
+    same_server,
+)
 from backend.metrics import Metrics
 from backend.settings import Settings
 
@@ -47,6 +57,22 @@ NO_MODEL_VERSION = "shoeseg-untrained"
 
 class QueueUnavailable(RuntimeError):
     """Training events cannot be queued (no ``REDIS_URL``, or Redis does not answer)."""
+
+
+class SetupRefused(PermissionError):
+    """A ``/setup`` names a Label Studio server this backend does not trust (answered 403)."""
+
+
+class RequestTooLarge(ValueError):
+    """A ``/predict`` request over the task or pixel budget (answered 413)."""
+
+
+class ClientGone(RuntimeError):
+    """The client of a ``/predict`` request disconnected; the remaining work was dropped."""
+
+
+#: Projects whose ``/setup`` access is remembered (least recently set up forgotten first).
+MAX_PROJECTS = 1000
 
 
 @dataclass
@@ -212,9 +238,34 @@ class _ImageJob:
     fetched: FetchedImage | None = None
     key: tuple | None = None
     array: np.ndarray | None = None
+    full_wh: tuple[int, int] | None = None
     regions: list[dict] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     error: str | None = None
+
+
+@dataclass
+class _RequestState:
+    """What one ``/predict`` request has used and seen: pixels, results by image, failures by reason."""
+
+    pixel_budget: int
+    pixels: int = 0
+    done: dict[tuple, tuple[list[dict], list[float]]] = field(default_factory=dict)
+    failures: dict[str, list] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, reason: str, task_id, message: str) -> None:
+        with self._lock:
+            self.failures.setdefault(reason, []).append((task_id, message))
+
+    def log_failures(self) -> None:
+        """One ERROR line per distinct failure, with how many tasks had it."""
+        for reason, items in self.failures.items():
+            if len(items) == 1:
+                log.error("%s", items[0][1])
+            else:
+                shown = ", ".join(str(t) for t, _ in items[:5]) + (", ..." if len(items) > 5 else "")
+                log.error("%d tasks: %s (tasks %s; first: %s)", len(items), reason, shown, items[0][1])
 
 
 def boxes_from_context(context: dict | None) -> list[dict]:
@@ -271,9 +322,8 @@ class ShoeSegModel:
         self.models = ModelCache(settings, metrics=self.metrics, loader=loader)
         self.configs = LabelConfigCache()
         self.results = ResultCache(settings.result_cache_size)
-        self._access: dict[str, LabelStudioAccess] = {}
-        self._last_access: LabelStudioAccess | None = None
-        self._last_schema: str | None = None
+        self._projects: OrderedDict[str, tuple[LabelStudioAccess, str]] = OrderedDict()
+        self._projects_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._redis = None
@@ -341,26 +391,71 @@ class ShoeSegModel:
         }
 
     # -- setup -----------------------------------------------------------------------------------
-    def _access_for(self, hostname: str | None, token: str | None) -> LabelStudioAccess:
-        base = self.settings.label_studio_url or hostname
-        aliases = tuple(h for h in (hostname,) if h and h != base)
-        return LabelStudioAccess(hostname=base, token=token or self.settings.label_studio_api_key, aliases=aliases)
+    def default_access(self) -> LabelStudioAccess:
+        """The configured server and key (``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``), or no access at all."""
+        url = self.settings.label_studio_url
+        if not url:
+            return LabelStudioAccess(hostname=None)
+        aliases = (self.settings.label_studio_host,) if self.settings.label_studio_host else ()
+        return LabelStudioAccess(hostname=url, token=self.settings.label_studio_api_key, aliases=aliases)
+
+    def access_for(self, hostname: str | None, token: str | None) -> LabelStudioAccess:
+        """Where a ``/setup``'s Label Studio is, and which credentials may go to it.
+
+        * ``hostname`` is ``LABEL_STUDIO_URL`` (or the ``LABEL_STUDIO_HOST`` it announces): requests go to
+          ``LABEL_STUDIO_URL`` with the ``/setup`` token, and the configured key is tried when it is refused.
+        * ``hostname`` is another server named in ``SHOESEG_ALLOWED_HOSTS``: requests go to it with the
+          ``/setup`` token only; the configured key never goes there.
+        * no ``hostname``: the configured access (the ``/setup`` token goes nowhere without its server).
+
+        Raises:
+            SetupRefused: any other hostname, or one holding a user or password.
+        """
+        configured = self.default_access()
+        hostname = (hostname or "").strip().rstrip("/") or None
+        if hostname is None:
+            return configured
+        parts = urlsplit(hostname)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SetupRefused(f"setup: hostname {hostname!r} is not an http(s) URL")
+        if has_userinfo(hostname):
+            raise SetupRefused("setup: the hostname holds a user or password; such URLs are refused")
+        if configured.hostname and any(same_server(hostname, h) for h in (configured.hostname, *configured.aliases)):
+            key = self.settings.label_studio_api_key
+            aliases = tuple(a for a in (*configured.aliases, hostname) if not same_server(a, configured.hostname))
+            return LabelStudioAccess(hostname=configured.hostname, token=token or key, aliases=tuple(dict.fromkeys(aliases)),
+                                     fallback_token=key if token and key and key != token else None)
+        _, host, port = origin(hostname)
+        if host_allowed(host, port, self.settings.allowed_hosts):
+            return LabelStudioAccess(hostname=hostname, token=token or None)
+        trusted = self.settings.label_studio_url or "none configured"
+        raise SetupRefused(
+            f"setup: Label Studio at {hostname} is not trusted by this backend (LABEL_STUDIO_URL: {trusted}). "
+            f"Set LABEL_STUDIO_URL to it (or LABEL_STUDIO_HOST, when it announces another name than the one the "
+            f"backend reaches it by), or add {host}:{port} to SHOESEG_ALLOWED_HOSTS"
+        )
 
     def setup(self, *, schema: str | None, hostname: str | None = None, access_token: str | None = None,
               project: str | int | None = None) -> dict[str, Any]:
-        """Checks the labeling config and remembers how to reach Label Studio's images for the project.
+        """Checks the labeling config and remembers how to reach the project's Label Studio.
+
+        The access is kept per project: one project's ``/setup`` never changes another's, and a request that
+        names no project (or one without a ``/setup``) uses only the configured server and key.
 
         Raises:
             LabelConfigError: no ``<Image>`` / ``<PolygonLabels>``, or the model's classes fit none of its labels.
+            SetupRefused: the hostname is not a trusted Label Studio server.
         """
         if schema is None:
             raise LabelConfigError("setup needs the labeling config in 'schema'")
         config = self.configs.get(schema)
-        access = self._access_for(hostname, access_token)
+        access = self.access_for(hostname, access_token)
         if project is not None:
-            self._access[str(project)] = access
-        self._last_access = access
-        self._last_schema = schema
+            with self._projects_lock:
+                self._projects[str(project)] = (access, schema)
+                self._projects.move_to_end(str(project))
+                while len(self._projects) > MAX_PROJECTS:
+                    self._projects.popitem(last=False)
         loaded = self.models.current()
         if loaded is not None:
             config.check_classes(loaded.class_names)
@@ -369,31 +464,59 @@ class ShoeSegModel:
             "labels": {c.from_name: list(c.labels) for c in config.controls},
         }
 
+    def _project_state(self, project: str | int | None) -> tuple[LabelStudioAccess, str | None]:
+        if project is not None:
+            with self._projects_lock:
+                known = self._projects.get(str(project))
+            if known is not None:
+                return known
+        return self.default_access(), None
+
     # -- predict ---------------------------------------------------------------------------------
     def predict(self, tasks: Sequence[dict], context: dict | None = None, *, label_config: str | None = None,
-                project: str | int | None = None) -> list[dict[str, Any]]:
+                project: str | int | None = None, should_stop: Callable[[], bool] | None = None
+                ) -> list[dict[str, Any]]:
         """One prediction per task, in order: ``{"result": [...], "score": s, "model_version": v}``.
 
-        A task whose image is refused, unreachable or corrupt gets an empty result (and ``error``); the
-        error is logged with the task id and the URL. With ``context`` holding a rectangle the annotator
-        drew, the answer is the shoe inside that box.
+        Work is bounded per request: at most ``max_tasks_per_request`` tasks and ``max_request_pixels``
+        pixels of images; images are fetched, decoded (shrunk to the model's input size while decoding) and
+        inferred ``batch_size`` at a time, so memory holds one batch; identical images are inferred once; and
+        ``should_stop`` (the client went away) is checked between batches.
+
+        A task whose image is refused, unreachable or corrupt gets an empty result (and ``error``); identical
+        failures of many tasks are logged once, with their count. With ``context`` holding a rectangle the
+        annotator drew, the answer is the shoe inside that box.
 
         Raises:
             LabelConfigError: the labeling config cannot be served.
+            RequestTooLarge: over the task or pixel budget.
+            ClientGone: ``should_stop()`` became true; nothing is answered.
         """
-        schema = label_config or self._last_schema
+        limit = self.settings.max_tasks_per_request
+        if len(tasks) > limit:
+            raise RequestTooLarge(
+                f"{len(tasks)} tasks in one request, over the limit of {limit} (SHOESEG_MAX_TASKS_PER_REQUEST): "
+                "select fewer tasks, or let the worker push predictions for the whole project"
+            )
+        access, project_schema = self._project_state(project)
+        schema = label_config or project_schema
         if schema is None:
-            raise LabelConfigError("predict needs 'label_config' (or a /setup call before)")
+            raise LabelConfigError("predict needs 'label_config' (or a /setup of the project before)")
         config = self.configs.get(schema)
         loaded = self.models.current()
         if loaded is None:
             self.metrics.tasks.labels(outcome="no_model").inc(len(tasks))
             return [{"result": [], "score": 0.0, "model_version": NO_MODEL_VERSION} for _ in tasks]
-        access = self._access.get(str(project)) if project is not None else None
-        access = access or self._last_access or self._access_for(None, None)
         jobs = self._jobs(tasks, config, boxes_from_context(context))
-        list(self._executor().map(lambda j: self._fetch(j, access, loaded.version, config), jobs))
-        self._infer(loaded, config, [j for j in jobs if j.error is None and j.array is not None])
+        request = _RequestState(pixel_budget=self.settings.max_request_pixels)
+        step = max(1, self.settings.batch_size)
+        try:
+            for start in range(0, len(jobs), step):
+                if should_stop is not None and should_stop():
+                    raise ClientGone(f"the client went away after {start} of {len(jobs)} images; the rest was dropped")
+                self._run_batch(jobs[start:start + step], loaded, config, access, request)
+        finally:
+            request.log_failures()
         out = []
         for i, _task in enumerate(tasks):
             mine = [j for j in jobs if j.task_index == i]
@@ -424,52 +547,105 @@ class ShoeSegModel:
                 jobs.append(job)
         return jobs
 
-    def _fetch(self, job: _ImageJob, access: LabelStudioAccess, version: str, config: LabelConfig) -> None:
+    def _run_batch(self, batch: list[_ImageJob], loaded: LoadedModel, config: LabelConfig,
+                   access: LabelStudioAccess, request: _RequestState) -> None:
+        """Fetch, decode, infer and render one batch; a job whose image another job already holds waits for it."""
+        pool = self._executor()
+        list(pool.map(lambda j: self._fetch(j, access, loaded.version, config, request), batch))
+        firsts: dict[tuple, _ImageJob] = {}
+        copies: list[tuple[_ImageJob, _ImageJob]] = []
+        for job in batch:
+            if job.error is not None or job.fetched is None:
+                continue
+            if job.key in request.done:
+                job.regions, job.scores = request.done[job.key]
+                job.fetched = None
+            elif job.key in firsts:
+                copies.append((job, firsts[job.key]))
+                job.fetched = None
+            else:
+                firsts[job.key] = job
+        todo = list(firsts.values())
+        for job in todo:  # the pixel budget counts every distinct image at its full size, from its header
+            try:
+                w, h = self.fetcher.image_size(job.fetched, task_id=job.task_id)
+            except ImageFetchError as e:
+                self._fail(job, e, kind="image", request=request)
+                continue
+            request.pixels += w * h
+            if request.pixels > request.pixel_budget:
+                raise RequestTooLarge(
+                    f"the images of this request hold more than {request.pixel_budget} pixels in all (over the "
+                    f"budget at task {job.task_id}, {w}x{h} px; SHOESEG_MAX_REQUEST_PIXELS): send fewer tasks"
+                )
+        fit = getattr(loaded.predictor, "input_fit", None)
+        todo = [j for j in todo if j.error is None]
+        list(pool.map(lambda j: self._decode(j, fit, request), todo))
+        self._infer(loaded, config, [j for j in todo if j.error is None and j.array is not None], request)
+        for job in todo:
+            if job.error is None:
+                request.done[job.key] = (job.regions, job.scores)
+        for job, first in copies:
+            job.regions, job.scores, job.error = first.regions, first.scores, first.error
+
+    def _fetch(self, job: _ImageJob, access: LabelStudioAccess, version: str, config: LabelConfig,
+               request: _RequestState) -> None:
         try:
             try:
                 job.fetched = self.fetcher.fetch(job.url, task_id=job.task_id, access=access)
             except ImageFetchError as e:
-                fallback = self._access_for(access.hostname, self.settings.label_studio_api_key)
-                if not (e.unauthorized and self.settings.label_studio_api_key and fallback.token != access.token):
+                # A second credential of the same server only (see access_for): never another host's.
+                if not (e.unauthorized and access.fallback_token):
                     raise
-                job.fetched = self.fetcher.fetch(job.url, task_id=job.task_id, access=fallback)
+                retry = replace(access, token=access.fallback_token, fallback_token=None)
+                job.fetched = self.fetcher.fetch(job.url, task_id=job.task_id, access=retry)
             job.key = (job.fetched.digest, version, config.digest, job.image.name, job.box_xyxy_pct, job.box_label)
             hit = self.results.get(job.key)
             if hit is not None:
                 self.metrics.cache.labels(outcome="hit").inc()
                 job.regions, job.scores = hit
+                job.fetched = None
                 return
             self.metrics.cache.labels(outcome="miss").inc()
-            job.array = self.fetcher.decode(job.fetched, task_id=job.task_id)
-            job.fetched = None
         except ImageFetchError as e:
-            self._fail(job, str(e), kind="image")
+            self._fail(job, e, kind="image", request=request)
         except Exception as e:  # noqa: BLE001 - one task's failure must not fail the batch
             log.exception("task %s: unexpected error while reading image %r", job.task_id, job.url)
             self._fail(job, f"task {job.task_id}: image {job.url!r} could not be read ({type(e).__name__})",
-                       kind="internal")
+                       kind="internal", request=request)
 
-    def _fail(self, job: _ImageJob, message: str, *, kind: str) -> None:
-        job.error = message
+    def _decode(self, job: _ImageJob, fit: tuple[int, int] | None, request: _RequestState) -> None:
+        try:
+            job.array, job.full_wh = self.fetcher.decode(job.fetched, task_id=job.task_id, fit_within=fit)
+        except ImageFetchError as e:
+            self._fail(job, e, kind="image", request=request)
+        except Exception as e:  # noqa: BLE001
+            log.exception("task %s: unexpected error while decoding image %r", job.task_id, job.url)
+            self._fail(job, f"task {job.task_id}: image {job.url!r} could not be decoded ({type(e).__name__})",
+                       kind="internal", request=request)
+        finally:
+            job.fetched = None
+
+    def _fail(self, job: _ImageJob, error: ImageFetchError | str, *, kind: str, request: _RequestState) -> None:
+        job.error = str(error)
         job.array = None
         self.metrics.errors.labels(kind=kind).inc()
-        log.error("%s", message)
+        reason = error.reason if isinstance(error, ImageFetchError) else job.error.split(": ", 1)[-1]
+        request.fail(reason, job.task_id, job.error)
 
-    def _infer(self, loaded: LoadedModel, config: LabelConfig, jobs: list[_ImageJob]) -> None:
+    def _infer(self, loaded: LoadedModel, config: LabelConfig, jobs: list[_ImageJob], request: _RequestState) -> None:
         predictor = loaded.predictor
         plain = [j for j in jobs if j.box_xyxy_pct is None]
         boxed = [j for j in jobs if j.box_xyxy_pct is not None]
-        step = max(1, self.settings.batch_size)
-        for start in range(0, len(plain), step):
-            batch = plain[start:start + step]
+        if plain:
             t0 = time.perf_counter()
             try:
-                detections = predictor.predict([j.array for j in batch], score_thresh=self.settings.score_thresh)
+                detections = predictor.predict([j.array for j in plain], score_thresh=self.settings.score_thresh)
             except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
-                log.warning("a batch of %d images failed; predicting them one at a time", len(batch), exc_info=True)
-                detections = [self._predict_one(predictor, j) for j in batch]
+                log.warning("a batch of %d images failed; predicting them one at a time", len(plain), exc_info=True)
+                detections = [self._predict_one(predictor, j, request) for j in plain]
             self.metrics.inference.observe(time.perf_counter() - t0)
-            for job, dets in zip(batch, detections, strict=True):
+            for job, dets in zip(plain, detections, strict=True):
                 if dets is not None:
                     self._finish(job, loaded, config, dets)
         for job in boxed:
@@ -480,27 +656,31 @@ class ShoeSegModel:
             try:
                 det = predictor.predict_in_box(job.array, box)
             except ValueError as e:
-                self._fail(job, f"task {job.task_id}: the drawn rectangle cannot be used ({e})", kind="context")
+                self._fail(job, f"task {job.task_id}: the drawn rectangle cannot be used ({e})", kind="context",
+                           request=request)
                 continue
             except Exception:  # noqa: BLE001
                 log.exception("task %s: the model failed on the drawn box %s", job.task_id, box)
-                self._fail(job, f"task {job.task_id}: the model failed on the drawn rectangle", kind="internal")
+                self._fail(job, f"task {job.task_id}: the model failed on the drawn rectangle", kind="internal",
+                           request=request)
                 continue
             self.metrics.inference.observe(time.perf_counter() - t0)
             self._finish(job, loaded, config, [det] if det is not None else [], forced_label=job.box_label)
 
-    def _predict_one(self, predictor, job: _ImageJob):
+    def _predict_one(self, predictor, job: _ImageJob, request: _RequestState):
         try:
             return predictor.predict([job.array], score_thresh=self.settings.score_thresh)[0]
         except Exception as e:  # noqa: BLE001
             log.exception("task %s: the model failed on image %r", job.task_id, job.url)
             self._fail(job, f"task {job.task_id}: the model failed on image {job.url!r} ({type(e).__name__})",
-                       kind="internal")
+                       kind="internal", request=request)
             return None
 
     def _finish(self, job: _ImageJob, loaded: LoadedModel, config: LabelConfig, detections, *,
                 forced_label: str | None = None) -> None:
         h, w = job.array.shape[:2]
+        full_w, full_h = job.full_wh or (w, h)
+        sx, sy = full_w / w, full_h / h  # the model saw the image shrunk; results are in full-size pixels
         regions, scores = [], []
         for control in config.controls_for(job.image.name):
             sources = []
@@ -508,9 +688,13 @@ class ShoeSegModel:
                 label = self._label(control, d.label, loaded.class_names, forced_label)
                 if label is None:
                     continue
-                sources.append(RegionSource(label=label, score=float(d.score), box_xyxy=tuple(d.box_xyxy),
-                                            mask=d.mask if control.needs_mask else None, polygons=tuple(d.polygons)))
-            made = control.results(sources, width_px=w, height_px=h)
+                x1, y1, x2, y2 = d.box_xyxy
+                sources.append(RegionSource(
+                    label=label, score=float(d.score), box_xyxy=(x1 * sx, y1 * sy, x2 * sx, y2 * sy),
+                    mask=d.mask if control.needs_mask else None,
+                    polygons=tuple(np.asarray(p, float) * (sx, sy) for p in d.polygons),
+                ))
+            made = control.results(sources, width_px=full_w, height_px=full_h)
             self.metrics.regions.labels(type=control.result_type).inc(len(made))
             regions.extend(made)
         for d in detections:
@@ -546,12 +730,14 @@ class ShoeSegModel:
 
         Raises:
             QueueUnavailable: no Redis configured or reachable.
-            ValueError: a training event without a project id.
+            ValueError: a training event without a project id, or with one that is not a positive integer.
         """
-        from worker.trigger import COUNTED_ACTIONS, START_ACTION, on_webhook
+        from worker.trigger import COUNTED_ACTIONS, START_ACTION, on_webhook, project_of
 
         if event not in COUNTED_ACTIONS and event != START_ACTION:
             return {"action": "ignored", "event": event}
+        if project_of(data) is None:  # validated before the queue is touched
+            raise ValueError(f"webhook {event} names no project (expected project.id)")
         import redis
 
         conn = self._redis_conn()

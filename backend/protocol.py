@@ -112,7 +112,7 @@ class WebhookEvent(_Ignoring):
     ]})
 
     action: str
-    project: dict[str, Any] | int | None = None
+    project: Any = Field(default=None, description="the project object, or its id (validated by the webhook)")
 
 
 class WebhookResponse(BaseModel):

@@ -134,6 +134,17 @@ class Predictor:
         p.checkpoint_path = Path(path)
         return p
 
+    @property
+    def input_fit(self) -> tuple[int, int]:
+        """``(min_size, max_size)`` of the model's own test-time resize: larger inputs only cost memory.
+
+        Example:
+            >>> predictor.input_fit  # doctest: +SKIP
+            (800, 1333)
+        """
+        transform = self.model.transform
+        return int(transform.min_size[-1]), int(transform.max_size)
+
     # -- batched prediction -------------------------------------------------------------------------
 
     def forward_raw(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None) -> list[dict[str, torch.Tensor]]:

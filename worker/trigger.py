@@ -23,6 +23,7 @@ Only ``redis`` and ``rq`` are imported here: the web service calls this module w
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -173,24 +174,32 @@ def request_training(conn: redis.Redis, project_id: int | str, *, reason: str,
     return _request(conn, _project(project_id), reason=reason, settings=settings or LoopSettings.from_env())
 
 
-def _project(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"project id {value!r} is not an integer") from e
+def _project(value: Any, field: str = "project") -> int:
+    """A Label Studio project id: a positive integer, or a string of digits; anything else names ``field``."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,18}\s*", value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{field} must be a positive integer project id, got {value!r}")
+    return value
 
 
-def _project_of(payload: dict) -> int | None:
+def project_of(payload: dict) -> int | None:
+    """The project id a webhook body names (``project.id``, ``project``, ``annotation.project`` or
+    ``task.project``), validated; ``None`` when it names none.
+
+    Raises:
+        ValueError: the id is not a positive integer (``true``, ``1.9``, ``-3``, ``"1x"``...), naming the field.
+    """
     project = payload.get("project")
     if isinstance(project, dict):
-        project = project.get("id")
-    if project is None:
-        for key in ("annotation", "task"):
-            item = payload.get(key)
-            if isinstance(item, dict) and item.get("project") is not None:
-                project = item["project"]
-                break
-    return None if project is None else _project(project)
+        return None if project.get("id") is None else _project(project["id"], "project.id")
+    if project is not None:
+        return _project(project, "project")
+    for key in ("annotation", "task"):
+        item = payload.get(key)
+        if isinstance(item, dict) and item.get("project") is not None:
+            return _project(item["project"], f"{key}.project")
+    return None
 
 
 def _accepted(payload: dict) -> int:
@@ -237,7 +246,7 @@ def on_webhook(conn: redis.Redis, payload: dict, *, min_new_annotations: int,
     action = str(payload.get("action") or "")
     if action not in COUNTED_ACTIONS and action != START_ACTION:
         return {"action": "ignored", "event": action, "project": _safe_project(payload), "job_id": None}
-    project_id = _project_of(payload)
+    project_id = project_of(payload)
     if project_id is None:
         raise ValueError(f"webhook {action} names no project (expected project.id)")
     settings = settings or LoopSettings.from_env()
@@ -259,7 +268,7 @@ def on_webhook(conn: redis.Redis, payload: dict, *, min_new_annotations: int,
 
 def _safe_project(payload: dict) -> int | None:
     try:
-        return _project_of(payload)
+        return project_of(payload)
     except ValueError:
         return None
 

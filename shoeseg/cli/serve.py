@@ -7,6 +7,33 @@ from pathlib import Path
 import typer
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(host: str, settings) -> str | None:
+    """Why serving on ``host`` with these settings is refused, or ``None``.
+
+    Anyone who reaches the port can ask for predictions (with the configured Label Studio key behind them)
+    and queue trainings: off loopback, basic auth is required unless the operator says ``--insecure``.
+    """
+    if _is_loopback(host) or settings.auth_enabled or settings.insecure:
+        return None
+    return (
+        f"refusing to serve on {host} without basic auth: anyone who can reach the port could use the backend "
+        "(and the Label Studio key behind it). Set BASIC_AUTH_USER and BASIC_AUTH_PASS here and the same user "
+        "and password in Label Studio (project Settings > Model > edit the backend > Basic Authentication), "
+        "or serve on 127.0.0.1, or pass --insecure (SHOESEG_INSECURE=true) on a network you trust"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Adds this area's commands to the root app."""
 
@@ -22,6 +49,9 @@ def register(app: typer.Typer) -> None:
             None, "--image-root", help="Local images the backend may read (default: $SHOESEG_IMAGE_ROOT)."
         ),
         workers: int = typer.Option(1, "--workers", min=1, help="Server processes (each loads the model once)."),
+        insecure: bool = typer.Option(
+            False, "--insecure", help="Serve on a non-loopback address without basic auth (default: $SHOESEG_INSECURE)."
+        ),
     ) -> None:
         """Serve the Label Studio ML backend (/health, /setup, /predict, /webhook, /versions, /metrics).
 
@@ -42,10 +72,15 @@ def register(app: typer.Typer) -> None:
         for key, value in overrides.items():
             if value is not None:
                 os.environ[key] = value  # the app factory (and each worker process) reads the environment
+        if insecure:
+            os.environ["SHOESEG_INSECURE"] = "true"
         try:
             settings = Settings.from_env()
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e
+        problem = exposure_problem(host, settings)
+        if problem:
+            raise typer.BadParameter(problem, param_hint="--host")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per image download is too much
         typer.echo(
             f"ShoeSeg ML backend on http://{host}:{port} (models: {settings.model_dir.resolve()}, "

@@ -235,13 +235,14 @@ def media_server(tmp_path_factory):
 
 
 @pytest.fixture
-def settings_for(tmp_path):
-    """Builds backend settings for a registry root, with test-friendly limits."""
+def settings_for(tmp_path, media_server):
+    """Builds backend settings for a registry root, with test-friendly limits; the media stand-in is the
+    configured Label Studio (``LABEL_STUDIO_URL``) unless changed."""
     from backend.settings import Settings
 
     def make(registry_root: Path, **changes) -> Settings:
         base = Settings(model_dir=Path(registry_root), device="cpu", score_thresh=0.5, fetch_timeout_s=2.0,
-                        reload_interval_s=0.0, batch_size=2, fetch_workers=4)
+                        reload_interval_s=0.0, batch_size=2, fetch_workers=4, label_studio_url=media_server.url)
         return base.with_(**changes)
 
     return make

@@ -23,7 +23,8 @@ from tests.conftest import FIXTURES
 def client(registry, media_server):
     """One started app for the tests that do not change settings (the model loads once)."""
     settings = Settings(model_dir=registry.root, device="cpu", fetch_timeout_s=2.0, reload_interval_s=0.0,
-                        batch_size=2, allowed_hosts=("127.0.0.1",))
+                        batch_size=2, label_studio_url=media_server.url,
+                        allowed_hosts=(f"127.0.0.1:{media_server.port}",))
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         assert c.post("/setup", json=setup_body(media_server)).status_code == 200
         yield c

@@ -36,7 +36,7 @@ def ls(media_server, token=LEGACY_TOKEN) -> LabelStudioAccess:
 
 
 def fetch_array(fetcher, url, access, task_id=7):
-    return fetcher.decode(fetcher.fetch(url, task_id=task_id, access=access), task_id=task_id)
+    return fetcher.decode(fetcher.fetch(url, task_id=task_id, access=access), task_id=task_id)[0]
 
 
 # --- Label Studio URLs and auth --------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def test_plain_url_needs_an_allowed_host(fetcher_for, media_server):
     url = f"{media_server.url}/open/plain.jpg"
     with pytest.raises(ImageFetchError, match="not in SHOESEG_ALLOWED_HOSTS"):
         fetcher_for().fetch(url, task_id=1, access=LabelStudioAccess(None, None))
-    img = fetch_array(fetcher_for(allowed_hosts=("127.0.0.1",)), url, LabelStudioAccess(None, LEGACY_TOKEN))
+    img = fetch_array(fetcher_for(allowed_hosts=(f"127.0.0.1:{media_server.port}",)), url, LabelStudioAccess(None, LEGACY_TOKEN))
     assert img.shape == (64, 64, 3)
     assert media_server.requests[-1] == ("/open/plain.jpg", None)  # no credentials to other hosts
 
@@ -128,12 +128,12 @@ def test_wildcard_allowed_host(fetcher_for):
 def test_redirect_to_a_host_not_allowed(fetcher_for, media_server):
     url = f"{media_server.url}/redirect?to=http://169.254.169.254/latest/meta-data"
     with pytest.raises(ImageFetchError, match="redirects to 'http://169.254.169.254"):
-        fetcher_for(allowed_hosts=("127.0.0.1",)).fetch(url, task_id=2, access=None)
+        fetcher_for(allowed_hosts=(f"127.0.0.1:{media_server.port}",)).fetch(url, task_id=2, access=None)
 
 
 def test_redirect_within_allowed_hosts(fetcher_for, media_server):
     url = f"{media_server.url}/redirect?to=/open/plain.jpg"
-    img = fetch_array(fetcher_for(allowed_hosts=("127.0.0.1",)), url, None)
+    img = fetch_array(fetcher_for(allowed_hosts=(f"127.0.0.1:{media_server.port}",)), url, None)
     assert img.shape == (64, 64, 3)
 
 
@@ -145,16 +145,17 @@ def test_redirect_within_allowed_hosts(fetcher_for, media_server):
     ("/slow?s=3", "timed out"),
 ])
 def test_http_failures(fetcher_for, media_server, path, message):
-    fetcher = fetcher_for(allowed_hosts=("127.0.0.1",), max_image_bytes=1000, fetch_timeout_s=0.5)
+    fetcher = fetcher_for(allowed_hosts=(f"127.0.0.1:{media_server.port}",), max_image_bytes=1000, fetch_timeout_s=0.5)
     with pytest.raises(ImageFetchError, match=message) as e:
         fetcher.fetch(f"{media_server.url}{path}", task_id=11, access=None)
     assert str(e.value).startswith("task 11: image ")
 
 
 def test_unreachable_host(fetcher_for):
-    url = f"http://127.0.0.1:{free_port()}/a.jpg"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/a.jpg"
     with pytest.raises(ImageFetchError, match=r"task 5: image .* cannot be downloaded \(ConnectError"):
-        fetcher_for(allowed_hosts=("127.0.0.1",)).fetch(url, task_id=5, access=None)
+        fetcher_for(allowed_hosts=(f"127.0.0.1:{port}",)).fetch(url, task_id=5, access=None)
 
 
 @pytest.mark.parametrize("url", ["s3://bucket/a.jpg", "gs://b/x.png", "ftp://h/a.jpg"])

@@ -72,7 +72,7 @@ def test_redis_down_answers_503(webhook_client):
 
 def test_training_event_without_project(webhook_client, redis_conn):
     r = webhook_client(redis_url_of(redis_conn)).post("/webhook", json={"action": "START_TRAINING"})
-    assert r.status_code == 400 and "names no project" in r.json()["error"]
+    assert r.status_code == 422 and "names no project" in r.json()["error"]
 
 
 def test_body_without_action(webhook_client):
