@@ -105,3 +105,47 @@ def test_docker_compose_config_names_a_missing_secret(tmp_path):
     res = run_config(env_file, tmp_path)
     assert res.returncode != 0
     assert "LABEL_STUDIO_API_KEY" in res.stderr
+
+
+def _label_studio_default_banned_subnets() -> list[str]:
+    """Label Studio's own default list, read from the installed 1.23.2 (``core/utils/io.py``)."""
+    import ast
+
+    venv = Path(os.environ.get("SHOESEG_LS_VENV") or REPO / ".ls-venv")
+    found = sorted(venv.glob("lib/python3*/site-packages/label_studio/core/utils/io.py"))
+    if not found:
+        pytest.skip(f"Label Studio is not installed in {venv} (`make test` installs it)")
+    for node in ast.walk(ast.parse(found[0].read_text())):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "default_banned_subnets":
+            return [ast.literal_eval(e) for e in node.value.elts]
+    raise AssertionError(f"no default_banned_subnets in {found[0]}")
+
+
+def test_label_studio_keeps_ssrf_protection_and_allows_only_the_stack_network():
+    import ipaddress
+
+    doc = yaml.safe_load(COMPOSE.read_text())
+    env = doc["services"]["label-studio"]["environment"]
+    assert env["SSRF_PROTECTION_ENABLED"] == "true" and env["ML_BLOCK_LOCAL_IP"] == "true"
+    assert env["USE_DEFAULT_BANNED_SUBNETS"] == "false"
+    stack = ipaddress.ip_network(doc["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    banned = [ipaddress.ip_network(s.strip()) for s in env["USER_ADDITIONAL_BANNED_SUBNETS"].split(",")]
+    expected = []
+    for subnet in map(ipaddress.ip_network, _label_studio_default_banned_subnets()):
+        if subnet.version == stack.version and stack.subnet_of(subnet):
+            expected.extend(sorted(subnet.address_exclude(stack)))
+        else:
+            expected.append(subnet)
+    assert sorted(banned, key=str) == sorted(expected, key=str)
+    # what the stack needs is reachable; the cloud metadata address and loopback are not
+    for ip in ("172.28.0.5", "169.254.169.254", "127.0.0.1", "10.1.2.3", "172.17.0.2"):
+        refused = any(ipaddress.ip_address(ip) in s for s in banned)
+        assert refused == (ip != "172.28.0.5"), ip
+
+
+def test_backend_is_published_on_loopback_and_needs_basic_auth():
+    doc = yaml.safe_load(COMPOSE.read_text())
+    backend = doc["services"]["backend"]
+    assert all(str(p).startswith("127.0.0.1:") for p in backend["ports"]), backend["ports"]
+    env = COMPOSE.read_text()
+    assert "BASIC_AUTH_PASS: ${BASIC_AUTH_PASS:?" in env  # compose refuses to start without it

@@ -47,8 +47,10 @@ def backend_registry(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def shoeseg_backend(backend_registry, tmp_path_factory):
-    backend = start_backend(tmp_path_factory.mktemp("backend-logs"), registry_root=backend_registry.root)
+def shoeseg_backend(label_studio, backend_registry, tmp_path_factory):
+    """The backend trusting the session's Label Studio (``LABEL_STUDIO_URL``); its token comes from /setup."""
+    backend = start_backend(tmp_path_factory.mktemp("backend-logs"), registry_root=backend_registry.root,
+                            env={"LABEL_STUDIO_URL": label_studio.url})
     yield backend
     stop_backend(backend)
 
