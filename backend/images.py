@@ -194,7 +194,6 @@ class ImageFetcher:
         self._access_tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
         self._root = settings.image_root.resolve() if settings.image_root else None
-        self._decode_slots = threading.BoundedSemaphore(max(1, settings.decode_workers))
 
     @property
     def _client(self) -> httpx.Client:
@@ -252,15 +251,13 @@ class ImageFetcher:
 
         Returns:
             ``(array, (width_px, height_px))``: the (possibly shrunk) pixels and the image's full displayed size.
-            At most ``decode_workers`` decodes run at once in the process, whatever the number of requests.
         """
-        with self._decode_slots:
-            try:
-                return decode_image_scaled(image.data, name=image.source, max_pixels=self.settings.max_image_pixels,
-                                           fit_within=fit_within)
-            except ImageReadError as e:
-                raise ImageFetchError(f"task {task_id}: {e}", task_id=task_id, url=image.source,
-                                      reason=str(e).replace(image.source, "<image>", 1)) from e
+        try:
+            return decode_image_scaled(image.data, name=image.source, max_pixels=self.settings.max_image_pixels,
+                                       fit_within=fit_within)
+        except ImageReadError as e:
+            raise ImageFetchError(f"task {task_id}: {e}", task_id=task_id, url=image.source,
+                                  reason=str(e).replace(image.source, "<image>", 1)) from e
 
     def image_size(self, image: FetchedImage, *, task_id) -> tuple[int, int]:
         """``(width_px, height_px)`` from the file header, before any pixel is decoded."""

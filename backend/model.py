@@ -325,6 +325,9 @@ class ShoeSegModel:
         self._projects: OrderedDict[str, tuple[LabelStudioAccess, str]] = OrderedDict()
         self._projects_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        # Full-size decodes run here, in every request: few threads bound their memory (and the heap arenas
+        # that keep it) whatever the number of concurrent requests.
+        self._decode_pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._redis = None
         self._redis_lock = threading.Lock()
@@ -336,12 +339,21 @@ class ShoeSegModel:
                                                 thread_name_prefix="shoeseg-fetch")
             return self._pool
 
+    def _decoder(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._decode_pool is None:
+                self._decode_pool = ThreadPoolExecutor(max_workers=max(1, self.settings.decode_workers),
+                                                       thread_name_prefix="shoeseg-decode")
+            return self._decode_pool
+
     def close(self) -> None:
         """Releases threads and connections (the model stays loaded; they are re-made when used again)."""
         with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pools = (self._pool, self._decode_pool)
+            self._pool = self._decode_pool = None
+        for pool in pools:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         self.fetcher.close()
         with self._redis_lock:
             conn, self._redis = self._redis, None
@@ -580,7 +592,7 @@ class ShoeSegModel:
                 )
         fit = getattr(loaded.predictor, "input_fit", None)
         todo = [j for j in todo if j.error is None]
-        list(pool.map(lambda j: self._decode(j, fit, request), todo))
+        list(self._decoder().map(lambda j: self._decode(j, fit, request), todo))
         self._infer(loaded, config, [j for j in todo if j.error is None and j.array is not None], request)
         for job in todo:
             if job.error is None:

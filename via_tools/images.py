@@ -69,17 +69,19 @@ def decode_image_scaled(
             target = (max(1, round(w * scale)), max(1, round(h * scale)))
             if scale < 1.0:
                 im.draft("RGB", target)  # JPEG: the codec decodes at the largest 1/2^k scale >= target
-            frame = im.convert("RGB")
+            im.load()
+            frame = im if im.mode == "RGB" else im.convert("RGB")  # no second full-size copy for RGB files
             if frame.size != target:
                 frame = frame.resize(target, Image.Resampling.BILINEAR, reducing_gap=2.0)
             if orientation in _EXIF_TRANSPOSE:
                 frame = frame.transpose(_EXIF_TRANSPOSE[orientation])
+            pixels = np.asarray(frame)
     except ImageReadError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{name}: not a readable image ({e})") from e
     full_wh = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
-    return np.asarray(frame), full_wh
+    return pixels, full_wh
 
 
 def decode_image(data: bytes, *, name: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
