@@ -4,8 +4,9 @@ The model is torchvision's Mask R-CNN with a ResNet-50-FPN backbone, the archite
 ``mask_rcnn_R_50_FPN_3x`` configuration describes. Three starting points:
 
 * ``weights=None`` (or ``"none"``): random initialisation (regular batch norm, every backbone stage trained);
-* ``weights="coco"``: torchvision's COCO weights through its weights API (frozen batch norm, three backbone
-  stages trained), with fresh class-specific heads for ``num_classes``;
+* ``weights="coco"``: torchvision's COCO weights (downloaded into the torch.hub cache and read with
+  ``weights_only=True``; frozen batch norm, three backbone stages trained), with fresh class-specific heads
+  for ``num_classes``;
 * ``weights=PATH``: a ShoeSeg checkpoint (see :func:`save_checkpoint`) or a plain torchvision state dict.
 
 A checkpoint is a plain dict of tensors plus JSON-able metadata, written atomically with :func:`torch.save`
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import tempfile
 from dataclasses import dataclass, field
@@ -82,6 +84,10 @@ def _coco_weights():
     return MaskRCNN_ResNet50_FPN_Weights.COCO_V1
 
 
+#: torch.hub's convention: ``name-<sha256 prefix>.ext``.
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")
+
+
 def coco_weights_cache_path() -> Path:
     """Where torch.hub keeps torchvision's COCO Mask R-CNN weights (place the file there to work offline)."""
     url = _coco_weights().url
@@ -91,22 +97,38 @@ def coco_weights_cache_path() -> Path:
 def load_coco_state_dict(*, progress: bool = True) -> dict[str, torch.Tensor]:
     """torchvision's COCO Mask R-CNN R50-FPN weights: the torch.hub cache first, else a download.
 
+    The file is fetched into the torch.hub cache (where torchvision would put it, see
+    :func:`coco_weights_cache_path`), its SHA-256 checked against the hash prefix in its name as torch.hub
+    does, and it is always read with ``weights_only=True`` (torchvision's ``get_state_dict`` would unpickle
+    arbitrary objects).
+
     Raises:
-        WeightsUnavailableError: offline without a cached copy; the message names ``--weights none`` and
-            ``--weights PATH``.
+        WeightsUnavailableError: offline without a cached copy, or the file is not a plain state dict; the
+            message names ``--weights none`` and ``--weights PATH``.
     """
-    weights = _coco_weights()
+    url = _coco_weights().url
     cached = coco_weights_cache_path()
+    alternatives = (
+        f"Offline, either place that file at {cached}, or pass --weights PATH (a .pth state dict or a "
+        "ShoeSeg checkpoint), or train from random weights with --weights none."
+    )
     if cached.is_file():
         log.info("COCO weights from the torch.hub cache: %s", cached)
-        return torch.load(cached, map_location="cpu", weights_only=True)
+    else:
+        match = _HASH_IN_NAME.search(cached.name)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            log.info("downloading COCO weights from %s to %s", url, cached)
+            torch.hub.download_url_to_file(url, str(cached), match.group(1) if match else None, progress=progress)
+        except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; hash mismatch a RuntimeError
+            raise WeightsUnavailableError(f"cannot download torchvision's COCO weights from {url} ({e}). "
+                                          + alternatives) from e
     try:
-        return weights.get_state_dict(progress=progress, check_hash=True)
-    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; hash mismatch a RuntimeError
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
         raise WeightsUnavailableError(
-            f"cannot download torchvision's COCO weights from {weights.url} ({e}). "
-            f"Offline, either place that file at {cached}, or pass --weights PATH (a .pth state dict or a "
-            "ShoeSeg checkpoint), or train from random weights with --weights none."
+            f"{cached}: not a plain weights file ({type(e).__name__}: {e}); delete it to download it again. "
+            + alternatives
         ) from e
 
 

@@ -15,7 +15,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend.app import create_app
 from tests.backend.conftest import POLYGON_CONFIG, jpeg_bytes, make_checkpoint
 from tests.e2e.backend_process import start_backend, stop_backend
 

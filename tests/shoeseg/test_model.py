@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
@@ -13,6 +14,7 @@ from shoeseg.model import (
     build_model,
     coco_weights_cache_path,
     load_checkpoint,
+    load_coco_state_dict,
     read_checkpoint_meta,
     save_checkpoint,
 )
@@ -74,6 +76,61 @@ def test_coco_weights_are_read_from_the_torch_hub_cache(tmp_path, monkeypatch):
     bns = [x for x in m.modules() if isinstance(x, FrozenBatchNorm2d)]
     assert bns and all(b.eps == 0.0 for b in bns)  # as torchvision does for these weights
     assert not m.backbone.body.conv1.weight.requires_grad and m.backbone.body.layer2[0].conv1.weight.requires_grad
+
+
+def test_coco_weights_are_downloaded_into_the_cache_with_their_hash_and_read_weights_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    state = {"backbone.body.conv1.weight": torch.arange(6.0).reshape(1, 1, 2, 3)}
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, dst, hash_prefix))
+        torch.save(state, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: loads.append(kw) or real_load(*a, **kw))
+    got = load_coco_state_dict(progress=False)
+    assert torch.equal(got["backbone.body.conv1.weight"], state["backbone.body.conv1.weight"])
+    url, dst, hash_prefix = calls[0]
+    assert url.endswith("/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth") and dst == str(coco_weights_cache_path())
+    assert hash_prefix == "bf2d0c1e"  # checked by torch.hub's downloader, as torchvision asks it to
+    assert loads and all(kw.get("weights_only") is True for kw in loads)
+    load_coco_state_dict(progress=False)
+    assert len(calls) == 1  # the cached copy is used from then on
+
+
+class _Payload:
+    """Unpickling this runs ``os.mkdir(path)``: a stand-in for code hidden in a weights file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_downloaded_weights_file_with_code_in_it_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    marker = tmp_path / "code-ran"
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda url, dst, hash_prefix=None, progress=True: torch.save({"w": _Payload(str(marker))}, dst))
+    with pytest.raises(WeightsUnavailableError, match="not a plain weights file") as err:
+        load_coco_state_dict(progress=False)
+    assert not marker.exists() and "--weights none" in str(err.value)
+
+
+def test_a_failed_coco_download_names_the_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+    def bad_hash(url, dst, hash_prefix=None, progress=True):
+        raise RuntimeError(f'invalid hash value (expected "{hash_prefix}", got "0000")')
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", bad_hash)
+    with pytest.raises(WeightsUnavailableError, match="invalid hash value") as err:
+        load_coco_state_dict(progress=False)
+    assert "--weights PATH" in str(err.value) and not coco_weights_cache_path().exists()
 
 
 def test_checkpoint_round_trip_keeps_weights_metadata_and_predictions(small_model, tmp_path):

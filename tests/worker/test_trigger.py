@@ -80,7 +80,7 @@ def test_cancelled_annotations_and_other_events_are_ignored(redis_conn):
 
 @pytest.mark.parametrize("body, message", [
     ({"action": "START_TRAINING"}, "names no project"),
-    ({"action": "START_TRAINING", "project": {"id": "abc"}}, "'abc' is not an integer"),
+    ({"action": "START_TRAINING", "project": {"id": "abc"}}, "project.id must be a positive integer project id, got 'abc'"),
     ([1, 2], "must be a JSON object"),
 ])
 def test_bad_bodies_raise_clear_errors(redis_conn, body, message):
