@@ -7,7 +7,11 @@ box-classifier and mask-head biases set so that each image yields a few solid ma
   against the bare `Predictor.predict` and the bare `model([tensor])` forward, medians over distinct images;
 * cached `/predict` p50 / p95;
 * 8 concurrent clients: errors, latency p50 / p95, throughput;
-* the service's resident memory after start and after the load.
+* the service's resident memory after start and after the load;
+* the worst-case request (6 single-colour 7000x7000 PNGs of about 62 KB and 6 40-megapixel JPEGs, 12 tasks):
+  the service's peak-RSS growth (``VmHWM``), one request and 8 concurrent ones, against the plain path the
+  backend took before (every image decoded at full size, then ``Predictor.predict`` on them), run in a child
+  process on ``WORST_REFERENCE_TASKS`` of the images only, since the plain path on all 12 needs about 10 GB.
 
 Run: `python -m bench backend` (or `python bench/bench_backend.py`). Targets: overhead <= 10 %, cached p50
 <= 20 ms, no errors.
@@ -35,6 +39,7 @@ N_UNCACHED = 5
 N_CACHED = 60
 N_CLIENTS = 8
 REQUESTS_PER_CLIENT = 4
+WORST_REFERENCE_TASKS = 2
 CONFIG = ('<View><Image name="image" value="$image"/><PolygonLabels name="label" toName="image">'
           '<Label value="shoe"/></PolygonLabels></View>')
 
@@ -110,6 +115,77 @@ def _predict(client: httpx.Client, url: str, name: str, task_id: int) -> float:
     return dt
 
 
+def _vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc")
+
+
+def _worst_images(folder: Path) -> list[str]:
+    from PIL import Image
+
+    names = []
+    for i in range(6):
+        Image.new("RGB", (7000, 7000), (20 * i, 90, 200 - 20 * i)).save(folder / f"flat-{i}.png", optimize=True)
+        Image.new("RGB", (7300, 5480), (200 - 20 * i, 40, 20 * i)).save(folder / f"photo-{i}.jpg", quality=80)
+        names += [f"flat-{i}.png", f"photo-{i}.jpg"]
+    return names
+
+
+_REFERENCE = """
+import resource, sys
+from shoeseg.predict import Predictor
+from via_tools.images import decode_image
+predictor = Predictor.from_checkpoint(sys.argv[1], device="cpu", score_thresh=0.5)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+arrays = [decode_image(open(p, "rb").read(), name=p) for p in sys.argv[2:]]
+predictor.predict(arrays)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def _worst_case(url: str, pid: int, images: Path, checkpoint: Path) -> dict[str, float]:
+    names = _worst_images(images)
+    body = {"tasks": [{"id": i, "data": {"image": n}} for i, n in enumerate(names)], "label_config": CONFIG}
+    before = _vm_hwm_mib(pid)
+    t0 = time.perf_counter()
+    httpx.post(f"{url}/predict", json=body, timeout=1200).raise_for_status()
+    one_s = time.perf_counter() - t0
+    one = _vm_hwm_mib(pid) - before
+    results: list[int] = []
+
+    # the result cache would answer every repeat: make each client's images differ by a byte
+    for k in range(N_CLIENTS):
+        for n in names:
+            data = (images / n).read_bytes()
+            (images / f"c{k}-{n}").write_bytes(data + bytes([k]))
+    names_by_client = {k: [f"c{k}-{n}" for n in names] for k in range(N_CLIENTS)}
+
+    def client_k(k: int) -> None:
+        tasks = [{"id": 100 * k + i, "data": {"image": n}} for i, n in enumerate(names_by_client[k])]
+        with httpx.Client() as c:
+            results.append(c.post(f"{url}/predict", json={"tasks": tasks, "label_config": CONFIG},
+                                  timeout=3600).status_code)
+
+    before8 = _vm_hwm_mib(pid)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client_k, args=(k,)) for k in range(N_CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    eight_s = time.perf_counter() - t0
+    eight = max(_vm_hwm_mib(pid) - before8, 0.0) + one  # the first request's peak is the floor of the second
+    ref = subprocess.run(
+        [sys.executable, "-c", _REFERENCE, str(checkpoint),
+         *[str(images / n) for n in names[:WORST_REFERENCE_TASKS]]],
+        capture_output=True, text=True, check=True,
+    )
+    return {"one": one, "one_s": one_s, "eight": eight, "eight_s": eight_s, "ok": results.count(200),
+            "reference": float(ref.stdout.strip().splitlines()[-1])}
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -183,6 +259,7 @@ def main() -> None:
             t.join()
         wall = time.perf_counter() - t0
         rss_end = _rss_mib(proc.pid)
+        worst = _worst_case(url, proc.pid, images, reg.get("bench-v1").checkpoint)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -204,6 +281,11 @@ def main() -> None:
          f"{len(latencies) / wall:.2f} requests/s"),
         ("service RSS after start", f"{rss_start:8.0f} MiB", ""),
         ("service RSS after the load", f"{rss_end:8.0f} MiB", ""),
+        (f"plain path, {WORST_REFERENCE_TASKS} worst-case images: peak RSS growth", f"{worst['reference']:8.0f} MiB",
+         "decode all at full size, then predict (the backend before bounding)"),
+        ("worst-case request, 12 tasks: peak RSS growth", f"{worst['one']:8.0f} MiB", f"{worst['one_s']:.1f} s"),
+        (f"{N_CLIENTS} concurrent worst-case requests: peak RSS growth", f"{worst['eight']:8.0f} MiB",
+         f"{worst['ok']}/{N_CLIENTS} answered 200 in {worst['eight_s']:.0f} s"),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure'.ljust(width)} | {'value':>14} | note")
