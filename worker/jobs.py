@@ -174,24 +174,24 @@ def _localise_images(ds, images: TaskImages, progress: _Progress) -> None:
 
 
 def _train_config(settings: LoopSettings, *, weights: str | None, init_from: str | None, seed: int):
+    """The job's training settings: the profile (``SHOESEG_PROFILE``), then what the environment sets."""
     from shoeseg.train import TrainConfig
 
-    wanted = {
+    explicit = {
         "iters": settings.train_iters,
         "ims_per_batch": settings.ims_per_batch,
         "base_lr": settings.base_lr,
         "roi_batch_size_per_image": settings.roi_batch_size_per_image,
         "min_size": settings.min_size,
         "max_size": settings.max_size,
-        "device": settings.device,
         "weights": weights,
         "init_from": init_from,
         "seed": seed,
-        "log_period": max(1, min(20, settings.train_iters // 10 or 1)),
         "progress_bar": False,
     }
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in wanted.items() if k in names})
+    config = TrainConfig.for_profile(settings.profile, device=settings.device, **explicit)
+    config.log_period = max(1, min(20, config.iters // 10 or 1))
+    return config
 
 
 def _evaluate(checkpoint: Path, val_ds, images_dir: Path, settings: LoopSettings) -> dict:
@@ -309,17 +309,15 @@ def _train_project(project_id: int, *, reason: str, settings: LoopSettings, job,
     val_ids = validation_task_ids(task_ids, modulo=settings.val_modulo)
     train_ds = _subset(ds, lambda im: im.image_id not in val_ids)
     val_ds = _subset(ds, lambda im: im.image_id in val_ids)
-    progress.update(force=True, stage="training", train_tasks=len(train_ds), val_tasks=len(val_ds),
-                    iteration=0, iters=settings.train_iters)
-
     registry = ModelRegistry(settings.model_dir)
     current = registry.current()
+    # The first model starts from SHOESEG_INIT_WEIGHTS; later ones fine-tune the current version, in its family.
     weights = None if current else settings.init_weights
     init_from = str(current.checkpoint) if current else None
-    if weights is not None and str(weights).lower() == "none":
-        weights = None
-    config = _train_config(settings, weights=weights if current is None else None, init_from=init_from,
+    config = _train_config(settings, weights=weights, init_from=init_from,
                            seed=int(job.meta.get("seed", 0)) if job is not None else 0)
+    progress.update(force=True, stage="training", train_tasks=len(train_ds), val_tasks=len(val_ds),
+                    iteration=0, iters=config.iters)
 
     runs_dir = settings.cache_dir / "runs" / str(project_id)
     runs_dir.mkdir(parents=True, exist_ok=True)

@@ -13,12 +13,13 @@ Environment variables (all optional):
 | ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` | none | the Label Studio server the jobs read and write |
 | ``SHOESEG_DEVICE`` | ``auto`` | ``auto``, ``cpu`` or ``cuda`` |
 | ``SHOESEG_MIN_NEW_ANNOTATIONS`` | ``10`` | new accepted annotations that start a training |
-| ``SHOESEG_TRAIN_ITERS`` | ``300`` | fine-tuning iterations per training job |
-| ``SHOESEG_IMS_PER_BATCH`` | ``2`` | images per training step |
-| ``SHOESEG_BASE_LR`` | ``0.00025`` | learning rate |
-| ``SHOESEG_ROI_BATCH`` | ``512`` | ROIs sampled per image by the box head |
-| ``SHOESEG_MIN_SIZE`` / ``SHOESEG_MAX_SIZE`` | ``800`` / ``1333`` | resize range of the model |
-| ``SHOESEG_INIT_WEIGHTS`` | ``coco`` | first model when the registry is empty: ``none``, ``coco`` or a checkpoint path |
+| ``SHOESEG_PROFILE`` | ``auto`` | training recipe (``shoeseg.train.PROFILES``: ``cpu``, ``study``, ``gpu``; ``auto`` from the device) |
+| ``SHOESEG_TRAIN_ITERS`` | the profile's | iterations per training job |
+| ``SHOESEG_IMS_PER_BATCH`` | the profile's | images per training step |
+| ``SHOESEG_BASE_LR`` | the profile's | learning rate |
+| ``SHOESEG_ROI_BATCH`` | the profile's | ROIs sampled per image by the box head |
+| ``SHOESEG_MIN_SIZE`` / ``SHOESEG_MAX_SIZE`` | the profile's | resize range of the model |
+| ``SHOESEG_INIT_WEIGHTS`` | ``auto`` | first model when the registry is empty: ``auto`` (COCO R50-FPN when it can be had, else the ImageNet-pretrained lite0-fpn), ``none``, ``coco``, ``imagenet`` or a checkpoint path; later versions fine-tune the current one, in its family |
 | ``SHOESEG_PROMOTE_TOLERANCE`` | ``0.01`` | promotion when new segm AP >= current segm AP - tolerance |
 | ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the fixed validation subset when its hash % modulo == 0 |
 | ``SHOESEG_AL_STRATEGY`` | ``least_confidence`` | active-learning score pushed with each prediction |
@@ -43,7 +44,7 @@ TRAIN_JOB = "worker.jobs.train_project"
 PREDICT_JOB = "worker.jobs.predict_project"
 
 
-def _int(env: dict, name: str, default: int, *, minimum: int = 0) -> int:
+def _int(env: dict, name: str, default: int | None, *, minimum: int = 0) -> int | None:
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -56,7 +57,7 @@ def _int(env: dict, name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
-def _float(env: dict, name: str, default: float) -> float:
+def _float(env: dict, name: str, default: float | None) -> float | None:
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -96,13 +97,14 @@ class LoopSettings:
     label_studio_api_key: str | None = None
     device: str = "auto"
     min_new_annotations: int = 10
-    train_iters: int = 300
-    ims_per_batch: int = 2
-    base_lr: float = 0.00025
-    roi_batch_size_per_image: int = 512
-    min_size: int = 800
-    max_size: int = 1333
-    init_weights: str = "coco"
+    profile: str = "auto"
+    train_iters: int | None = None
+    ims_per_batch: int | None = None
+    base_lr: float | None = None
+    roi_batch_size_per_image: int | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    init_weights: str = "auto"
     promote_tolerance: float = 0.01
     val_modulo: int = 5
     al_strategy: str = "least_confidence"
@@ -126,13 +128,14 @@ class LoopSettings:
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
             device=env.get("SHOESEG_DEVICE") or "auto",
             min_new_annotations=_int(env, "SHOESEG_MIN_NEW_ANNOTATIONS", 10, minimum=1),
-            train_iters=_int(env, "SHOESEG_TRAIN_ITERS", 300, minimum=1),
-            ims_per_batch=_int(env, "SHOESEG_IMS_PER_BATCH", 2, minimum=1),
-            base_lr=_float(env, "SHOESEG_BASE_LR", 0.00025),
-            roi_batch_size_per_image=_int(env, "SHOESEG_ROI_BATCH", 512, minimum=1),
-            min_size=_int(env, "SHOESEG_MIN_SIZE", 800, minimum=16),
-            max_size=_int(env, "SHOESEG_MAX_SIZE", 1333, minimum=16),
-            init_weights=env.get("SHOESEG_INIT_WEIGHTS") or "coco",
+            profile=env.get("SHOESEG_PROFILE") or "auto",
+            train_iters=_int(env, "SHOESEG_TRAIN_ITERS", None, minimum=1),
+            ims_per_batch=_int(env, "SHOESEG_IMS_PER_BATCH", None, minimum=1),
+            base_lr=_float(env, "SHOESEG_BASE_LR", None),
+            roi_batch_size_per_image=_int(env, "SHOESEG_ROI_BATCH", None, minimum=1),
+            min_size=_int(env, "SHOESEG_MIN_SIZE", None, minimum=16),
+            max_size=_int(env, "SHOESEG_MAX_SIZE", None, minimum=16),
+            init_weights=env.get("SHOESEG_INIT_WEIGHTS") or "auto",
             promote_tolerance=_float(env, "SHOESEG_PROMOTE_TOLERANCE", 0.01),
             val_modulo=_int(env, "SHOESEG_VAL_MODULO", 5, minimum=2),
             al_strategy=env.get("SHOESEG_AL_STRATEGY") or "least_confidence",

@@ -17,7 +17,7 @@ TINY = dict(min_size=64, max_size=80, roi_batch_size_per_image=32, warmup_iters=
 
 def test_recipe_defaults_and_learning_rate_schedule():
     cfg = TrainConfig()
-    assert (cfg.iters, cfg.ims_per_batch, cfg.roi_batch_size_per_image, cfg.weights) == (600, 2, 512, "coco")
+    assert (cfg.iters, cfg.ims_per_batch, cfg.roi_batch_size_per_image, cfg.weights) == (600, 2, 512, "auto")
     assert cfg.resolved_steps() == (450, 540)
     s = TrainConfig(iters=100, warmup_iters=10, warmup_factor=0.001, gamma=0.1)
     assert s.lr_factor(0) == pytest.approx(0.001)
