@@ -1,0 +1,184 @@
+"""Quality per model family on real shoes: what each start reaches on a CPU, and what serving costs.
+
+On `../shared/datasets/shoes` (76 photos, 150 polygons), the split of `shoeseg train` with seed 0 (70 % train,
+20 % val, 10 % test): each configuration trains with the `cpu` profile (250 iterations of 2 images, 128 ROIs,
+320-448 px) in a child process of its own, and is evaluated on the held-out images (val and test together:
+nothing of them is used for training or model selection). Printed, side by side:
+
+* mask AP / AP50 and box AP (pycocotools), train minutes, s/iteration, peak RSS of the training process;
+* at the serving size: `Predictor.predict` (polygons included) and the bare `model(images)` forward, ms per
+  image (median), and the overhead of ours over the bare forward;
+* for the lite0-fpn model, the serving settings: proposals kept after NMS and detections per image, and
+  dynamic int8 on the box head's linear layers, each with its mask AP.
+
+Run: `python -m bench quality` (about 1 hour on 2 cores); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
+`BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHOES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shoes"
+CONFIGS = {
+    "r50-random": {"arch": "r50-fpn", "weights": "none"},
+    "lite0": {"arch": "lite0-fpn", "weights": "imagenet"},
+    "lite0-cp": {"arch": "lite0-fpn", "weights": "imagenet", "copy_paste": 0.5},
+    "lite2": {"arch": "lite2-fpn", "weights": "imagenet"},
+}
+SERVING = [  # (proposals after NMS, detections per image, int8 box head)
+    (1000, 100, False), (300, 50, False), (100, 20, False), (300, 50, True),
+]
+
+
+def _held_out(ds, split):
+    from shoeseg.data import subset
+
+    return subset(ds, list(split["val"]) + list(split["test"]))
+
+
+def _timed_predict(predictor, arrays) -> tuple[float, float]:
+    import torch
+
+    from shoeseg.predict import image_to_tensor
+
+    ours, bare = [], []
+    predictor.predict([arrays[0]])  # warm-up
+    for arr in arrays:
+        t0 = time.perf_counter()
+        predictor.predict([arr])
+        ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            predictor.model([image_to_tensor(arr, predictor.device)])
+        bare.append(time.perf_counter() - t0)
+    return statistics.median(ours) * 1000, statistics.median(bare) * 1000
+
+
+def _serving_arrays(ds, images_dir: Path, fit: tuple[int, int], n: int = 8):
+    from shoeseg.data import resolve_image_path
+    from via_tools.images import decode_image_scaled
+
+    out = []
+    for rec in ds.images[:n]:
+        data = resolve_image_path(images_dir, rec).read_bytes()
+        out.append(decode_image_scaled(data, name=rec.file_name, fit_within=fit)[0])
+    return out
+
+
+def run_one(name: str, out_dir: Path) -> dict:
+    """Trains and evaluates one configuration (in this process); returns its row."""
+    import torch
+
+    from shoeseg.data import subset
+    from shoeseg.evaluate import evaluate
+    from shoeseg.predict import Predictor
+    from shoeseg.train import TrainConfig, split_dataset, train
+    from via_tools.io import load
+    from via_tools.options import ReadOptions
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    images_dir = SHOES / "images"
+    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
+    split = split_dataset(ds, seed=0)
+    iters = int(os.environ.get("BENCH_QUALITY_ITERS") or 0) or None
+    cfg = TrainConfig.for_profile("cpu", device="cpu", iters=iters, progress_bar=False, **CONFIGS[name])
+    result = train(cfg, dataset=subset(ds, split["train"]), images_dir=images_dir, out_dir=out_dir / name, split=split)
+    held = _held_out(ds, split)
+    predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu", score_thresh=0.05)
+    metrics = evaluate(predictor, held, images_dir=images_dir).metrics
+    arrays = _serving_arrays(held, images_dir, predictor.input_fit)
+    serve = Predictor.from_checkpoint(result.checkpoint, device="cpu", score_thresh=0.5)
+    ours_ms, bare_ms = _timed_predict(serve, arrays)
+    row = {
+        "config": name, "arch": cfg.arch, "weights": cfg.weights, "copy_paste": cfg.copy_paste, "iters": cfg.iters,
+        "segm_AP": metrics.get("segm_AP"), "segm_AP50": metrics.get("segm_AP50"), "bbox_AP": metrics.get("bbox_AP"),
+        "train_min": result.final_metrics["train_s"] / 60, "s_per_iter": result.final_metrics["train_s"] / cfg.iters,
+        "predict_ms": ours_ms, "forward_ms": bare_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "held_out_images": len(held.images), "checkpoint": str(result.checkpoint),
+    }
+    if name == "lite0":
+        row["serving"] = serving_rows(result.checkpoint, held, images_dir, arrays)
+    return row
+
+
+def serving_rows(checkpoint: Path, held, images_dir: Path, arrays) -> list[dict]:
+    import torch
+
+    from shoeseg.evaluate import evaluate
+    from shoeseg.predict import Predictor
+
+    rows = []
+    for proposals, detections, int8 in SERVING:
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", score_thresh=0.05)
+        m = predictor.model
+        m.rpn._post_nms_top_n["testing"] = proposals
+        m.roi_heads.detections_per_img = detections
+        if int8:
+            m.roi_heads.box_head = torch.ao.quantization.quantize_dynamic(
+                m.roi_heads.box_head, {torch.nn.Linear}, dtype=torch.qint8)
+        ap = evaluate(predictor, held, images_dir=images_dir).metrics.get("segm_AP")
+        predictor.score_thresh = 0.5
+        ours_ms, _ = _timed_predict(predictor, arrays)
+        rows.append({"proposals": proposals, "detections": detections, "int8_box_head": int8, "segm_AP": ap,
+                     "predict_ms": ours_ms})
+    return rows
+
+
+def _fmt(v, spec: str = ".3f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def main() -> None:
+    if not SHOES.is_dir():
+        print(f"skipped: {SHOES} is not here (the shared shoe photos)")
+        return
+    chosen = [c for c in (os.environ.get("BENCH_QUALITY") or ",".join(CONFIGS)).split(",") if c]
+    out_dir = Path(os.environ.get("BENCH_QUALITY_OUT") or tempfile.mkdtemp(prefix="bench-quality-"))
+    rows = []
+    for name in chosen:
+        print(f"training {name} ...", flush=True)
+        res = subprocess.run([sys.executable, "-m", "bench.bench_quality", "--one", name, str(out_dir)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            print(f"{name} failed:\n{res.stderr[-3000:]}")
+            continue
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        (out_dir / "quality.json").write_text(json.dumps(rows, indent=1))
+    print(f"\nShoeSeg model families on {SHOES.name} (held-out: val + test of the seed-0 split, "
+          f"{rows[0]['held_out_images'] if rows else '?'} images), cpu profile, CPU {os.cpu_count()} cores")
+    print("| config | start | copy-paste | mask AP | mask AP50 | box AP | train min | s/it | "
+          "predict ms/img | bare forward ms/img | overhead | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        overhead = (r["predict_ms"] - r["forward_ms"]) / r["forward_ms"] * 100
+        print(f"| {r['config']} | {r['arch']} {r['weights']} | {r['copy_paste']:g} | {_fmt(r['segm_AP'])} | "
+              f"{_fmt(r['segm_AP50'])} | {_fmt(r['bbox_AP'])} | {r['train_min']:.1f} | {r['s_per_iter']:.2f} | "
+              f"{r['predict_ms']:.0f} | {r['forward_ms']:.0f} | {overhead:+.1f} % | {r['peak_rss_mb']:.0f} |")
+    for r in rows:
+        if r.get("serving"):
+            print(f"\nServing settings, {r['config']} ({r['arch']}), mask AP on the held-out images:")
+            print("| proposals after NMS | detections/img | int8 box head | mask AP | predict ms/img |")
+            print("|---|---|---|---|---|")
+            for s in r["serving"]:
+                print(f"| {s['proposals']} | {s['detections']} | {'yes' if s['int8_box_head'] else 'no'} | "
+                      f"{_fmt(s['segm_AP'])} | {s['predict_ms']:.0f} |")
+    print(f"\nruns and checkpoints in {out_dir}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--one":
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        print(json.dumps(run_one(sys.argv[2], Path(sys.argv[3]))))
+    else:
+        main()
