@@ -77,31 +77,26 @@ def _handler(listener: Listener):
     return Handler
 
 
-def _serve(listener: Listener):
+def _listening():
+    listener = Listener()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(listener))
     listener.port = httpd.server_address[1]
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd
+    yield listener
+    httpd.shutdown()
+    httpd.server_close()
 
 
 @pytest.fixture(scope="session")
 def attacker():
     """A host nobody configured: nothing may reach it carrying a credential, most things not at all."""
-    listener = Listener()
-    httpd = _serve(listener)
-    yield listener
-    httpd.shutdown()
-    httpd.server_close()
+    yield from _listening()
 
 
 @pytest.fixture(scope="session")
 def allowed_host():
     """A host named in ``SHOESEG_ALLOWED_HOSTS`` (as ``127.0.0.1:<port>``)."""
-    listener = Listener()
-    httpd = _serve(listener)
-    yield listener
-    httpd.shutdown()
-    httpd.server_close()
+    yield from _listening()
 
 
 @pytest.fixture(scope="session")
