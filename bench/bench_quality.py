@@ -8,8 +8,8 @@ nothing of them is used for training or model selection). Printed, side by side:
 * mask AP / AP50 and box AP (pycocotools), train minutes, s/iteration, peak RSS of the training process;
 * at the serving size: `Predictor.predict` (polygons included) and the bare `model(images)` forward, ms per
   image (median), and the overhead of ours over the bare forward;
-* for the lite0-fpn model, the serving settings: proposals kept after NMS and detections per image, and
-  dynamic int8 on the box head's linear layers, each with its mask AP.
+* for one model (``BENCH_QUALITY_SERVING``, default lite0), the serving settings: proposals kept after NMS
+  and detections per image, and dynamic int8 on the box head's linear layers, each with its mask AP.
 
 Run: `python -m bench quality` (about 1 hour on 2 cores); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
 `BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default).
@@ -33,6 +33,7 @@ CONFIGS = {
     "lite0": {"arch": "lite0-fpn", "weights": "imagenet"},
     "lite0-cp": {"arch": "lite0-fpn", "weights": "imagenet", "copy_paste": 0.5},
     "lite2": {"arch": "lite2-fpn", "weights": "imagenet"},
+    "lite2-cp": {"arch": "lite2-fpn", "weights": "imagenet", "copy_paste": 0.5},
 }
 SERVING = [  # (proposals after NMS, detections per image, int8 box head)
     (1000, 100, False), (300, 50, False), (100, 20, False), (300, 50, True),
@@ -108,7 +109,7 @@ def run_one(name: str, out_dir: Path) -> dict:
         "predict_ms": ours_ms, "forward_ms": bare_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "held_out_images": len(held.images), "checkpoint": str(result.checkpoint),
     }
-    if name == "lite0":
+    if name == os.environ.get("BENCH_QUALITY_SERVING", "lite0"):
         row["serving"] = serving_rows(result.checkpoint, held, images_dir, arrays)
     return row
 
