@@ -120,9 +120,12 @@ def serving_rows(checkpoint: Path, held, images_dir: Path, arrays) -> list[dict]
     from shoeseg.evaluate import evaluate
     from shoeseg.predict import Predictor
 
+    from shoeseg.model import load_checkpoint
+
     rows = []
     for proposals, detections, int8 in SERVING:
-        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", score_thresh=0.05)
+        ckpt = load_checkpoint(checkpoint)  # float32 whatever the checkpoint's own serving choice
+        predictor = Predictor(ckpt.model, class_names=ckpt.class_names, device="cpu", score_thresh=0.05)
         m = predictor.model
         m.rpn._post_nms_top_n["testing"] = proposals
         m.roi_heads.detections_per_img = detections

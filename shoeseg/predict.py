@@ -68,6 +68,21 @@ def image_to_tensor(image: np.ndarray, device: torch.device, *, where: str = "im
     return t.permute(2, 0, 1).float().div_(255.0)
 
 
+def _int8_linear(module: nn.Module) -> nn.Module:
+    """``module`` with its linear layers in dynamic int8 (the box head's two 1024-wide layers score every
+    proposal); unchanged, with a warning, where this torch no longer offers dynamic quantization."""
+    import warnings
+
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        log.warning("this torch has no dynamic int8 quantization: serving the box head in float32")
+        return module
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.9+ marks torch.ao.quantization deprecated
+        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+
+
 class Predictor:
     """Runs a trained model on images and returns :class:`Detection` lists.
 
@@ -120,7 +135,8 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | Path, *, device: str | torch.device = "auto", score_thresh: float = 0.5, **kwargs: Any
     ) -> Predictor:
-        """Loads a checkpoint (``weights_only=True``) into a predictor.
+        """Loads a checkpoint (``weights_only=True``) into a predictor, with the checkpoint's serving settings
+        (a dynamic-int8 box head on the CPU when it asks for one).
 
         Example:
             >>> Predictor.from_checkpoint("runs/shoes/model.pt", device="cpu").class_names  # doctest: +SKIP
@@ -131,6 +147,8 @@ class Predictor:
         ckpt = load_checkpoint(path)
         p = cls(ckpt.model, class_names=ckpt.class_names, model_version=ckpt.version, device=device,
                 score_thresh=score_thresh, **kwargs)
+        if ckpt.model_config.int8_box_head and p.device.type == "cpu":
+            p.model.roi_heads.box_head = _int8_linear(p.model.roi_heads.box_head)
         p.checkpoint_path = Path(path)
         return p
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -125,3 +126,16 @@ def test_profiles_fill_defaults_and_flags_override():
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         TrainConfig.for_profile("fast")
     assert set(ARCHS) == {"r50-fpn", "lite0-fpn", "lite2-fpn"}
+
+
+def test_a_checkpoint_can_ask_for_an_int8_box_head_on_the_cpu(tmp_path):
+    from shoeseg.predict import Predictor
+
+    model = build_model(num_classes=1, weights=None, arch="lite0-fpn", min_size=64, max_size=64, int8_box_head=True)
+    save_checkpoint(tmp_path / "m.pt", model=model, class_names=["shoe"])
+    predictor = Predictor.from_checkpoint(tmp_path / "m.pt", device="cpu")
+    fc6 = predictor.model.roi_heads.box_head.fc6
+    assert "quantized" in type(fc6).__module__  # dynamic int8
+    assert len(predictor.predict([np.zeros((64, 64, 3), np.uint8)])) == 1
+    assert load_checkpoint(tmp_path / "m.pt").model_config.int8_box_head  # the stored weights stay float
+    assert type(load_checkpoint(tmp_path / "m.pt").model.roi_heads.box_head.fc6) is torch.nn.Linear
