@@ -118,9 +118,8 @@ def serving_rows(checkpoint: Path, held, images_dir: Path, arrays) -> list[dict]
     import torch
 
     from shoeseg.evaluate import evaluate
-    from shoeseg.predict import Predictor
-
     from shoeseg.model import load_checkpoint
+    from shoeseg.predict import Predictor
 
     rows = []
     for proposals, detections, int8 in SERVING:
