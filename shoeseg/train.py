@@ -151,7 +151,8 @@ class TrainConfig:
     def for_profile(cls, profile: str = "auto", *, device: str = "auto", **overrides: Any) -> TrainConfig:
         """A configuration from a named recipe (:data:`PROFILES`), explicit ``overrides`` winning.
 
-        ``auto`` is ``gpu`` on CUDA and ``cpu`` otherwise.
+        ``auto`` is ``gpu`` on CUDA and ``cpu`` otherwise. Explicit weights choose their family: ``coco``
+        means ``r50-fpn``, a checkpoint path its own.
 
         Example:
             >>> TrainConfig.for_profile("cpu").roi_batch_size_per_image
@@ -163,7 +164,12 @@ class TrainConfig:
             profile = "gpu" if resolve_device(device).type == "cuda" else "cpu"
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r} (known: auto, {', '.join(PROFILES)})")
-        fields = {**PROFILES[profile], "device": device, **{k: v for k, v in overrides.items() if v is not None}}
+        given = {k: v for k, v in overrides.items() if v is not None}
+        fields = {**PROFILES[profile], "device": device, **given}
+        weights = str(given.get("weights", "")).lower()
+        if "arch" not in given and weights not in ("", "auto", "none", "random", "imagenet"):
+            # explicit weights name their family: COCO is r50-fpn's, a checkpoint keeps its own
+            fields["arch"] = "r50-fpn" if weights == "coco" else None
         unknown = sorted(set(fields) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown training settings {unknown}")

@@ -139,3 +139,10 @@ def test_a_checkpoint_can_ask_for_an_int8_box_head_on_the_cpu(tmp_path):
     assert len(predictor.predict([np.zeros((64, 64, 3), np.uint8)])) == 1
     assert load_checkpoint(tmp_path / "m.pt").model_config.int8_box_head  # the stored weights stay float
     assert type(load_checkpoint(tmp_path / "m.pt").model.roi_heads.box_head.fc6) is torch.nn.Linear
+
+
+def test_explicit_weights_choose_their_family_within_a_profile(tmp_path):
+    assert TrainConfig.for_profile("cpu", weights="coco").arch == "r50-fpn"
+    assert TrainConfig.for_profile("cpu", weights=str(tmp_path / "m.pt")).arch is None
+    assert TrainConfig.for_profile("cpu", weights="none").arch == PROFILES["cpu"]["arch"]
+    assert TrainConfig.for_profile("cpu", weights="coco", arch="lite2-fpn").arch == "lite2-fpn"  # then refused
