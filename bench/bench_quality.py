@@ -11,7 +11,8 @@ nothing of them is used for training or model selection). Printed, side by side:
 * for one model (``BENCH_QUALITY_SERVING``, default lite0), the serving settings: proposals kept after NMS
   and detections per image, and dynamic int8 on the box head's linear layers, each with its mask AP.
 
-Run: `python -m bench quality` (about 1 hour on 2 cores); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
+Run: `python -m bench quality` (about 1 hour on 2 cores); `python -m bench.bench_quality --serving CKPT` prints
+the serving table of an existing checkpoint; `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
 `BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default).
 """
 
@@ -36,7 +37,7 @@ CONFIGS = {
     "lite2-cp": {"arch": "lite2-fpn", "weights": "imagenet", "copy_paste": 0.5},
 }
 SERVING = [  # (proposals after NMS, detections per image, int8 box head)
-    (1000, 100, False), (300, 50, False), (100, 20, False), (300, 50, True),
+    (1000, 100, False), (300, 50, False), (100, 20, False), (300, 50, True), (100, 20, True),
 ]
 
 
@@ -180,8 +181,35 @@ def main() -> None:
     print(f"\nruns and checkpoints in {out_dir}")
 
 
+def serving_only(checkpoint: Path) -> None:
+    """The serving table (and the predict / bare-forward timing) of an existing checkpoint."""
+    import torch
+
+    from shoeseg.predict import Predictor
+    from shoeseg.train import split_dataset
+    from via_tools.io import load
+    from via_tools.options import ReadOptions
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    images_dir = SHOES / "images"
+    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
+    held = _held_out(ds, split_dataset(ds, seed=0))
+    serve = Predictor.from_checkpoint(checkpoint, device="cpu", score_thresh=0.5)
+    arrays = _serving_arrays(held, images_dir, serve.input_fit)
+    ours_ms, bare_ms = _timed_predict(serve, arrays)
+    print(f"{checkpoint}: predict {ours_ms:.0f} ms/img, bare forward {bare_ms:.0f} ms/img "
+          f"({(ours_ms - bare_ms) / bare_ms * 100:+.1f} %)")
+    print("| proposals after NMS | detections/img | int8 box head | mask AP | predict ms/img |")
+    print("|---|---|---|---|---|")
+    for r in serving_rows(checkpoint, held, images_dir, arrays):
+        print(f"| {r['proposals']} | {r['detections']} | {'yes' if r['int8_box_head'] else 'no'} | "
+              f"{_fmt(r['segm_AP'])} | {r['predict_ms']:.0f} |")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--one":
+    if len(sys.argv) == 3 and sys.argv[1] == "--serving":
+        serving_only(Path(sys.argv[2]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--one":
         import logging
 
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)

@@ -52,7 +52,7 @@ class SimulationConfig:
         test_frac: fraction of the images held out for evaluation.
         seed: seeds the split, the start set, the training and the ``random`` strategy's ties.
         min_size / max_size: the model's resize range (small values keep CPU runs short).
-        weights: first model: ``auto`` (COCO R50-FPN when it can be had, else ImageNet lite0-fpn), ``coco``, ``imagenet``, ``none`` (random init) or a checkpoint path.
+        weights: first model: ``auto`` (COCO R50-FPN when it can be had, else ImageNet lite2-fpn), ``coco``, ``imagenet``, ``none`` (random init) or a checkpoint path.
         device: ``auto``, ``cpu`` or ``cuda``.
         ims_per_batch: images per training step.
         base_lr: learning rate.

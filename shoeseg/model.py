@@ -8,7 +8,7 @@
 Starting points (``weights``):
 
 * ``"auto"``: COCO weights for ``r50-fpn`` when torch.hub has them cached or they can be downloaded, else
-  the ImageNet-pretrained ``lite0-fpn`` (:func:`resolve_start` says which and why);
+  the ImageNet-pretrained ``lite2-fpn`` (:func:`resolve_start` says which and why);
 * ``None`` (or ``"none"``): random initialisation (regular batch norm, every backbone stage trained);
 * ``"coco"``: torchvision's COCO weights for ``r50-fpn`` (downloaded into the torch.hub cache and read with
   ``weights_only=True``; frozen batch norm, three backbone stages trained), with fresh class-specific heads
@@ -51,6 +51,8 @@ _HEAD_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn
 
 #: The model families :func:`build_model` knows (``arch``).
 ARCHS = ("r50-fpn", "lite0-fpn", "lite2-fpn")
+#: The family ``weights="auto"`` takes without COCO weights: the best measured on a CPU (docs/real-data.md).
+OFFLINE_ARCH = "lite2-fpn"
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -272,7 +274,7 @@ def resolve_start(*, arch: str | None, weights: str | Path | None) -> StartChoic
     """Resolves ``arch=None`` (the family the weights imply) and ``weights="auto"``.
 
     ``auto``: COCO weights (``r50-fpn``) when the torch.hub cache holds them or they can be downloaded;
-    otherwise ``lite0-fpn`` (or the Lite family asked for) from its packaged ImageNet weights. Random
+    otherwise :data:`OFFLINE_ARCH` (or the Lite family asked for) from its packaged ImageNet weights. Random
     weights only when asked for.
 
     Raises:
@@ -294,10 +296,10 @@ def resolve_start(*, arch: str | None, weights: str | Path | None) -> StartChoic
             raise ValueError(f"COCO weights exist for r50-fpn only, not {arch}: use --weights imagenet or auto")
         return StartChoice("r50-fpn", "coco", "COCO weights, as asked")
     if low == "imagenet":
-        if arch in (None, "r50-fpn"):
-            arch = "lite0-fpn" if arch is None else arch
+        if arch is None:
+            arch = OFFLINE_ARCH
         if arch == "r50-fpn":
-            raise ValueError("ImageNet weights are packaged for the Lite families only: use --arch lite0-fpn")
+            raise ValueError(f"ImageNet weights are packaged for the Lite families only: use --arch {OFFLINE_ARCH}")
         return StartChoice(arch, "imagenet", f"{arch} from its packaged ImageNet weights, as asked")
     if low == "auto":
         if arch not in (None, "r50-fpn"):
@@ -310,10 +312,10 @@ def resolve_start(*, arch: str | None, weights: str | Path | None) -> StartChoic
         if arch == "r50-fpn":
             raise WeightsUnavailableError(
                 f"--weights auto with --arch r50-fpn: the COCO weights are neither at {cached} nor downloadable. "
-                "Use --arch lite0-fpn (ImageNet weights installed with ShoeSeg), or --weights none")
-        return StartChoice("lite0-fpn", "imagenet",
-                           f"no COCO weights offline (not at {cached}, no network): lite0-fpn from its packaged "
-                           "ImageNet weights")
+                f"Use --arch {OFFLINE_ARCH} (ImageNet weights installed with ShoeSeg), or --weights none")
+        return StartChoice(OFFLINE_ARCH, "imagenet",
+                           f"no COCO weights offline (not at {cached}, no network): {OFFLINE_ARCH} from its "
+                           "packaged ImageNet weights")
     return StartChoice(arch or "r50-fpn", spec, f"weights from {spec}")
 
 

@@ -84,7 +84,7 @@ class TrainConfig:
         flip / photometric: horizontal flips and brightness/contrast/saturation jitter.
         device: ``auto``, ``cpu`` or ``cuda``.
         weights: starting weights when ``init_from`` is not given: ``auto`` (COCO R50-FPN when it can be had,
-            else the ImageNet-pretrained lite0-fpn), ``coco``, ``imagenet``, ``none`` or a path.
+            else the ImageNet-pretrained lite2-fpn), ``coco``, ``imagenet``, ``none`` or a path.
         arch: the model family (``r50-fpn``, ``lite0-fpn``, ``lite2-fpn``); ``None``: what ``weights`` implies.
         copy_paste: probability of Simple Copy-Paste per training image (0: off).
         rpn_post_nms_top_n_test / box_detections_per_img / int8_box_head: serving settings stored in the checkpoint.
@@ -197,19 +197,20 @@ class TrainConfig:
 #: Named recipes (``shoeseg train --profile``); explicit settings override them.
 #:
 #: * ``study``: the study's recipe, unchanged: R50-FPN from COCO, 600 iterations, 512 ROIs, 800/1333 px.
-#: * ``cpu``: good pre-labels within about 15 minutes on 2 cores without a network: lite0-fpn from its
-#:   packaged ImageNet weights, 128 ROIs, multi-scale 320-448 px, SGD 0.005 with warm-up and gradient-norm
-#:   clip 5 (0.01 diverged), 250 iterations of 2 images; at serving time 300 proposals, 50 detections and
-#:   the box head in dynamic int8 (measured by ``python -m bench quality``: about a fifth faster for a
-#:   mask AP 0.003 lower).
+#: * ``cpu``: the best pre-labels measured within about 15 minutes on 2 cores without a network
+#:   (``python -m bench quality``, docs/real-data.md): lite2-fpn from its packaged ImageNet weights, 128 ROIs,
+#:   multi-scale 320-448 px, SGD 0.005 with warm-up and gradient-norm clip 5 (0.01 diverged), 250 iterations
+#:   of 2 images (mask AP 0.37 on held-out shoes in 9 minutes; copy-paste and 350 iterations gained
+#:   nothing there). Served with 100 proposals, 20 detections and a dynamic-int8 box head: the same AP as
+#:   torchvision's 1000 / 100 in float, in less than a third of the time.
 #: * ``gpu``: the study's recipe with ``auto`` weights and mixed precision (``amp``, on CUDA only).
 PROFILES: dict[str, dict[str, Any]] = {
     "study": {"weights": "coco", "arch": "r50-fpn", "iters": 600, "ims_per_batch": 2, "base_lr": 0.00025,
               "roi_batch_size_per_image": 512, "min_size": 800, "max_size": 1333, "amp": True},
-    "cpu": {"weights": "auto", "arch": "lite0-fpn", "iters": 250, "ims_per_batch": 2, "base_lr": 0.005,
+    "cpu": {"weights": "auto", "arch": "lite2-fpn", "iters": 250, "ims_per_batch": 2, "base_lr": 0.005,
             "warmup_iters": 50, "roi_batch_size_per_image": 128, "min_size": 384, "max_size": 640,
-            "scale_jitter": 1 / 6, "clip_grad_norm": 5.0, "rpn_post_nms_top_n_test": 300,
-            "box_detections_per_img": 50, "int8_box_head": True, "amp": False},
+            "scale_jitter": 1 / 6, "clip_grad_norm": 5.0, "rpn_post_nms_top_n_test": 100,
+            "box_detections_per_img": 20, "int8_box_head": True, "amp": False},
     "gpu": {"weights": "auto", "iters": 600, "ims_per_batch": 4, "base_lr": 0.005, "warmup_iters": 100,
             "roi_batch_size_per_image": 512, "min_size": 800, "max_size": 1333, "clip_grad_norm": 5.0,
             "amp": True},

@@ -19,7 +19,7 @@ Environment variables (all optional):
 | ``SHOESEG_BASE_LR`` | the profile's | learning rate |
 | ``SHOESEG_ROI_BATCH`` | the profile's | ROIs sampled per image by the box head |
 | ``SHOESEG_MIN_SIZE`` / ``SHOESEG_MAX_SIZE`` | the profile's | resize range of the model |
-| ``SHOESEG_INIT_WEIGHTS`` | ``auto`` | first model when the registry is empty: ``auto`` (COCO R50-FPN when it can be had, else the ImageNet-pretrained lite0-fpn), ``none``, ``coco``, ``imagenet`` or a checkpoint path; later versions fine-tune the current one, in its family |
+| ``SHOESEG_INIT_WEIGHTS`` | ``auto`` | first model when the registry is empty: ``auto`` (COCO R50-FPN when it can be had, else the ImageNet-pretrained lite2-fpn), ``none``, ``coco``, ``imagenet`` or a checkpoint path; later versions fine-tune the current one, in its family |
 | ``SHOESEG_PROMOTE_TOLERANCE`` | ``0.01`` | promotion when new segm AP >= current segm AP - tolerance |
 | ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the fixed validation subset when its hash % modulo == 0 |
 | ``SHOESEG_AL_STRATEGY`` | ``least_confidence`` | active-learning score pushed with each prediction |

@@ -75,7 +75,7 @@ def simulate(
     lr: float = typer.Option(0.0025, "--lr", help="Base learning rate."),
     roi_batch: int = typer.Option(512, "--roi-batch", min=1, help="ROIs per image for the box head in training."),
     detections: int = typer.Option(20, "--detections", min=1, help="Candidates kept per image (eval and scoring)."),
-    weights: str = typer.Option("auto", "--weights", help="First model: auto (COCO R50-FPN, else ImageNet lite0-fpn), coco, imagenet, none or a checkpoint."),
+    weights: str = typer.Option("auto", "--weights", help="First model: auto (COCO R50-FPN, else ImageNet lite2-fpn), coco, imagenet, none or a checkpoint."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     seed: int = typer.Option(0, "--seed", help="Seeds the split, start set and training."),
     out: Path = typer.Option(Path("runs/al-simulation"), "--out", file_okay=False, help="Output folder."),

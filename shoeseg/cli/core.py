@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
         max_size: int | None = typer.Option(None, "--max-size", help="Cap on the longer side in pixels."),
         device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
         weights: str | None = typer.Option(
-            None, "--weights", help="auto (COCO R50-FPN when it can be had, else ImageNet lite0-fpn), coco, "
+            None, "--weights", help="auto (COCO R50-FPN when it can be had, else ImageNet lite2-fpn), coco, "
             "imagenet, none, or a PATH."),
         copy_paste: float | None = typer.Option(None, "--copy-paste", help="Simple Copy-Paste probability (0: off)."),
         init_from: Path | None = typer.Option(None, "--init-from", help="Fine-tune this checkpoint (parent version)."),
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
         clip_grad: float | None = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
     ) -> None:
         """Trains Mask R-CNN from a recipe: --profile study is the study's (R50-FPN from COCO, 600 iterations,
-        512 ROIs, 800 px); cpu trains lite0-fpn from ImageNet weights in about 15 minutes on 2 cores.
+        512 ROIs, 800 px); cpu trains lite2-fpn from ImageNet weights in about 10 minutes on 2 cores.
 
         Example: shoeseg train --data shoes/via_project.json --out runs/shoes --profile cpu
         """

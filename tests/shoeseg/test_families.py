@@ -77,10 +77,10 @@ def test_auto_takes_the_lite_start_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no cached COCO file
     monkeypatch.setattr(model_mod, "coco_weights_reachable", lambda timeout_s=5.0: False)  # no network answers
     start = resolve_start(arch=None, weights="auto")
-    assert (start.arch, start.weights) == ("lite0-fpn", "imagenet") and "no COCO weights offline" in start.reason
+    assert (start.arch, start.weights) == ("lite2-fpn", "imagenet") and "no COCO weights offline" in start.reason
     model = build_model(num_classes=1, weights="auto", min_size=64, max_size=64)
-    assert model.shoeseg_config.arch == "lite0-fpn" and model.shoeseg_start == start
-    with pytest.raises(model_mod.WeightsUnavailableError, match="--arch lite0-fpn"):
+    assert model.shoeseg_config.arch == "lite2-fpn" and model.shoeseg_start == start
+    with pytest.raises(model_mod.WeightsUnavailableError, match="--arch lite2-fpn"):
         resolve_start(arch="r50-fpn", weights="auto")
 
 
@@ -117,7 +117,8 @@ def test_a_checkpoint_of_an_unknown_family_names_it(tmp_path):
 def test_profiles_fill_defaults_and_flags_override():
     cpu = TrainConfig.for_profile("cpu")
     assert (cpu.arch, cpu.weights, cpu.iters, cpu.roi_batch_size_per_image, cpu.clip_grad_norm) == (
-        "lite0-fpn", "auto", 250, 128, 5.0)
+        "lite2-fpn", "auto", 250, 128, 5.0)
+    assert (cpu.rpn_post_nms_top_n_test, cpu.box_detections_per_img, cpu.int8_box_head) == (100, 20, True)
     study = TrainConfig.for_profile("study")
     assert (study.arch, study.weights, study.iters, study.roi_batch_size_per_image, study.min_size) == (
         "r50-fpn", "coco", 600, 512, 800)
