@@ -35,6 +35,7 @@ CONFIGS = {
     "lite0-cp": {"arch": "lite0-fpn", "weights": "imagenet", "copy_paste": 0.5},
     "lite2": {"arch": "lite2-fpn", "weights": "imagenet"},
     "lite2-cp": {"arch": "lite2-fpn", "weights": "imagenet", "copy_paste": 0.5},
+    "lite2-448": {"arch": "lite2-fpn", "weights": "imagenet", "min_size": 448, "max_size": 768},
 }
 SERVING = [  # (proposals after NMS, detections per image, int8 box head)
     (1000, 100, False), (300, 50, False), (100, 20, False), (300, 50, True), (100, 20, True),

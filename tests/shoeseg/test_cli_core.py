@@ -42,7 +42,8 @@ def test_train_with_coco_weights_offline_stops_at_once(via_dataset, tmp_path, mo
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     t0 = time.perf_counter()
-    res = runner.invoke(app, ["train", "--data", str(via_dataset / "via_project.json"), "--out", str(tmp_path / "run")])
+    res = runner.invoke(app, ["train", "--data", str(via_dataset / "via_project.json"), "--out", str(tmp_path / "run"),
+                              "--weights", "coco"])  # the default, auto, takes the packaged lite2 weights offline
     assert res.exit_code == 2
     assert "--weights none" in res.output and "--weights PATH" in res.output
     assert time.perf_counter() - t0 < 30 and not (tmp_path / "run").exists()
