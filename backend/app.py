@@ -174,29 +174,20 @@ def create_app(settings: Settings | None = None, *, model: ShoeSegModel | None =
     app.state.settings = settings
     app.add_middleware(_Guard, settings=settings, metrics=metrics)
 
-    @app.exception_handler(LabelConfigError)
-    async def _config_error(request: Request, exc: LabelConfigError):
-        metrics.errors.labels(kind="config").inc()
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return _error(400, str(exc))
+    # Our own refusals: (exception, status, metrics kind, log level); the message is the exception's.
+    refusals = (
+        (LabelConfigError, 400, "config", logging.WARNING),
+        (SetupRefused, 403, "setup_refused", logging.WARNING),
+        (RequestTooLarge, 413, "too_large", logging.WARNING),
+        (QueueUnavailable, 503, "queue", logging.ERROR),
+    )
+    for exc_type, status, kind, level in refusals:
+        def handler(request: Request, exc: Exception, status=status, kind=kind, level=level):
+            metrics.errors.labels(kind=kind).inc()
+            log.log(level, "%s %s: %s", request.method, request.url.path, exc)
+            return _error(status, str(exc))
 
-    @app.exception_handler(QueueUnavailable)
-    async def _queue_error(request: Request, exc: QueueUnavailable):
-        metrics.errors.labels(kind="queue").inc()
-        log.error("%s", exc)
-        return _error(503, str(exc))
-
-    @app.exception_handler(SetupRefused)
-    async def _setup_refused(request: Request, exc: SetupRefused):
-        metrics.errors.labels(kind="setup_refused").inc()
-        log.warning("%s", exc)
-        return _error(403, str(exc))
-
-    @app.exception_handler(RequestTooLarge)
-    async def _too_large(request: Request, exc: RequestTooLarge):
-        metrics.errors.labels(kind="too_large").inc()
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return _error(413, str(exc))
+        app.add_exception_handler(exc_type, handler)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
