@@ -72,13 +72,13 @@ def _checkpoint(path: Path) -> None:
 
 
 def _start_server(root: Path, registry: Path, images: Path) -> tuple[subprocess.Popen, str]:
-    from shoeseg.stack.labelstudio import free_port
+    from shoeseg_app.stack.labelstudio import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOESEG_", "LABEL_STUDIO_"))}
     env.update(SHOESEG_DEVICE="cpu", SHOESEG_IMAGE_ROOT=str(images), SHOESEG_MODEL_DIR=str(registry))
     exe = Path(sys.executable).parent / "shoeseg"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "shoeseg"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "shoeseg_app"]
     cmd += ["--log-level", "WARNING", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = open(root / "server.log", "wb")  # noqa: SIM115 - kept open for the process's life
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

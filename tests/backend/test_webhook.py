@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
-from shoeseg.stack.labelstudio import free_port
+from shoeseg_app.stack.labelstudio import free_port
 from tests.backend.conftest import fixture_body
 from worker.settings import TRAIN_JOB, TRAIN_QUEUE
 

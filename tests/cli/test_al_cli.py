@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from shoeseg.cli import app
+from shoeseg_app.cli import app
 
 runner = CliRunner()
 

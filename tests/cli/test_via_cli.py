@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from shoeseg.cli import app
+from shoeseg_app.cli import app
 from via_tools.io import load
 from via_tools.model import polygons_close
 
@@ -109,7 +109,7 @@ def test_coco_without_image_sizes_still_converts_with_a_warning(via_set, tmp_pat
 def test_bad_file_exits_2_with_the_file_name_and_no_traceback(tmp_path, content, needle):
     bad = tmp_path / "broken-file.json"
     bad.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "shoeseg", "via", "stats", str(bad)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "shoeseg_app", "via", "stats", str(bad)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]

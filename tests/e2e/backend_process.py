@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from shoeseg.stack.labelstudio import free_port
+from shoeseg_app.stack.labelstudio import free_port
 from tests.backend.conftest import jpeg_bytes
 from via_tools.labelstudio import labeling_config
 
@@ -37,7 +37,7 @@ def start_backend(tmp_dir: Path, *, registry_root: Path, env: dict | None = None
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("SHOESEG_", "LABEL_STUDIO_", "REDIS_URL"))}
     environ.update(SHOESEG_DEVICE="cpu", SHOESEG_RELOAD_INTERVAL_S="0.5", PYTHONUNBUFFERED="1", **(env or {}))
     exe = BIN / "shoeseg"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "shoeseg"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "shoeseg_app"]
     cmd += ["serve", "--host", "127.0.0.1", "--port", str(port), "--model-dir", str(registry_root)]
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

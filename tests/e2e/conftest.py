@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoeseg.stack.labelstudio import LabelStudioServer, find_label_studio
+from shoeseg_app.stack.labelstudio import LabelStudioServer, find_label_studio
 from tests.backend.conftest import make_checkpoint
 from tests.e2e.backend_process import create_preannotated_project, start_backend, stop_backend
 

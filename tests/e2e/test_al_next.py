@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shoeseg.active_learning import select_next
-from shoeseg.cli import app
+from shoeseg_app.cli import app
 
 runner = CliRunner()
 

@@ -24,8 +24,8 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from shoeseg.stack.labelstudio import free_port
-from shoeseg.stack.redis import RedisServer
+from shoeseg_app.stack.labelstudio import free_port
+from shoeseg_app.stack.redis import RedisServer
 from tests.worker.synth import make_images
 from worker import trigger
 from worker.settings import TRAIN_QUEUE, LoopSettings

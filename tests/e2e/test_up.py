@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shoeseg.stack.labelstudio import find_label_studio, free_port
+from shoeseg_app.stack.labelstudio import find_label_studio, free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -61,7 +61,7 @@ def _reader(proc: subprocess.Popen, lines: queue.Queue, transcript: list[str]) -
 
 def start_up(args: list[str], env: dict) -> tuple[subprocess.Popen, list[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shoeseg", "up", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "shoeseg_app", "up", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     lines: queue.Queue = queue.Queue()

@@ -41,7 +41,7 @@ def make_via_set(root, *, size_wh=(64, 48)):
 
 
 def shoeseg(*args) -> str:
-    proc = subprocess.run([sys.executable, "-m", "shoeseg", "--log-level", "WARNING", "via", *map(str, args)],
+    proc = subprocess.run([sys.executable, "-m", "shoeseg_app", "--log-level", "WARNING", "via", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -128,7 +128,7 @@ def test_import_as_predictions_from_local_files(label_studio, ls_client, tmp_pat
 
 def test_wrong_api_key_is_a_clean_error(label_studio, tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "shoeseg", "via", "export", "--url", label_studio.url, "--api-key", "wrong-key",
+        [sys.executable, "-m", "shoeseg_app", "via", "export", "--url", label_studio.url, "--api-key", "wrong-key",
          "--project", "1", "-o", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert label_studio.url in proc.stderr and "refused the API key" in proc.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from backend.settings import Settings
-from shoeseg.cli.serve import exposure_problem
+from shoeseg_app.cli.serve import exposure_problem
 
 BIN = Path(sys.executable).parent
 
@@ -33,7 +33,7 @@ def test_exposure_rule(host, settings, refused):
 def test_serve_refuses_every_interface_without_basic_auth(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOESEG_", "BASIC_AUTH", "LABEL_STUDIO_"))}
     exe = BIN / "shoeseg"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "shoeseg"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "shoeseg_app"]
     res = subprocess.run([*cmd, "serve", "--host", "0.0.0.0", "--port", "1", "--model-dir", str(tmp_path)],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode != 0

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from shoeseg.cli import app
 from shoeseg.model import load_checkpoint, save_checkpoint
+from shoeseg_app.cli import app
 from tests.shoeseg.synth import make_shoe_dataset
 from via_tools.io import load, save
 

@@ -176,7 +176,7 @@ def test_redis_down_raises_connection_error():
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from shoeseg.stack.labelstudio import free_port
+    from shoeseg_app.stack.labelstudio import free_port
 
     conn = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.ConnectionError):

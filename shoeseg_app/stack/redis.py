@@ -51,7 +51,7 @@ class RedisServer:
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         if not self.port:
-            from shoeseg.stack.labelstudio import free_port
+            from shoeseg_app.stack.labelstudio import free_port
 
             self.port = free_port()
 

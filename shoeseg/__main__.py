@@ -1,3 +1,0 @@
-from shoeseg.cli import main
-
-main()

@@ -1,0 +1,3 @@
+from shoeseg_app.cli import main
+
+main()
