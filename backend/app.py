@@ -27,7 +27,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend.control_models import LabelConfigError
 from backend.metrics import Metrics
 from backend.model import ClientGone, QueueUnavailable, RequestTooLarge, SetupRefused, ShoeSegModel
 from backend.protocol import (
@@ -41,7 +40,8 @@ from backend.protocol import (
     WebhookEvent,
     WebhookResponse,
 )
-from backend.settings import Settings
+from shoeseg.settings import Settings
+from via_tools.ls_config import LabelConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,18 @@
 """The backend's model: ``predict(tasks, context)``, ``fit(event, data)`` and ``model_version``.
 
 :class:`ShoeSegModel` keeps the shape of label-studio-ml's ``LabelStudioMLBase`` and stays thin: images
-come from :mod:`backend.images`, the per-tag output from :mod:`backend.control_models`, inference from
-:class:`shoeseg.predict.Predictor`, training from the RQ worker (enqueued through ``worker.trigger``).
+come from :mod:`shoeseg.fetch`, the per-tag output from :mod:`via_tools.ls_config`, inference from
+:class:`shoeseg.predict.Predictor`, training from the RQ worker (enqueued through ``shoeseg.trigger``).
 
-The promoted model is loaded once per process and held by :class:`ModelCache`, which checks the registry's
-``current`` pointer (one small file read) at most every ``reload_interval_s`` and loads a newly promoted
-version in the request that notices it, while other requests keep using the old one.
-
-Task score: the mean score of the task's detected shoes (the regions returned), ``0.0`` when none is found.
-With active learning reading tasks in ascending score order, images where the model finds nothing or only
-doubtful shoes come first.
+The promoted model is held by :class:`backend.model_cache.ModelCache` (hot reload). Results and task
+scores are written by :class:`shoeseg.predictions.PredictionWriter`, the same writer the worker uses: the
+task score is the active-learning score of ``SHOESEG_AL_STRATEGY`` (lower = label first), each region
+carries its own detection score.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -28,15 +24,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from backend.control_models import (
-    ControlModel,
-    ImageObject,
-    LabelConfig,
-    LabelConfigCache,
-    LabelConfigError,
-    RegionSource,
-)
-from backend.images import (
+from backend.context import boxes_from_context
+from backend.metrics import Metrics
+from backend.model_cache import LoadedModel, ModelCache
+from shoeseg.fetch import (
     FetchedImage,
     ImageFetcher,
     ImageFetchError,
@@ -46,8 +37,9 @@ from backend.images import (
     origin,
     same_server,
 )
-from backend.metrics import Metrics
-from backend.settings import Settings
+from shoeseg.predictions import ImagePrediction, PredictionWriter, as_ls, combine
+from shoeseg.settings import Settings
+from via_tools.ls_config import ImageObject, LabelConfig, LabelConfigError, cached_label_config
 
 log = logging.getLogger(__name__)
 
@@ -75,146 +67,22 @@ class ClientGone(RuntimeError):
 MAX_PROJECTS = 1000
 
 
-@dataclass
-class LoadedModel:
-    version: str
-    predictor: Any
-    class_names: list[str]
-    loaded_at: float = field(default_factory=time.time)
-
-
-class ModelCache:
-    """The promoted registry version, loaded once and swapped when another version is promoted.
-
-    Args:
-        settings: registry root, device, score threshold, polling interval.
-        metrics: where model loads are counted.
-        loader: ``(checkpoint_path, version) -> predictor`` (default :meth:`Predictor.from_checkpoint`).
-
-    Example:
-        >>> cache = ModelCache(Settings(model_dir=Path("models")), metrics=Metrics())  # doctest: +SKIP
-        >>> cache.current().version  # doctest: +SKIP
-        '20250101-120000-3fa2c1'
-    """
-
-    def __init__(self, settings: Settings, *, metrics: Metrics, loader=None):
-        from shoeseg.registry import ModelRegistry
-
-        self.settings = settings
-        self.registry = ModelRegistry(settings.model_dir)
-        self.metrics = metrics
-        self._loader = loader or self._load_predictor
-        self._loaded: LoadedModel | None = None
-        self._reason = f"no model checked yet in {settings.model_dir}"
-        self._last_check = -math.inf
-        self._lock = threading.Lock()
-        self._failed: dict[str, str] = {}
-        self._loading: str | None = None
-
-    def _load_predictor(self, checkpoint, version: str):
-        from shoeseg.predict import Predictor
-
-        return Predictor.from_checkpoint(
-            checkpoint, device=self.settings.device, score_thresh=self.settings.score_thresh,
-            batch_size=self.settings.batch_size,
-        )
-
-    @property
-    def reason(self) -> str | None:
-        """Why no model is served (``None`` when one is)."""
-        return None if self._loaded is not None else self._reason
-
-    def current(self) -> LoadedModel | None:
-        """The model to serve now; checks the registry pointer when ``reload_interval_s`` has passed."""
-        if time.monotonic() - self._last_check >= self.settings.reload_interval_s:
-            self.refresh(block=self._loaded is None)
-        return self._loaded
-
-    def refresh(self, *, block: bool = True) -> None:
-        """Checks the registry pointer; loads a newly promoted version.
-
-        With no model held, the load happens here (callers wait for it); otherwise in a background thread
-        while the old version keeps serving, and it is swapped in when ready.
-        """
-        if not self._lock.acquire(blocking=block):
-            return
-        try:
-            self._last_check = time.monotonic()
-            try:
-                wanted = self.registry.current_version_id()
-            except OSError as e:
-                self._reason = f"cannot read the model registry at {self.settings.model_dir}: {e}"
-                log.error(self._reason)
-                return
-            if wanted is None:
-                if self._loaded is not None:
-                    log.warning("the registry at %s has no promoted version any more; serving none",
-                                self.settings.model_dir)
-                self._loaded = None
-                self._reason = (
-                    f"no trained model yet: the registry at {self.settings.model_dir} has no promoted version "
-                    "(train one with `shoeseg train` and promote it, or let the worker train on accepted labels)"
-                )
-                return
-            if self._loaded is not None and self._loaded.version == wanted:
-                return
-            if wanted in self._failed or wanted == self._loading:
-                return
-            if self._loaded is None:
-                self._load(wanted)
-            else:
-                self._loading = wanted
-                threading.Thread(target=self._load_in_background, args=(wanted,), daemon=True,
-                                 name=f"shoeseg-load-{wanted}").start()
-        finally:
-            self._lock.release()
-
-    def _load_in_background(self, version: str) -> None:
-        try:
-            self._load(version)
-        finally:
-            self._loading = None
-
-    def _load(self, version: str) -> None:
-        from shoeseg.registry import RegistryError
-
-        started = time.perf_counter()
-        try:
-            mv = self.registry.get(version)
-            predictor = self._loader(mv.checkpoint, mv.version)
-            # One small forward pass so that the first request does not pay for lazy initialisation.
-            predictor.predict([np.zeros((64, 64, 3), np.uint8)])
-        except (RegistryError, OSError, ValueError, RuntimeError, KeyError) as e:
-            self._failed[version] = str(e)
-            self.metrics.model_loads.labels(outcome="failed").inc()
-            kept = f"; still serving {self._loaded.version}" if self._loaded else ""
-            self._reason = f"model version {version} could not be loaded: {e}"
-            log.error("model version %s could not be loaded: %s%s", version, e, kept)
-            return
-        previous = self._loaded.version if self._loaded else None
-        self._loaded = LoadedModel(version=mv.version, predictor=predictor, class_names=list(predictor.class_names))
-        self.metrics.model_loads.labels(outcome="loaded").inc()
-        self.metrics.set_model_version(mv.version)
-        log.info("serving model version %s (was %s), loaded in %.2f s on %s", mv.version, previous,
-                 time.perf_counter() - started, getattr(predictor, "device", "?"))
-
-
-class ResultCache:
-    """Predictions per (image bytes digest, model version, labeling config, interactive box), LRU."""
+class LRU:
+    """A bounded mapping, least recently used out first; thread-safe. ``size=0`` keeps nothing."""
 
     def __init__(self, size: int):
         self._size = max(0, size)
-        self._items: OrderedDict[tuple, tuple[list[dict], list[float]]] = OrderedDict()
+        self._items: OrderedDict[Any, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple):
+    def get(self, key):
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
             return hit
 
-    def put(self, key: tuple, value: tuple[list[dict], list[float]]) -> None:
+    def put(self, key, value) -> None:
         if self._size == 0:
             return
         with self._lock:
@@ -239,8 +107,7 @@ class _ImageJob:
     key: tuple | None = None
     array: np.ndarray | None = None
     full_wh: tuple[int, int] | None = None
-    regions: list[dict] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)
+    prediction: ImagePrediction | None = None
     error: str | None = None
 
 
@@ -250,7 +117,7 @@ class _RequestState:
 
     pixel_budget: int
     pixels: int = 0
-    done: dict[tuple, tuple[list[dict], list[float]]] = field(default_factory=dict)
+    done: dict[tuple, ImagePrediction] = field(default_factory=dict)
     failures: dict[str, list] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -266,37 +133,6 @@ class _RequestState:
             else:
                 shown = ", ".join(str(t) for t, _ in items[:5]) + (", ..." if len(items) > 5 else "")
                 log.error("%d tasks: %s (tasks %s; first: %s)", len(items), reason, shown, items[0][1])
-
-
-def boxes_from_context(context: dict | None) -> list[dict]:
-    """Rectangles an annotator drew, from a ``/predict`` ``context`` (interactive pre-annotation).
-
-    Returns:
-        ``[{"to_name", "xywh_pct", "label"}]`` for every ``rectangle``/``rectanglelabels`` item in
-        ``context["result"]`` with numeric ``x``, ``y``, ``width``, ``height`` (percent of the image).
-    """
-    if not isinstance(context, dict):
-        return []
-    items = context.get("result")
-    if not isinstance(items, list):
-        return []
-    boxes = []
-    for item in items:
-        if not isinstance(item, dict) or item.get("type") not in ("rectangle", "rectanglelabels"):
-            continue
-        value = item.get("value")
-        if not isinstance(value, dict):
-            continue
-        try:
-            xywh = tuple(float(value[k]) for k in ("x", "y", "width", "height"))
-        except (KeyError, TypeError, ValueError):
-            continue
-        if not all(math.isfinite(v) for v in xywh) or xywh[2] <= 0 or xywh[3] <= 0:
-            continue
-        labels = value.get("rectanglelabels")
-        label = labels[0] if isinstance(labels, list) and labels and isinstance(labels[0], str) else None
-        boxes.append({"to_name": item.get("to_name"), "xywh_pct": xywh, "label": label})
-    return boxes
 
 
 class ShoeSegModel:
@@ -320,10 +156,9 @@ class ShoeSegModel:
         self.metrics = metrics or Metrics()
         self.fetcher = fetcher or ImageFetcher(settings)
         self.models = ModelCache(settings, metrics=self.metrics, loader=loader)
-        self.configs = LabelConfigCache()
-        self.results = ResultCache(settings.result_cache_size)
-        self._projects: OrderedDict[str, tuple[LabelStudioAccess, str]] = OrderedDict()
-        self._projects_lock = threading.Lock()
+        self.results = LRU(settings.result_cache_size)  # ImagePrediction per image, model, config and box
+        self._projects = LRU(MAX_PROJECTS)  # project -> (LabelStudioAccess, labeling config)
+        self._writers = LRU(64)  # (model version, config digest) -> PredictionWriter
         self._pool: ThreadPoolExecutor | None = None
         # Full-size decodes run here, in every request: few threads bound their memory (and the heap arenas
         # that keep it) whatever the number of concurrent requests.
@@ -460,14 +295,10 @@ class ShoeSegModel:
         """
         if schema is None:
             raise LabelConfigError("setup needs the labeling config in 'schema'")
-        config = self.configs.get(schema)
+        config = cached_label_config(schema)
         access = self.access_for(hostname, access_token)
         if project is not None:
-            with self._projects_lock:
-                self._projects[str(project)] = (access, schema)
-                self._projects.move_to_end(str(project))
-                while len(self._projects) > MAX_PROJECTS:
-                    self._projects.popitem(last=False)
+            self._projects.put(str(project), (access, schema))
         loaded = self.models.current()
         if loaded is not None:
             config.check_classes(loaded.class_names)
@@ -478,8 +309,7 @@ class ShoeSegModel:
 
     def _project_state(self, project: str | int | None) -> tuple[LabelStudioAccess, str | None]:
         if project is not None:
-            with self._projects_lock:
-                known = self._projects.get(str(project))
+            known = self._projects.get(str(project))
             if known is not None:
                 return known
         return self.default_access(), None
@@ -514,7 +344,7 @@ class ShoeSegModel:
         schema = label_config or project_schema
         if schema is None:
             raise LabelConfigError("predict needs 'label_config' (or a /setup of the project before)")
-        config = self.configs.get(schema)
+        config = cached_label_config(schema)
         loaded = self.models.current()
         if loaded is None:
             self.metrics.tasks.labels(outcome="no_model").inc(len(tasks))
@@ -533,10 +363,8 @@ class ShoeSegModel:
         for i, _task in enumerate(tasks):
             mine = [j for j in jobs if j.task_index == i]
             errors = [j.error for j in mine if j.error]
-            regions = [r for j in mine if not j.error for r in j.regions]
-            scores = [s for j in mine if not j.error for s in j.scores]
-            score = float(np.mean(scores)) if scores else 0.0
-            entry: dict[str, Any] = {"result": regions, "score": round(score, 4), "model_version": loaded.version}
+            done = [j.prediction for j in mine if not j.error and j.prediction is not None]
+            entry = as_ls(combine(done) if done else ImagePrediction(), task_id=None, model_version=loaded.version)
             if errors:
                 entry["error"] = "; ".join(errors)
             self.metrics.tasks.labels(outcome="error" if errors else "ok").inc()
@@ -570,7 +398,7 @@ class ShoeSegModel:
             if job.error is not None or job.fetched is None:
                 continue
             if job.key in request.done:
-                job.regions, job.scores = request.done[job.key]
+                job.prediction = request.done[job.key]
                 job.fetched = None
             elif job.key in firsts:
                 copies.append((job, firsts[job.key]))
@@ -596,9 +424,9 @@ class ShoeSegModel:
         self._infer(loaded, config, [j for j in todo if j.error is None and j.array is not None], request)
         for job in todo:
             if job.error is None:
-                request.done[job.key] = (job.regions, job.scores)
+                request.done[job.key] = job.prediction
         for job, first in copies:
-            job.regions, job.scores, job.error = first.regions, first.scores, first.error
+            job.prediction, job.error = first.prediction, first.error
 
     def _fetch(self, job: _ImageJob, access: LabelStudioAccess, version: str, config: LabelConfig,
                request: _RequestState) -> None:
@@ -611,11 +439,13 @@ class ShoeSegModel:
                     raise
                 retry = replace(access, token=access.fallback_token, fallback_token=None)
                 job.fetched = self.fetcher.fetch(job.url, task_id=job.task_id, access=retry)
-            job.key = (job.fetched.digest, version, config.digest, job.image.name, job.box_xyxy_pct, job.box_label)
+            seeded = job.task_id if self.settings.al_strategy == "random" else None  # its score is the task's
+            job.key = (job.fetched.digest, version, config.digest, job.image.name, job.box_xyxy_pct, job.box_label,
+                       seeded)
             hit = self.results.get(job.key)
             if hit is not None:
                 self.metrics.cache.labels(outcome="hit").inc()
-                job.regions, job.scores = hit
+                job.prediction = hit
                 job.fetched = None
                 return
             self.metrics.cache.labels(outcome="miss").inc()
@@ -645,21 +475,31 @@ class ShoeSegModel:
         reason = error.reason if isinstance(error, ImageFetchError) else job.error.split(": ", 1)[-1]
         request.fail(reason, job.task_id, job.error)
 
+    def _writer(self, loaded: LoadedModel, config: LabelConfig) -> PredictionWriter:
+        key = (loaded.version, config.digest)
+        writer = self._writers.get(key)
+        if writer is None:
+            writer = PredictionWriter(config, loaded.class_names, strategy=self.settings.al_strategy,
+                                      score_thresh=self.settings.score_thresh)
+            self._writers.put(key, writer)
+        return writer
+
     def _infer(self, loaded: LoadedModel, config: LabelConfig, jobs: list[_ImageJob], request: _RequestState) -> None:
         predictor = loaded.predictor
+        writer = self._writer(loaded, config)
         plain = [j for j in jobs if j.box_xyxy_pct is None]
         boxed = [j for j in jobs if j.box_xyxy_pct is not None]
         if plain:
             t0 = time.perf_counter()
             try:
-                detections = predictor.predict([j.array for j in plain], score_thresh=self.settings.score_thresh)
+                seen = self._candidates(predictor, writer, [j.array for j in plain])
             except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
                 log.warning("a batch of %d images failed; predicting them one at a time", len(plain), exc_info=True)
-                detections = [self._predict_one(predictor, j, request) for j in plain]
+                seen = [self._predict_one(predictor, writer, j, request) for j in plain]
             self.metrics.inference.observe(time.perf_counter() - t0)
-            for job, dets in zip(plain, detections, strict=True):
-                if dets is not None:
-                    self._finish(job, loaded, config, dets)
+            for job, views in zip(plain, seen, strict=True):
+                if views is not None:
+                    self._finish(job, writer, *views)
         for job in boxed:
             h, w = job.array.shape[:2]
             x, y, bw, bh = job.box_xyxy_pct
@@ -677,50 +517,38 @@ class ShoeSegModel:
                            request=request)
                 continue
             self.metrics.inference.observe(time.perf_counter() - t0)
-            self._finish(job, loaded, config, [det] if det is not None else [], forced_label=job.box_label)
+            dets = [det] if det is not None else []
+            self._finish(job, writer, dets, dets if writer.needs_flip else None, forced_label=job.box_label)
 
-    def _predict_one(self, predictor, job: _ImageJob, request: _RequestState):
+    @staticmethod
+    def _candidates(predictor, writer: PredictionWriter, arrays: list) -> list[tuple[list, list | None]]:
+        """Every candidate of each image (and of its mirror image, when the task score needs it)."""
+        if writer.needs_flip:
+            dets, back = predictor.predict_with_flip(arrays, score_thresh=writer.candidate_thresh)
+            return list(zip(dets, back, strict=True))
+        return [(d, None) for d in predictor.predict(arrays, score_thresh=writer.candidate_thresh)]
+
+    def _predict_one(self, predictor, writer: PredictionWriter, job: _ImageJob, request: _RequestState):
         try:
-            return predictor.predict([job.array], score_thresh=self.settings.score_thresh)[0]
+            return self._candidates(predictor, writer, [job.array])[0]
         except Exception as e:  # noqa: BLE001
             log.exception("task %s: the model failed on image %r", job.task_id, job.url)
             self._fail(job, f"task {job.task_id}: the model failed on image {job.url!r} ({type(e).__name__})",
                        kind="internal", request=request)
             return None
 
-    def _finish(self, job: _ImageJob, loaded: LoadedModel, config: LabelConfig, detections, *,
+    def _finish(self, job: _ImageJob, writer: PredictionWriter, detections, flipped, *,
                 forced_label: str | None = None) -> None:
         h, w = job.array.shape[:2]
         full_w, full_h = job.full_wh or (w, h)
-        sx, sy = full_w / w, full_h / h  # the model saw the image shrunk; results are in full-size pixels
-        regions, scores = [], []
-        for control in config.controls_for(job.image.name):
-            sources = []
-            for d in detections:
-                label = self._label(control, d.label, loaded.class_names, forced_label)
-                if label is None:
-                    continue
-                x1, y1, x2, y2 = d.box_xyxy
-                sources.append(RegionSource(
-                    label=label, score=float(d.score), box_xyxy=(x1 * sx, y1 * sy, x2 * sx, y2 * sy),
-                    mask=d.mask if control.needs_mask else None,
-                    polygons=tuple(np.asarray(p, float) * (sx, sy) for p in d.polygons),
-                ))
-            made = control.results(sources, width_px=full_w, height_px=full_h)
-            self.metrics.regions.labels(type=control.result_type).inc(len(made))
-            regions.extend(made)
-        for d in detections:
-            if any(self._label(c, d.label, loaded.class_names, forced_label) for c in config.controls_for(job.image.name)):
-                scores.append(float(d.score))
-        job.regions, job.scores = regions, scores
+        job.prediction = writer.write(
+            detections, image_name=job.image.name, width_px=full_w, height_px=full_h,
+            scale_xy=(full_w / w, full_h / h), flipped=flipped, task_id=job.task_id, forced_label=forced_label,
+        )
+        for region in job.prediction.result:
+            self.metrics.regions.labels(type=region["type"]).inc()
         job.array = None
-        self.results.put(job.key, (regions, scores))
-
-    @staticmethod
-    def _label(control: ControlModel, class_name: str, class_names: list[str], forced: str | None) -> str | None:
-        if forced is not None and forced in control.labels:
-            return forced
-        return control.label_for(class_name, class_names)
+        self.results.put(job.key, job.prediction)
 
     # -- fit -------------------------------------------------------------------------------------
     def _redis_conn(self):
@@ -734,7 +562,7 @@ class ShoeSegModel:
             return self._redis
 
     def fit(self, event: str, data: dict) -> dict[str, Any]:
-        """Hands a training event to the queue (``worker.trigger``); never trains in the request.
+        """Hands a training event to the queue (``shoeseg.trigger``); never trains in the request.
 
         Returns:
             The trigger's summary (``{"action": "queued" | "follow_up" | "counted" | ...}``), or
@@ -744,7 +572,7 @@ class ShoeSegModel:
             QueueUnavailable: no Redis configured or reachable.
             ValueError: a training event without a project id, or with one that is not a positive integer.
         """
-        from worker.trigger import COUNTED_ACTIONS, START_ACTION, on_webhook, project_of
+        from shoeseg.trigger import COUNTED_ACTIONS, START_ACTION, on_webhook, project_of
 
         if event not in COUNTED_ACTIONS and event != START_ACTION:
             return {"action": "ignored", "event": event}

@@ -43,7 +43,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -226,6 +225,41 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
+def needs_flip(strategy: str) -> bool:
+    """True when ``strategy`` scores an image from its mirror image too (:func:`detections_score`'s ``flipped``)."""
+    return check_strategy(strategy) == "flip_consistency"
+
+
+def detections_score(strategy: str, detections: Sequence[_Detection], *, flipped: Sequence[_Detection] | None = None,
+                     task_id: Any = None) -> float:
+    """The task score of one image from what the model saw: every candidate (score >= 0.05), lower = label first.
+
+    The one rule behind every prediction's ``score`` (``shoeseg.predictions``), the backend's and the worker's.
+
+    Args:
+        strategy: one of :data:`STRATEGIES`.
+        detections: the image's candidates.
+        flipped: the candidates on the mirror image, mapped back (``Predictor.predict_with_flip``); needed by
+            ``flip_consistency`` only.
+        task_id: seeds ``random``.
+
+    Example:
+        >>> from types import SimpleNamespace as D
+        >>> detections_score("least_confidence", [D(score=0.3), D(score=0.9)])
+        0.9
+    """
+    check_strategy(strategy)
+    if strategy == "random":
+        return random_score(task_id)
+    if strategy == "least_confidence":
+        return least_confidence_score(detections)
+    if strategy == "entropy":
+        return entropy_score(detections)
+    if flipped is None:
+        raise ValueError("flip_consistency needs the detections on the mirror image (flipped=...)")
+    return _clip01(flip_consistency_score(detections, flipped))
+
+
 def score_images(
     strategy: str, predictor, images: Sequence[np.ndarray], *, task_ids: Sequence[Any] | None = None
 ) -> list[float]:
@@ -277,81 +311,3 @@ def rank(scores: Sequence[float], *, keys: Sequence[Any] | None = None, seed: in
     """
     keys = list(range(len(scores))) if keys is None else list(keys)
     return sorted(range(len(scores)), key=lambda i: (float(scores[i]), random_score(keys[i], seed=seed + 1)))
-
-
-# ---------------------------------------------------------------- Label Studio side
-
-
-def _unannotated_query() -> str:
-    return json.dumps(
-        {
-            "filters": {
-                "conjunction": "and",
-                "items": [
-                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
-                    {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0},
-                ],
-            },
-            "ordering": ["tasks:predictions_score"],
-        }
-    )
-
-
-def task_score(task: Any, model_version: str | None) -> float | None:
-    """The score of ``task``'s prediction made by ``model_version`` (the newest one), else ``None``.
-
-    When ``model_version`` is ``None``, the newest prediction's score counts.
-    """
-    preds = _get(task, "predictions") or []
-    best = None
-    for p in preds:
-        if model_version is not None and _get(p, "model_version") != model_version:
-            continue
-        score = _get(p, "score")
-        if score is None:
-            continue
-        key = (_get(p, "created_at") or "", _get(p, "id") or 0)
-        if best is None or key > best[0]:
-            best = (key, float(score))
-    return None if best is None else best[1]
-
-
-def _get(obj: Any, name: str) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
-def select_next(client, project_id: int, k: int) -> list[Any]:
-    """The ``k`` unlabelled tasks of a project to label next: lowest prediction score first.
-
-    Tasks without annotations (neither submitted nor skipped) are asked for in Label Studio's
-    ``tasks:predictions_score`` order, then ordered again here by the score of their prediction
-    from the project's current ``model_version``, so the answer does not depend on that ordering
-    being applied server side. Tasks that have no such prediction come last, by id.
-
-    Args:
-        client: a ``label_studio_sdk.LabelStudio`` client.
-        project_id: the Label Studio project.
-        k: how many tasks to return (``k >= 1``).
-
-    Returns:
-        Task objects of the SDK (with ``id``, ``data`` and ``predictions``), most informative first.
-
-    Example:
-        >>> for task in select_next(ls, 3, 10):  # doctest: +SKIP
-        ...     print(task.id, task_score(task, None))
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    project = client.projects.get(id=project_id)
-    model_version = getattr(project, "model_version", None) or None
-    tasks = list(client.tasks.list(project=project_id, query=_unannotated_query(), fields="all"))
-    tasks = [t for t in tasks if not (_get(t, "total_annotations") or 0) and not (_get(t, "cancelled_annotations") or 0)]
-
-    def key(task):
-        s = task_score(task, model_version)
-        return (s is None, s if s is not None else 0.0, _get(task, "id") or 0)
-
-    tasks.sort(key=key)
-    return tasks[:k]

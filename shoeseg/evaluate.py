@@ -22,6 +22,7 @@ from torch import nn
 
 from shoeseg.data import eval_transforms, load_image_and_target, to_tensor_image
 from shoeseg.geometry import mask_iou_matrix
+from via_tools.coco import rle_encode
 from via_tools.model import AnnotationSet
 
 log = logging.getLogger(__name__)
@@ -69,14 +70,6 @@ class EvalResult:
             lines.append("  ".join(f"{k:>12}" for k in self.losses))
             lines.append("  ".join(f"{v:12.4f}" for v in self.losses.values()))
         return "\n".join(lines)
-
-
-def _rle(mask: np.ndarray) -> dict[str, Any]:
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def _coco_stats(gt: dict[str, Any], dets: list[dict[str, Any]], iou_type: str) -> tuple[float | None, float | None, float | None]:
@@ -134,7 +127,8 @@ def coco_metrics(
             x1, y1, x2, y2 = (float(v) for v in box)
             gt["annotations"].append({
                 "id": ann_id, "image_id": img_id, "category_id": cat[label], "iscrowd": 0,
-                "area": float(np.count_nonzero(mask)), "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": _rle(mask),
+                "area": float(np.count_nonzero(mask)), "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "segmentation": rle_encode(mask, compressed=True),
             })
         for d in dets:
             if d.label not in cat:
@@ -142,7 +136,7 @@ def coco_metrics(
             x1, y1, x2, y2 = (float(v) for v in d.box_xyxy)
             common = {"image_id": img_id, "category_id": cat[d.label], "score": float(d.score)}
             dets_box.append({**common, "bbox": [x1, y1, x2 - x1, y2 - y1]})
-            dets_segm.append({**common, "segmentation": _rle(np.asarray(d.mask, bool))})
+            dets_segm.append({**common, "segmentation": rle_encode(d.mask, compressed=True)})
     b = _coco_stats(gt, dets_box, "bbox")
     s = _coco_stats(gt, dets_segm, "segm")
     return dict(zip(METRIC_KEYS, (*b, *s), strict=True))
@@ -167,7 +161,7 @@ def _as_predictor(model_or_predictor: Any, dataset: AnnotationSet, device: str):
 
 @torch.no_grad()
 def _losses_for(model: nn.Module, image: np.ndarray, target: dict[str, torch.Tensor], device: torch.device) -> dict[str, float]:
-    from shoeseg.train import detectron2_losses
+    from shoeseg.losses import detectron2_losses
 
     cfg_min = int(model.transform.min_size[-1])
     tensor, target = eval_transforms(min_size=cfg_min, max_size=int(model.transform.max_size))(

@@ -1,6 +1,14 @@
-"""Label Studio server I/O: import a dataset as tasks with annotations or predictions, export it back.
+"""The Label Studio client of ShoeSeg, on ``label_studio_sdk``: every call any part makes to a Label Studio server.
 
-Works with ``label_studio_sdk.LabelStudio`` clients (``LabelStudio(base_url=URL, api_key=KEY)``).
+* connecting (:func:`connect`) and the credentials of image downloads (:func:`auth_headers`, the SDK's own
+  token handling: a legacy token as ``Token``, a personal access token refreshed to ``Bearer``);
+* project set-up (:func:`setup_project`), import and export of datasets (:func:`import_dataset`,
+  :func:`export_dataset`, :func:`accepted_annotations`), tasks (:func:`list_tasks`);
+* predictions (:func:`push_predictions`, :func:`delete_predictions`), the project's model version
+  (:func:`set_model_version`) and the next tasks to label (:func:`select_next`);
+* which failures are worth a retry (:func:`is_transient`).
+
+Labeling configs are read by :mod:`via_tools.ls_config` (the SDK's ``LabelInterface``).
 
 Images reach Label Studio in one of two ways:
 
@@ -18,9 +26,11 @@ when the task has none with the same regions (within 0.05 px).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import mimetypes
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +48,7 @@ from via_tools.labelstudio import (
     ls_result_to_region,
     task_to_image,
 )
+from via_tools.ls_config import LabelConfigError, polygon_control
 from via_tools.model import AnnotationSet, ImageRecord, Region
 from via_tools.report import Report
 from via_tools.shapes import sanitize_many
@@ -53,6 +64,10 @@ SAME_TOL_PX = 0.05
 
 class LabelStudioError(AnnotationError):
     """The Label Studio server cannot be reached, refuses the key, or refuses a request; names the URL."""
+
+
+class LabelStudioUnavailable(RuntimeError):
+    """Label Studio (or an image host) could not be reached: a transient failure worth retrying."""
 
 
 @dataclass
@@ -134,12 +149,10 @@ def _http(client: Any, path: str, *, method: str, what: str, **kw: Any) -> Any:
 
 def _polygon_control(project: Any) -> tuple[str, str, list[str]] | None:
     """``(from_name, to_name, labels)`` of the project's first PolygonLabels control, if any."""
-    parsed = getattr(project, "parsed_label_config", None) or {}
-    for name, ctl in parsed.items():
-        if isinstance(ctl, dict) and str(ctl.get("type", "")).lower() == "polygonlabels":
-            to = ctl.get("to_name") or ["image"]
-            return name, to[0], list(ctl.get("labels") or [])
-    return None
+    try:
+        return polygon_control(getattr(project, "label_config", None) or "", where=f"project {project.id}")
+    except LabelConfigError:
+        return None
 
 
 def _find_or_create_project(
@@ -500,3 +513,262 @@ def accepted_annotations(client: Any, project_id: int) -> AnnotationSet:
         42
     """
     return _tasks_to_dataset(client, project_id, only_annotated=True, include_predictions=False)
+
+
+# ------------------------------------------------------------------------------------- the client
+def connect(url: str | None, api_key: str | None, *, timeout_s: float = 60.0) -> Any:
+    """A ``label_studio_sdk.LabelStudio`` client for ``url`` with ``api_key`` (legacy token or personal access token).
+
+    Raises:
+        LabelStudioError: either is missing.
+
+    Example:
+        >>> client = connect("http://localhost:8080", "0123abcd")  # doctest: +SKIP
+    """
+    from label_studio_sdk import LabelStudio
+
+    if not url or not api_key:
+        raise LabelStudioError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to read and write Label Studio")
+    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout_s)
+
+
+_auth_clients: dict[tuple[str, str], Any] = {}
+_auth_lock = threading.Lock()
+_MAX_AUTH_CLIENTS = 256
+
+
+def auth_headers(base_url: str, token: str | None, *, fresh: bool = False, timeout_s: float = 20.0) -> dict[str, str]:
+    """The ``Authorization`` header for ``base_url``, by the SDK's token handling.
+
+    A legacy token is sent as ``Token <key>``; a personal access token (a JWT refresh token) is exchanged for
+    an access token at ``base_url`` (``POST /api/token/refresh``), reused until it expires and sent as
+    ``Bearer <access>``. ``fresh=True`` forgets the access token (the server refused it). The header is
+    only ever made for ``base_url``: a token never goes to another server.
+
+    Raises:
+        LabelStudioError: the server refused to refresh the personal access token, or could not be reached.
+    """
+    if not token:
+        return {}
+    import httpx
+    from label_studio_sdk.core.api_error import ApiError
+
+    key = (base_url.rstrip("/"), token)
+    try:
+        with _auth_lock:
+            client = None if fresh else _auth_clients.get(key)
+            if client is None:
+                client = connect(key[0], token, timeout_s=timeout_s)
+                if len(_auth_clients) >= _MAX_AUTH_CLIENTS:
+                    _auth_clients.pop(next(iter(_auth_clients)))
+                _auth_clients[key] = client
+        header = client._client_wrapper.get_headers()["Authorization"]
+    except ApiError as e:
+        raise LabelStudioError(
+            f"Label Studio at {key[0]} refused to refresh the personal access token (HTTP {e.status_code})") from e
+    except httpx.HTTPError as e:
+        raise LabelStudioError(f"cannot reach Label Studio at {key[0]} to refresh the personal access token ({e})") from e
+    return {"Authorization": header}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures a retry may cure: Label Studio or an image host unreachable, timeouts, HTTP 5xx, 429."""
+    import httpx
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, LabelStudioUnavailable | httpx.TransportError | ConnectionError | TimeoutError):
+            return True
+        status = getattr(e, "status_code", None)
+        if isinstance(status, int) and (status >= 500 or status == 429):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def call(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, a transient failure raised as :class:`LabelStudioUnavailable` naming ``what``."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:
+        if is_transient(e):
+            raise LabelStudioUnavailable(f"{what}: Label Studio is unreachable or failing: {e}") from e
+        raise
+
+
+def project_polygon_control(client: Any, project_id: int) -> tuple[str, str, list[str]]:
+    """``(from_name, to_name, labels)`` of the project's first PolygonLabels control (read by ``LabelInterface``).
+
+    Raises:
+        LabelConfigError: the project's labeling config has none.
+    """
+    with _calls(client, f"read project {project_id}"):
+        project = client.projects.get(id=project_id)
+    return polygon_control(project.label_config or "", where=f"project {project_id}")
+
+
+def label_config_of(client: Any, project_id: int) -> str:
+    """The project's labeling config (XML)."""
+    with _calls(client, f"read project {project_id}"):
+        return client.projects.get(id=project_id).label_config or ""
+
+
+# ------------------------------------------------------------------------------------- project set-up
+#: The title under which :func:`setup_project` connects ShoeSeg's ML backend to a project.
+BACKEND_TITLE = "ShoeSeg Mask R-CNN"
+
+
+def setup_project(
+    client,
+    *,
+    title: str,
+    backend_url: str,
+    labels: tuple[str, ...] = ("shoe",),
+    project_id: int | None = None,
+    basic_auth: tuple[str, str] | None = None,
+) -> tuple[int, bool]:
+    """Finds or creates the project and connects it to the ML backend; returns ``(project_id, created)``.
+
+    The project is ``project_id`` when it still exists, else the oldest project titled ``title``, else
+    a new one with a PolygonLabels config over ``labels``. The backend is connected once: an ML
+    backend of the project at another URL (a port that changed) is moved to ``backend_url``.
+    ``basic_auth`` (user, password) is given to Label Studio when the backend requires it.
+
+    Example:
+        >>> setup_project(ls, title="ShoeSeg", backend_url="http://127.0.0.1:9090")  # doctest: +SKIP
+        (1, True)
+    """
+    project = None
+    if project_id is not None:
+        try:
+            project = client.projects.get(id=project_id)
+        except Exception:  # noqa: BLE001 - deleted by hand: look it up by title
+            project = None
+    if project is None:
+        same_title = sorted((p for p in client.projects.list(title=title) if p.title == title), key=lambda p: p.id)
+        project = same_title[0] if same_title else None
+    created = project is None
+    if created:
+        project = client.projects.create(
+            title=title,
+            label_config=labeling_config(list(labels)),
+            description="Shoe instance segmentation with a Mask R-CNN pre-annotating every shoe; "
+            "tasks sorted by prediction score show the most informative images first.",
+        )
+        log.info("created project %d %r", project.id, title)
+    pid = int(project.id)
+    auth = {} if basic_auth is None else dict(
+        auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
+    backends = list(client.ml.list(project=pid))
+    if any(b.url.rstrip("/") == backend_url.rstrip("/") for b in backends):
+        return pid, created
+    mine = [b for b in backends if (b.title or "") == BACKEND_TITLE]
+    if mine:
+        client.ml.update(id=mine[0].id, url=backend_url, **auth)
+        log.info("project %d: ML backend %d moved to %s", pid, mine[0].id, backend_url)
+    else:
+        client.ml.create(project=pid, url=backend_url, title=BACKEND_TITLE, is_interactive=False, auto_update=True,
+                         **auth)
+        log.info("project %d: ML backend %s connected", pid, backend_url)
+    return pid, created
+
+
+# ------------------------------------------------------------------------------------- predictions
+def push_predictions(client: Any, project_id: int, items: list[dict], *, model_version: str) -> int:
+    """Stores predictions (``{"task", "result", "score"}`` dicts) in Label Studio in one request.
+
+    Falls back to one request per task when the bulk route is refused. Returns how many were stored.
+    """
+    from label_studio_sdk.core.api_error import ApiError
+
+    items = [dict(item, model_version=model_version) for item in items]
+    if not items:
+        return 0
+    try:
+        client.projects.import_predictions(id=project_id, request=items)
+    except ApiError as e:
+        if e.status_code not in (404, 405):
+            raise
+        log.info("bulk prediction import refused (%s): one request per task", e.status_code)
+        for item in items:
+            client.predictions.create(task=item["task"], result=item["result"], score=item["score"],
+                                      model_version=model_version)
+    return len(items)
+
+
+def set_model_version(client: Any, project_id: int, model_version: str) -> None:
+    """Makes ``model_version`` the project's: Label Studio orders by the scores of its predictions only."""
+    client.projects.update(id=project_id, model_version=model_version)
+
+
+def task_score(task: Any, model_version: str | None) -> float | None:
+    """The score of ``task``'s prediction made by ``model_version`` (the newest one), else ``None``.
+
+    When ``model_version`` is ``None``, the newest prediction's score counts.
+    """
+    preds = _get(task, "predictions") or []
+    best = None
+    for p in preds:
+        if model_version is not None and _get(p, "model_version") != model_version:
+            continue
+        score = _get(p, "score")
+        if score is None:
+            continue
+        key = (_get(p, "created_at") or "", _get(p, "id") or 0)
+        if best is None or key > best[0]:
+            best = (key, float(score))
+    return None if best is None else best[1]
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _unannotated_query() -> str:
+    return json.dumps(
+        {
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
+                    {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0},
+                ],
+            },
+            "ordering": ["tasks:predictions_score"],
+        }
+    )
+
+
+def select_next(client: Any, project_id: int, k: int) -> list[Any]:
+    """The ``k`` unlabelled tasks of a project to label next: lowest prediction score first.
+
+    Tasks without annotations (neither submitted nor skipped) are asked for in Label Studio's
+    ``tasks:predictions_score`` order, then ordered again here by the score of their prediction
+    from the project's current ``model_version``, so the answer does not depend on that ordering
+    being applied server side. Tasks that have no such prediction come last, by id.
+
+    Returns:
+        Task objects of the SDK (with ``id``, ``data`` and ``predictions``), most informative first.
+
+    Example:
+        >>> for task in select_next(ls, 3, 10):  # doctest: +SKIP
+        ...     print(task.id, task_score(task, None))
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    with _calls(client, f"read project {project_id}"):
+        project = client.projects.get(id=project_id)
+        model_version = getattr(project, "model_version", None) or None
+        tasks = list(client.tasks.list(project=project_id, query=_unannotated_query(), fields="all"))
+    tasks = [t for t in tasks if not (_get(t, "total_annotations") or 0) and not (_get(t, "cancelled_annotations") or 0)]
+
+    def key(task):
+        s = task_score(task, model_version)
+        return (s is None, s if s is not None else 0.0, _get(task, "id") or 0)
+
+    tasks.sort(key=key)
+    return tasks[:k]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from worker.settings import QUEUES, LoopSettings
+from shoeseg.settings import Settings
+from shoeseg.trigger import QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def run_worker(
 
     The same work can be done by a plain ``rq worker --with-scheduler shoeseg-train shoeseg-predict`` run from
     the repository root; this entry point adds two things: it re-enqueues the training of projects whose job
-    died with a killed worker (see :func:`worker.trigger.recover_stale`), and it runs rq's scheduler so that
+    died with a killed worker (see :func:`shoeseg.trigger.recover_stale`), and it runs rq's scheduler so that
     jobs retried with back-off come back.
 
     Args:
@@ -48,9 +49,9 @@ def run_worker(
     import redis
     from rq import Worker
 
-    from worker import trigger
+    from shoeseg import trigger
 
-    settings = LoopSettings.from_env()
+    settings = Settings.from_env()
     url = redis_url or settings.redis_url
     if not url:
         raise ValueError("no Redis to work from: pass --redis-url or set REDIS_URL")

@@ -34,13 +34,11 @@ def next_batch(
     """
     import json
 
-    from label_studio_sdk import LabelStudio
-
-    from shoeseg.active_learning import select_next, task_score
+    from via_tools.ls_api import connect, select_next, task_score
 
     if not url or not api_key:
         raise typer.BadParameter("give --url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
-    client = LabelStudio(base_url=url, api_key=api_key)
+    client = connect(url, api_key)
     model_version = getattr(client.projects.get(id=project), "model_version", None) or None
     tasks = select_next(client, project, k)
     if not tasks:

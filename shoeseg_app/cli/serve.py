@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
 
         import uvicorn
 
-        from backend.settings import Settings
+        from shoeseg.settings import Settings
 
         overrides = {
             "SHOESEG_MODEL_DIR": str(model_dir) if model_dir else None,

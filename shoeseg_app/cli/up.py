@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
         """
         import logging
 
-        from shoeseg_app.stack.up import StackConfig, import_via, run_stack, setup_project
+        from shoeseg_app.stack.up import StackConfig, backend_basic_auth, import_via, run_stack
+        from via_tools.ls_api import connect, setup_project
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
@@ -51,10 +52,8 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter("--setup-only needs --label-studio-url, --api-key and --backend-url")
             if (via is None) != (images is None):
                 raise typer.BadParameter("give both --via and --images, or neither")
-            from label_studio_sdk import LabelStudio
-
-            client = LabelStudio(base_url=label_studio_url, api_key=api_key)
-            pid, created = setup_project(client, title=title, backend_url=backend_url)
+            client = connect(label_studio_url, api_key)
+            pid, created = setup_project(client, title=title, backend_url=backend_url, basic_auth=backend_basic_auth())
             typer.echo(f"project {pid} {'created' if created else 'reused'}; ML backend {backend_url} connected")
             if via is not None:
                 result = import_via(client, project_id=pid, via=via, images=images, files_root=files_root)

@@ -165,7 +165,7 @@ def _handler(server: MediaServer):
         def do_POST(self):
             n = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(n) or b"{}")
-            if self.path == "/api/token/refresh" and body.get("refresh") == server.pat:
+            if self.path.rstrip("/") == "/api/token/refresh" and body.get("refresh") == server.pat:
                 server.refreshes += 1
                 server.access = fake_jwt({"token_type": "access", "exp": time.time() + 300, "n": server.refreshes})
                 self._send(200, json.dumps({"access": server.access}).encode(), "application/json")
@@ -238,7 +238,7 @@ def media_server(tmp_path_factory):
 def settings_for(tmp_path, media_server):
     """Builds backend settings for a registry root, with test-friendly limits; the media stand-in is the
     configured Label Studio (``LABEL_STUDIO_URL``) unless changed."""
-    from backend.settings import Settings
+    from shoeseg.settings import Settings
 
     def make(registry_root: Path, **changes) -> Settings:
         base = Settings(model_dir=Path(registry_root), device="cpu", score_thresh=0.5, fetch_timeout_s=2.0,

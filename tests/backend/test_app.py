@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from backend.app import create_app
 from backend.model import NO_MODEL_VERSION
-from backend.settings import Settings
+from shoeseg.settings import Settings
 from tests.backend.conftest import ALL_CONTROLS_CONFIG, POLYGON_CONFIG, fixture_body, new_registry, setup_body
 from tests.conftest import FIXTURES
 
@@ -105,8 +105,9 @@ def test_predict_recorded_body(client):
         assert task_result["result"], "the biased test model finds shoes in every image"
         for region in task_result["result"]:
             check_polygon_result(region, width_px=w, height_px=h)
+        # the task score is the active-learning score (least confidence by default): the best candidate's score
         region_scores = [reg["score"] for reg in task_result["result"]]
-        assert task_result["score"] == pytest.approx(np.mean(region_scores), abs=1e-3)
+        assert task_result["score"] == pytest.approx(max(region_scores), abs=1e-3)
 
 
 def test_second_request_is_served_from_the_cache(client):
@@ -254,13 +255,19 @@ def test_no_trained_model_yet(app_client, tmp_path, media_server):
     assert c.get("/versions").json() == {"versions": [], "current": None, "details": []}
 
 
-def test_no_detection_gives_score_zero(app_client, media_server):
-    c = app_client(score_thresh=1.01)
-    c.post("/setup", json=setup_body(media_server))
+def test_the_task_score_counts_candidates_under_the_drawing_threshold(app_client, media_server):
+    # nothing is drawn over a threshold of 1.01, but the task score is the active-learning score of every
+    # candidate (least confidence: the best one's score), the same whatever the drawing threshold
+    drawn = app_client()
+    drawn.post("/setup", json=setup_body(media_server))
     body = fixture_body("predict.json")
     body["tasks"] = body["tasks"][:1]
+    (shown,) = drawn.post("/predict", json=body).json()["results"]
+    c = app_client(score_thresh=1.01)
+    c.post("/setup", json=setup_body(media_server))
     (result,) = c.post("/predict", json=body).json()["results"]
-    assert result == {"result": [], "score": 0.0, "model_version": "test-v1"}
+    assert result["result"] == [] and result["model_version"] == "test-v1"
+    assert result["score"] == shown["score"] == max(r["score"] for r in shown["result"])
 
 
 def test_newly_promoted_version_is_picked_up_without_restart(app_client, checkpoints, tmp_path, media_server):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.images import ImageFetcher, ImageFetchError, LabelStudioAccess
-from backend.settings import Settings
+from shoeseg.fetch import ImageFetcher, ImageFetchError, LabelStudioAccess
+from shoeseg.settings import Settings
 from shoeseg_app.stack.labelstudio import free_port
 from tests.backend.conftest import LEGACY_TOKEN, jpeg_bytes
 

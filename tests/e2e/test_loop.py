@@ -1,7 +1,7 @@
 """The retraining loop end to end, with real processes: Label Studio 1.23.2, Redis, `shoeseg worker`, `shoeseg serve`.
 
 Nothing is mocked here. Label Studio calls the backend's /webhook (connected as an ML backend), the backend
-asks ``worker.trigger`` to queue training, a worker process trains a tiny model on CPU, promotes it and
+asks ``shoeseg.trigger`` to queue training, a worker process trains a tiny model on CPU, promotes it and
 pushes predictions back; the tests read the outcome from Label Studio, Redis and the model registry.
 """
 
@@ -24,11 +24,12 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from shoeseg import trigger
+from shoeseg.settings import Settings
+from shoeseg.trigger import TRAIN_QUEUE
 from shoeseg_app.stack.labelstudio import free_port
 from shoeseg_app.stack.redis import RedisServer
 from tests.worker.synth import make_images
-from worker import trigger
-from worker.settings import TRAIN_QUEUE, LoopSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -394,7 +395,7 @@ def test_label_studio_down_gives_retries_then_a_failed_job_with_the_reason(loop)
     dead = f"http://127.0.0.1:{free_port()}"
     worker = loop.start_worker("worker-no-ls", REDIS_URL=db_url, LABEL_STUDIO_URL=dead)
     try:
-        queued = trigger.request_training(conn, 5, reason="test", settings=LoopSettings.from_env(TINY))
+        queued = trigger.request_training(conn, 5, reason="test", settings=Settings.from_env(TINY))
         job_id = queued["job_id"]
 
         def failed():

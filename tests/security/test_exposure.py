@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.settings import Settings
+from shoeseg.settings import Settings
 from shoeseg_app.cli.serve import exposure_problem
 
 BIN = Path(sys.executable).parent

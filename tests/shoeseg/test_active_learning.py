@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from shoeseg import active_learning as al
+from via_tools import ls_api
 
 
 def det(score: float, box=(2, 2, 10, 10), *, label: str = "shoe", size=(16, 16)):
@@ -165,11 +166,11 @@ def test_task_score_reads_the_current_model_versions_prediction():
         {"id": 2, "model_version": "v2", "score": 0.7, "created_at": "2024-01-02T00:00:00Z"},
         {"id": 3, "model_version": "v2", "score": 0.6, "created_at": "2024-01-03T00:00:00Z"},
     ]}
-    assert al.task_score(task, "v1") == 0.1
-    assert al.task_score(task, "v2") == 0.6  # the newest of that version
-    assert al.task_score(task, None) == 0.6
-    assert al.task_score(task, "v9") is None
-    assert al.task_score({"predictions": []}, None) is None
+    assert ls_api.task_score(task, "v1") == 0.1
+    assert ls_api.task_score(task, "v2") == 0.6  # the newest of that version
+    assert ls_api.task_score(task, None) == 0.6
+    assert ls_api.task_score(task, "v9") is None
+    assert ls_api.task_score({"predictions": []}, None) is None
 
 
 # ---------------------------------------------------------------- a real (random-init) model

@@ -10,9 +10,9 @@ import torch
 
 from shoeseg.evaluate import coco_metrics, evaluate
 from shoeseg.geometry import mask_iou, polygons_to_mask
+from shoeseg.losses import LOSS_KEYS
 from shoeseg.model import build_model
 from shoeseg.predict import Detection, Predictor
-from shoeseg.train import LOSS_KEYS
 from tests.shoeseg.synth import make_shoe_dataset
 
 

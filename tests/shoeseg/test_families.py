@@ -30,8 +30,8 @@ def shoes(tmp_path_factory):
 @pytest.mark.parametrize(("arch", "weights"), [("r50-fpn", "none"), ("lite0-fpn", "imagenet"), ("lite2-fpn", "imagenet")])
 def test_each_family_trains_reloads_through_the_registry_and_serves(shoes, tmp_path, arch, weights):
     from backend.app import create_app
-    from backend.settings import Settings
     from shoeseg.registry import ModelRegistry
+    from shoeseg.settings import Settings
 
     ds, d = shoes
     cfg = TrainConfig(iters=3, arch=arch, weights=weights, **TINY)

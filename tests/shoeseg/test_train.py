@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from shoeseg.losses import LOSS_KEYS, detectron2_losses
 from shoeseg.model import load_checkpoint
-from shoeseg.train import LOSS_KEYS, TrainConfig, detectron2_losses, train
+from shoeseg.train import TrainConfig, train
 from tests.shoeseg.synth import make_shoe_dataset
 
 OVERFIT_ITERS = 80  # enough for the recipe below to reach IoU 0.77-0.90 on every shoe in trial runs

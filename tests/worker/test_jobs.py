@@ -6,17 +6,23 @@ real server); everything else is real: rq, Redis, training, evaluation, the regi
 
 from __future__ import annotations
 
+import hashlib
+import random
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
+from shoeseg import trigger
+from shoeseg.settings import Settings
+from shoeseg.trigger import PREDICT_QUEUE, TRAIN_QUEUE
 from tests.worker.synth import make_images
-from worker import jobs, trigger
-from worker.settings import PREDICT_QUEUE, TRAIN_QUEUE, LoopSettings
+from via_tools.labelstudio import labeling_config
+from worker import jobs
 
 TINY = {
     "SHOESEG_TRAIN_ITERS": "1", "SHOESEG_MIN_SIZE": "64", "SHOESEG_MAX_SIZE": "96", "SHOESEG_ROI_BATCH": "32",
@@ -31,7 +37,7 @@ def loop_env(tmp_path, monkeypatch):
            "LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "test-key"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    return LoopSettings.from_env()
+    return Settings.from_env()
 
 
 class FakeProject(SimpleNamespace):
@@ -50,9 +56,9 @@ class FakeLabelStudio:
         self.ds = ds
         self.pushed: list[dict] = []
         self.model_version = None
-        parsed = {"label": {"type": "PolygonLabels", "to_name": ["image"], "labels": ["shoe"]}}
+        config = labeling_config(["shoe"])
         self.projects = SimpleNamespace(
-            get=lambda id: FakeProject(id=id, parsed_label_config=parsed),
+            get=lambda id: FakeProject(id=id, label_config=config),
             import_predictions=lambda id, request: self.pushed.extend(request),
             update=lambda id, model_version: setattr(self, "model_version", model_version),
         )
@@ -74,28 +80,104 @@ class FakeLabelStudio:
 def fake_ls(tmp_path, monkeypatch, loop_env):
     src = tmp_path / "src"
     ls = FakeLabelStudio(src, make_images(src, 6))
-    monkeypatch.setattr(jobs, "client_from_settings", lambda settings: ls)
+    monkeypatch.setattr("via_tools.ls_api.connect", lambda url, api_key, **kw: ls)
+    monkeypatch.setattr("worker.training.connect", lambda url, api_key, **kw: ls)
     monkeypatch.setattr("via_tools.ls_api.accepted_annotations", lambda client, project_id: ls.annotated())
     monkeypatch.setattr("via_tools.ls_api.list_tasks", lambda client, project_id: [dict(t) for t in ls.tasks])
-    monkeypatch.setattr(jobs.TaskImages, "_fetch_bytes",
-                        lambda self, url, *, task_id: (src / url.rsplit("/", 1)[-1]).read_bytes())
+    monkeypatch.setattr("shoeseg.fetch.ImageFetcher._from_label_studio",
+                        lambda self, url, **kw: (src / url.rsplit("/", 1)[-1]).read_bytes())
     return ls
+
+
+def assert_backend_agrees(fake_ls, settings, version: str) -> None:
+    """``/predict`` (the backend, in this process, same images and model) against what the worker pushed.
+
+    The backend is asked for the worker's batches (the same tasks, in the same order, as many per forward
+    pass), so that both run the very same forward passes: torchvision pads the images of a batch together.
+    """
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+
+    config = labeling_config(["shoe"])
+    order = [{"id": t["id"], "data": t["data"]} for t in jobs.task_order([dict(t) for t in fake_ls.tasks])]
+    step = settings.predict_batch
+    pushed = {p["task"]: p for p in fake_ls.pushed}
+    with TestClient(create_app(settings.with_(batch_size=step))) as client:
+        for start in range(0, len(order), step):
+            tasks = order[start:start + step]
+            body = client.post("/predict", json={"tasks": tasks, "label_config": config, "project": "1.1"}).json()
+            assert len(body["results"]) == len(tasks)
+            for task, served in zip(tasks, body["results"], strict=True):
+                stored = dict(pushed[task["id"]])
+                assert stored.pop("task") == task["id"]
+                assert served == stored, task["id"]
+    assert len(pushed) == len(order)
 
 
 def work(conn, *queues):
     SimpleWorker(list(queues), connection=conn).work(burst=True)
 
 
-def test_validation_subset_is_fixed_by_task_id():
+def _id_hash(task_id) -> int:
+    # The rule as documented, computed here on its own: the first 8 bytes of the BLAKE2b digest of the id's
+    # text, big-endian. Pinned on purpose: another hash would move tasks between training and validation.
+    return int.from_bytes(hashlib.blake2b(str(task_id).encode(), digest_size=8).digest(), "big")
+
+
+def _selected(ids, modulo) -> set[str]:
+    return {str(t) for t in ids if _id_hash(t) % modulo == 0}
+
+
+HITS = [str(i) for i in range(1, 2000) if _id_hash(i) % 5 == 0]
+MISSES = [str(i) for i in range(1, 2000) if _id_hash(i) % 5 != 0]
+
+
+def test_validation_subset_is_exactly_the_ids_whose_hash_is_divisible():
     ids = [str(i) for i in range(1, 200)]
-    val = jobs.validation_task_ids(ids, modulo=5)
-    assert 20 < len(val) < 60
+    expected = _selected(ids, 5)
+    assert 0 < len(expected) < len(ids)  # neither small-project fallback applies
+    assert jobs.validation_task_ids(ids, modulo=5) == expected
+    assert jobs.validation_task_ids(ids, modulo=7) == _selected(ids, 7)
+    # the same ids again, in another order, or as ints: the same subset, as strings
+    shuffled = ids[::-1]
+    random.Random(0).shuffle(shuffled)
+    assert jobs.validation_task_ids(shuffled, modulo=5) == expected
+    assert jobs.validation_task_ids([int(t) for t in ids], modulo=5) == expected
+    assert jobs.validation_task_ids(ids, modulo=5) == expected
     # adding tasks never moves an existing one
-    assert jobs.validation_task_ids(ids + [str(i) for i in range(200, 400)], modulo=5) & set(ids) == val
-    for pair in (["1", "2"], ["7", "8"], ["3", "40"]):
-        small = jobs.validation_task_ids(pair, modulo=5)
-        assert len(small) == 1 and small < set(pair)
-    assert jobs.validation_task_ids(["5"], modulo=5) in (set(), {"5"})
+    assert jobs.validation_task_ids(ids + [str(i) for i in range(200, 400)], modulo=5) & set(ids) == expected
+
+
+def test_one_task_is_validation_only_when_its_hash_says_so():
+    assert jobs.validation_task_ids([HITS[0]], modulo=5) == {HITS[0]}
+    assert jobs.validation_task_ids([int(HITS[0])], modulo=5) == {HITS[0]}
+    assert jobs.validation_task_ids([MISSES[0]], modulo=5) == set()
+    assert jobs.validation_task_ids([], modulo=5) == set()
+
+
+def test_small_projects_keep_a_task_on_each_side():
+    # no id selected by its hash: the one with the smallest hash validates
+    ids = MISSES[:3]
+    assert jobs.validation_task_ids(ids, modulo=5) == {min(ids, key=_id_hash)}
+    # every id selected: the one with the largest hash trains
+    ids = HITS[:3]
+    assert jobs.validation_task_ids(ids, modulo=5) == set(ids) - {max(ids, key=_id_hash)}
+    # some of each: the plain rule
+    ids = [MISSES[0], HITS[0], MISSES[1], HITS[1]]
+    assert jobs.validation_task_ids(ids, modulo=5) == {HITS[0], HITS[1]}
+    for n in (2, 3, 4):
+        for start in range(0, 40, n):
+            ids = [str(i) for i in range(start + 1, start + 1 + n)]
+            val = jobs.validation_task_ids(ids, modulo=5)
+            assert val and val < set(ids), ids
+
+
+def test_about_one_task_in_modulo_validates():
+    ids = list(range(1, 20001))
+    for modulo in (2, 5, 10):
+        share = len(jobs.validation_task_ids(ids, modulo=modulo)) / len(ids)
+        assert abs(share - 1 / modulo) < 0.02, (modulo, share)
 
 
 @pytest.mark.parametrize("new, cur, has_current, tol, promote", [
@@ -117,7 +199,6 @@ def test_task_order_puts_unlabelled_first():
 
 @pytest.mark.slow
 def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_env, monkeypatch):
-    from shoeseg.predict import Predictor
     from shoeseg.registry import ModelRegistry
 
     first = trigger.request_training(redis_conn, 1, reason="test", settings=loop_env)
@@ -145,18 +226,8 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     assert [p["task"] for p in fake_ls.pushed] == [101, 103, 105, 100, 102, 104]  # unlabelled first
     assert {p["model_version"] for p in fake_ls.pushed} == {version.version}
     assert fake_ls.model_version == version.version
-    # the stored scores are the strategy's scores for each image
-    from shoeseg.active_learning import score_images
-    from via_tools.images import read_image
-
-    predictor = Predictor.from_checkpoint(version.checkpoint, device="cpu")
-    arrays = [read_image(fake_ls.images_dir / im.file_name) for im in fake_ls.ds.images]
-    expected = dict(zip([t["id"] for t in fake_ls.tasks], score_images("least_confidence", predictor, arrays),
-                        strict=True))
-    for p in fake_ls.pushed:
-        assert p["score"] == pytest.approx(expected[p["task"]], abs=1e-4)
-        for r in p["result"]:
-            assert r["type"] == "polygonlabels" and r["from_name"] == "label" and r["to_name"] == "image"
+    # the backend's /predict writes the same result and the same task score for the same task and model
+    assert_backend_agrees(fake_ls, loop_env, version.version)
 
     # a retried predict job pushes nothing twice
     for t in fake_ls.tasks:

@@ -3,9 +3,9 @@
 Where an image may come from:
 
 * Label Studio's own URLs (``/data/upload/...``, ``/data/local-files/?d=...``, ``/tasks/.../resolve/...``
-  and absolute URLs on Label Studio's host): fetched from the ``hostname`` that ``/setup`` sent, with
-  ``Authorization: Token <legacy token>``, or, for a personal access token (a JWT), with
-  ``Authorization: Bearer <access>`` after ``POST /api/token/refresh`` (refreshed again on expiry or 401).
+  and absolute URLs on Label Studio's host): fetched from the ``hostname`` that ``/setup`` sent, with the
+  header :func:`via_tools.ls_api.auth_headers` makes by the SDK's token handling (``Token <legacy token>``,
+  or ``Bearer <access>`` for a personal access token, refreshed again on expiry or 401).
 * plain ``http(s)`` URLs: only from the hosts in ``SHOESEG_ALLOWED_HOSTS`` (exact names, or ``*.domain``);
   redirects are followed only to allowed hosts; no credentials are sent to them.
 * local paths and ``file://`` URLs: only under ``SHOESEG_IMAGE_ROOT`` (symbolic links resolved first).
@@ -13,6 +13,10 @@ Where an image may come from:
 
 Every download is bounded in bytes and time, every decode in pixels; EXIF orientation is applied as
 Label Studio shows the image. Each failure raises :class:`ImageFetchError` naming the task and the URL.
+
+One disk cache (``<SHOESEG_CACHE_DIR>/images``), shared by the backend and the worker: Label Studio uploads
+(immutable, named with a unique prefix) are kept there by every fetch; :meth:`ImageFetcher.cached_file`
+keeps any image there, for training, which reads files.
 """
 
 from __future__ import annotations
@@ -21,10 +25,7 @@ import base64
 import binascii
 import hashlib
 import io
-import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ import httpx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from backend.settings import Settings
+from shoeseg.settings import Settings
+from via_tools.files import atomic_write_bytes
 from via_tools.images import ImageReadError, decode_image_scaled
 
 log = logging.getLogger(__name__)
@@ -86,26 +88,6 @@ class FetchedImage:
     data: bytes
     digest: str
     source: str
-
-
-def _looks_like_jwt(token: str) -> bool:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return False
-    try:
-        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
-    except (ValueError, binascii.Error):
-        return False
-    return isinstance(header, dict) and "alg" in header
-
-
-def _jwt_expiry(token: str) -> float | None:
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"])
-    except (IndexError, KeyError, TypeError, ValueError, binascii.Error):
-        return None
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -191,7 +173,6 @@ class ImageFetcher:
         self.settings = settings
         self._transport = transport
         self._http: httpx.Client | None = None
-        self._access_tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
         self._root = settings.image_root.resolve() if settings.image_root else None
 
@@ -344,11 +325,34 @@ class ImageFetcher:
         return resolved.read_bytes()
 
     # -- Label Studio ----------------------------------------------------------------------------
+    def _cache_file(self, url: str) -> Path | None:
+        if self.settings.cache_dir is None:
+            return None
+        key = hashlib.sha256(url.encode()).hexdigest()
+        return self.settings.cache_dir / "images" / key[:2] / key
+
     def _cache_path(self, absolute_url: str) -> Path | None:
-        if self.settings.cache_dir is None or "/data/upload/" not in absolute_url:
+        if "/data/upload/" not in absolute_url:
             return None  # only uploads are immutable (Label Studio names them with a unique prefix)
-        key = hashlib.sha256(absolute_url.encode()).hexdigest()
-        return self.settings.cache_dir / "label-studio" / key[:2] / key
+        return self._cache_file(absolute_url)
+
+    def cached_file(self, url: str, *, task_id, access: LabelStudioAccess | None) -> Path:
+        """The image at ``url`` as a file of the cache, fetched (under the same rules as :meth:`fetch`) when absent.
+
+        For training, which reads image files: the worker downloads each task's image once.
+
+        Raises:
+            ImageFetchError: as :meth:`fetch`; also when no cache directory is configured.
+        """
+        access = access or self.default_access()
+        where = url if not access.hostname or "://" in url else urljoin(access.hostname.rstrip("/") + "/", url.lstrip("/"))
+        path = self._cache_file(where)
+        if path is None:
+            raise ImageFetchError(f"task {task_id}: no SHOESEG_CACHE_DIR to keep image {url!r} in", task_id=task_id,
+                                  url=url)
+        if not path.is_file():
+            atomic_write_bytes(path, self.fetch(url, task_id=task_id, access=access).data)
+        return path
 
     def _from_label_studio(self, absolute_url: str, *, task_id, access: LabelStudioAccess, shown: str | None = None):
         cached = self._cache_path(absolute_url)
@@ -364,8 +368,8 @@ class ImageFetcher:
                                       shown=shown)
                 break
             except _Unauthorized as e:
-                if attempt == 0 and token and _looks_like_jwt(token):
-                    continue  # the access token expired early: refresh once
+                if attempt == 0 and token:
+                    continue  # an access token that expired early: refresh once (a legacy token is refused again)
                 hint = (
                     "no token: connect the backend from Label Studio or set LABEL_STUDIO_API_KEY"
                     if not token
@@ -377,41 +381,17 @@ class ImageFetcher:
                 raise err from None
         assert data is not None
         if cached is not None:
-            _atomic_write(cached, data)
+            atomic_write_bytes(cached, data)
         return data
 
     def _auth_headers(self, access: LabelStudioAccess, *, force_refresh: bool, task_id, url: str) -> dict[str, str]:
-        token = access.token
-        if not token:
-            return {}
-        if not _looks_like_jwt(token):
-            return {"Authorization": f"Token {token}"}
-        return {"Authorization": f"Bearer {self._access_token(access, force_refresh=force_refresh, task_id=task_id, url=url)}"}
+        from via_tools.ls_api import LabelStudioError, auth_headers
 
-    def _access_token(self, access: LabelStudioAccess, *, force_refresh: bool, task_id, url: str) -> str:
-        key = (access.hostname or "", access.token or "")
-        with self._lock:
-            known = self._access_tokens.get(key)
-            if known and not force_refresh and known[1] > time.time() + 30:
-                return known[0]
-        refresh_url = urljoin((access.hostname or "").rstrip("/") + "/", "api/token/refresh")
         try:
-            r = self._client.post(refresh_url, json={"refresh": access.token})
-        except httpx.HTTPError as e:
-            raise self._error(task_id, url, f"cannot be fetched: refreshing the personal access token failed ({e})") from e
-        if r.status_code != 200:
-            raise self._error(
-                task_id, url,
-                f"cannot be fetched: Label Studio refused to refresh the personal access token (HTTP {r.status_code})",
-            )
-        try:
-            access_token = r.json()["access"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise self._error(task_id, url, "cannot be fetched: the token refresh answer has no 'access'") from e
-        expiry = _jwt_expiry(access_token) or time.time() + 240
-        with self._lock:
-            self._access_tokens[key] = (access_token, expiry)
-        return access_token
+            return auth_headers(access.hostname or "", access.token, fresh=force_refresh,
+                                timeout_s=self.settings.fetch_timeout_s)
+        except LabelStudioError as e:
+            raise self._error(task_id, url, f"cannot be fetched: {e}") from e
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _download(self, url: str, *, task_id, headers: dict[str, str], allowed_origin, shown: str | None = None) -> bytes:
@@ -454,18 +434,3 @@ class _Unauthorized(Exception):
     def __init__(self, status: int):
         super().__init__(status)
         self.status = status
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        log.warning("could not write the image cache file %s", path, exc_info=True)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass

@@ -1,4 +1,4 @@
-"""The labeling config, read once per distinct XML, and one small output class per Label Studio control tag.
+"""The labeling config, read through the SDK's ``LabelInterface``, and one small output class per control tag.
 
 A Label Studio labeling config names image objects (``<Image name="image" value="$image"/>``) and controls
 that label them (``<PolygonLabels name="label" toName="image">``). Each supported control tag has a class
@@ -16,11 +16,10 @@ class and the control one label, to that label.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -244,64 +243,62 @@ class LabelConfig:
                 )
 
 
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def parse_label_config(xml: str) -> LabelConfig:
-    """Parses a Label Studio labeling config and checks that the backend can serve it.
-
-    Raises:
-        LabelConfigError: not XML, no ``<Image>``, or no ``<PolygonLabels>`` bound to an image.
-    """
+def _checked_xml(xml: str) -> None:
+    """Refuses what is not a plain XML document before lxml (inside ``LabelInterface``) sees it: no DTD, no entities."""
     if not isinstance(xml, str) or not xml.strip():
         raise LabelConfigError("the labeling config is empty")
     if len(xml) > MAX_CONFIG_CHARS:
         raise LabelConfigError(f"the labeling config is {len(xml)} characters, over {MAX_CONFIG_CHARS}")
     try:
-        root = ElementTree.fromstring(xml)
+        ElementTree.fromstring(xml, forbid_dtd=True)
     except (ElementTree.ParseError, DefusedXmlException, ValueError) as e:
         raise LabelConfigError(f"the labeling config is not valid XML ({e})") from e
+
+
+def parse_label_config(xml: str) -> LabelConfig:
+    """Parses a Label Studio labeling config (with the SDK's ``LabelInterface``) and checks it can be served.
+
+    Raises:
+        LabelConfigError: not XML (or holding a DTD), no ``<Image>``, or no ``<PolygonLabels>`` bound to an image.
+    """
+    from label_studio_sdk.label_interface import LabelInterface
+
+    _checked_xml(xml)
+    try:
+        interface = LabelInterface(xml)
+    except Exception as e:  # noqa: BLE001 - the SDK raises several kinds for a config it cannot read
+        raise LabelConfigError(f"the labeling config cannot be read ({type(e).__name__}: {e})") from e
     images: dict[str, ImageObject] = {}
-    raw_controls = []
-    ignored = []
-    for el in root.iter():
-        tag = _local(el.tag) if isinstance(el.tag, str) else ""
-        if tag == "Image":
-            name, value = el.get("name"), el.get("value") or el.get("valueList") or ""
-            if name and value.startswith("$") and len(value) > 1:
-                images[name] = ImageObject(name=name, value_key=value[1:])
-        elif tag in CONTROL_CLASSES:
-            raw_controls.append((tag, el))
-        elif tag.endswith("Labels") and el.get("toName"):
-            ignored.append(f"{tag} {el.get('name')!r}")
+    for obj in interface.objects:
+        value = str(obj.value or "")
+        if obj.tag == "Image" and obj.name and value.startswith("$") and len(value) > 1:
+            images[obj.name] = ImageObject(name=obj.name, value_key=value[1:])
     if not images:
         raise LabelConfigError('the labeling config has no <Image name=... value="$..."> tag')
-    controls = []
-    for tag, el in raw_controls:
-        name, to_name = el.get("name"), el.get("toName")
-        if not name or not to_name:
+    controls: list[ControlModel] = []
+    ignored: list[str] = []
+    for ctl in interface.controls:
+        tag, name, to_names = ctl.tag, ctl.name, list(ctl.to_name or [])
+        if tag not in CONTROL_CLASSES:
+            if tag.endswith("Labels") and to_names:
+                ignored.append(f"{tag} {name!r}")
+            continue
+        if not name or not to_names:
             raise LabelConfigError(f"<{tag}> needs both name and toName attributes")
-        to_name = to_name.split(",")[0].strip()
+        to_name = to_names[0].strip()
         if to_name not in images:
             ignored.append(f"{tag} {name!r} (toName {to_name!r} is not an <Image>)")
             continue
-        labels, predicted = [], []
-        for lab in el:
-            if not isinstance(lab.tag, str) or _local(lab.tag) != "Label":
-                continue
-            value = lab.get("value")
-            if value is None:
-                continue
-            labels.append(value)
-            pv = lab.get("predicted_values")
-            if pv:
-                predicted.append((value, tuple(v.strip() for v in pv.split(",") if v.strip())))
+        labels = tuple(str(v) for v in (ctl.labels or []))
         if not labels:
             raise LabelConfigError(f"<{tag} name={name!r}> has no <Label value=...> children")
-        controls.append(
-            CONTROL_CLASSES[tag](from_name=name, to_name=to_name, labels=tuple(labels), predicted_values=tuple(predicted))
-        )
+        predicted = []
+        for value, attrs in (getattr(ctl, "labels_attrs", None) or {}).items():
+            pv = (getattr(attrs, "attr", attrs) or {}).get("predicted_values")
+            if pv:
+                predicted.append((str(value), tuple(v.strip() for v in str(pv).split(",") if v.strip())))
+        controls.append(CONTROL_CLASSES[tag](from_name=name, to_name=to_name, labels=labels,
+                                             predicted_values=tuple(predicted)))
     if not any(isinstance(c, PolygonLabelsControl) for c in controls):
         raise LabelConfigError(
             "the labeling config has no <PolygonLabels> control bound to an <Image>; add for example "
@@ -315,29 +312,25 @@ def parse_label_config(xml: str) -> LabelConfig:
     )
 
 
-class LabelConfigCache:
-    """Parsed configs by their XML, so that the frequent ``/setup`` and each ``/predict`` parse once."""
+def polygon_control(xml: str, *, where: str = "the project") -> tuple[str, str, list[str]]:
+    """``(from_name, to_name, labels)`` of the first ``<PolygonLabels>`` of a labeling config.
 
-    def __init__(self, size: int = 64):
-        self._size = size
-        self._items: OrderedDict[str, LabelConfig | LabelConfigError] = OrderedDict()
-        self._lock = threading.Lock()
+    Raises:
+        LabelConfigError: the config cannot be read or has no PolygonLabels bound to an image; names ``where``.
 
-    def get(self, xml: str) -> LabelConfig:
-        key = hashlib.sha256(xml.encode()).hexdigest() if isinstance(xml, str) else ""
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-        if hit is None:
-            try:
-                hit = parse_label_config(xml)
-            except LabelConfigError as e:
-                hit = e
-            with self._lock:
-                self._items[key] = hit
-                while len(self._items) > self._size:
-                    self._items.popitem(last=False)
-        if isinstance(hit, LabelConfigError):
-            raise LabelConfigError(str(hit))
-        return hit
+    Example:
+        >>> polygon_control('<View><Image name="img" value="$image"/>'
+        ...                 '<PolygonLabels name="shoes" toName="img"><Label value="shoe"/></PolygonLabels></View>')
+        ('shoes', 'img', ['shoe'])
+    """
+    try:
+        control = parse_label_config(xml).polygon_controls()[0]
+    except LabelConfigError as e:
+        raise LabelConfigError(f"{where}: {e}") from e
+    return control.from_name, control.to_name, list(control.labels)
+
+
+@functools.lru_cache(maxsize=64)
+def cached_label_config(xml: str) -> LabelConfig:
+    """:func:`parse_label_config`, once per distinct XML (``/setup`` and every ``/predict`` send the config)."""
+    return parse_label_config(xml)

@@ -31,9 +31,16 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job
 
-from worker.settings import TRAIN_JOB, TRAIN_QUEUE, LoopSettings
+from shoeseg.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The queues and the jobs' import paths: the web service enqueues by path and never imports job code.
+TRAIN_QUEUE = "shoeseg-train"
+PREDICT_QUEUE = "shoeseg-predict"
+QUEUES = (TRAIN_QUEUE, PREDICT_QUEUE)
+TRAIN_JOB = "worker.jobs.train_project"
+PREDICT_JOB = "worker.jobs.predict_project"
 
 KEY_PREFIX = "shoeseg:loop"
 PROJECTS_KEY = f"{KEY_PREFIX}:projects"
@@ -94,7 +101,7 @@ def _liveness(pipe, project_id, st: dict[str, str]) -> str:
     return "waiting" if rq_status in _LIVE else "none"
 
 
-def _enqueue_train(pipe, conn: redis.Redis, project_id, *, reason: str, st: dict, settings: LoopSettings) -> str:
+def _enqueue_train(pipe, conn: redis.Redis, project_id, *, reason: str, st: dict, settings: Settings) -> str:
     """Writes (inside ``pipe``'s MULTI) a new training job and the state that records it; returns its id."""
     seq = int(st.get("seq") or 0) + 1
     job_id = f"train-{project_id}-{seq}"
@@ -119,7 +126,7 @@ def _enqueue_train(pipe, conn: redis.Redis, project_id, *, reason: str, st: dict
     return job_id
 
 
-def _request(conn: redis.Redis, project_id, *, reason: str, settings: LoopSettings,
+def _request(conn: redis.Redis, project_id, *, reason: str, settings: Settings,
              min_count: int | None = None) -> dict:
     def txn(pipe) -> dict:
         count = int(_text(pipe.get(count_key(project_id))) or 0)
@@ -151,7 +158,7 @@ def _request(conn: redis.Redis, project_id, *, reason: str, settings: LoopSettin
 
 
 def request_training(conn: redis.Redis, project_id: int | str, *, reason: str,
-                     settings: LoopSettings | None = None) -> dict:
+                     settings: Settings | None = None) -> dict:
     """Asks for a training of a project, keeping at most one waiting and one follow-up job.
 
     Args:
@@ -171,7 +178,7 @@ def request_training(conn: redis.Redis, project_id: int | str, *, reason: str,
         >>> request_training(redis.Redis(), 3, reason="START_TRAINING")  # doctest: +SKIP
         {'action': 'queued', 'project': 3, 'job_id': 'train-3-1', 'reason': 'START_TRAINING', 'count': 0}
     """
-    return _request(conn, _project(project_id), reason=reason, settings=settings or LoopSettings.from_env())
+    return _request(conn, _project(project_id), reason=reason, settings=settings or Settings.from_env())
 
 
 def _project(value: Any, field: str = "project") -> int:
@@ -216,7 +223,7 @@ def _accepted(payload: dict) -> int:
 
 
 def on_webhook(conn: redis.Redis, payload: dict, *, min_new_annotations: int,
-               settings: LoopSettings | None = None) -> dict:
+               settings: Settings | None = None) -> dict:
     """Handles one Label Studio webhook body: counts accepted annotations and requests training.
 
     Args:
@@ -249,7 +256,7 @@ def on_webhook(conn: redis.Redis, payload: dict, *, min_new_annotations: int,
     project_id = project_of(payload)
     if project_id is None:
         raise ValueError(f"webhook {action} names no project (expected project.id)")
-    settings = settings or LoopSettings.from_env()
+    settings = settings or Settings.from_env()
     if action == START_ACTION:
         result = _request(conn, project_id, reason=START_ACTION, settings=settings)
         return {**result, "event": action}
@@ -299,13 +306,13 @@ def heartbeat(conn: redis.Redis, project_id: int | str, job_id: str, *, lease_tt
 
 
 def finish_training(conn: redis.Redis, project_id: int | str, job_id: str, *, will_retry: bool, outcome: str,
-                    settings: LoopSettings | None = None) -> dict:
+                    settings: Settings | None = None) -> dict:
     """Ends a run: back to waiting (rq retries it), one follow-up job when events came in meanwhile, or idle.
 
     Returns:
         ``{"action": "retrying" | "follow_up" | "idle" | "not_owner", "job_id": ...}``.
     """
-    settings = settings or LoopSettings.from_env()
+    settings = settings or Settings.from_env()
 
     def txn(pipe) -> dict:
         st = _read_state(pipe, project_id)
@@ -339,13 +346,13 @@ def training_state(conn: redis.Redis, project_id: int | str) -> dict:
     return st
 
 
-def recover_stale(conn: redis.Redis, *, settings: LoopSettings | None = None) -> list[dict]:
+def recover_stale(conn: redis.Redis, *, settings: Settings | None = None) -> list[dict]:
     """Re-enqueues the training of every project whose recorded job died (for a worker that starts).
 
     Returns:
         The :func:`request_training` summaries of the projects that got a new job.
     """
-    settings = settings or LoopSettings.from_env()
+    settings = settings or Settings.from_env()
     recovered = []
     for raw in conn.smembers(PROJECTS_KEY):
         project_id = _text(raw)

@@ -11,11 +11,12 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from worker import trigger
-from worker.settings import TRAIN_JOB, TRAIN_QUEUE, LoopSettings
+from shoeseg import trigger
+from shoeseg.settings import Settings
+from shoeseg.trigger import TRAIN_JOB, TRAIN_QUEUE
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-SETTINGS = LoopSettings.from_env({"SHOESEG_RETRY_INTERVALS": "0", "SHOESEG_RETRY_MAX": "2"})
+SETTINGS = Settings.from_env({"SHOESEG_RETRY_INTERVALS": "0", "SHOESEG_RETRY_MAX": "2"})
 
 
 def annotation(project: int, ann_id: int = 1, *, cancelled: bool = False) -> dict:

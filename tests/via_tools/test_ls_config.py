@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backend.control_models import (
+from tests.backend.conftest import ALL_CONTROLS_CONFIG, POLYGON_CONFIG, fixture_body
+from via_tools.ls_config import (
     BrushLabelsControl,
-    LabelConfigCache,
     LabelConfigError,
     PolygonLabelsControl,
     RectangleLabelsControl,
     RegionSource,
+    cached_label_config,
     parse_label_config,
+    polygon_control,
 )
-from backend.model import boxes_from_context
-from tests.backend.conftest import ALL_CONTROLS_CONFIG, POLYGON_CONFIG, fixture_body
 
 
 def test_recorded_config_parses():
@@ -120,21 +120,23 @@ def test_brush_result_decodes_to_the_mask():
     np.testing.assert_array_equal(decoded, src.mask)
 
 
-def test_config_cache_parses_once_and_keeps_errors():
-    cache = LabelConfigCache(size=2)
-    assert cache.get(POLYGON_CONFIG) is cache.get(POLYGON_CONFIG)
+def test_config_cache_parses_once_and_raises_every_time_for_a_bad_config():
+    assert cached_label_config(POLYGON_CONFIG) is cached_label_config(POLYGON_CONFIG)
     for _ in range(2):
         with pytest.raises(LabelConfigError):
-            cache.get("<View/>")
+            cached_label_config("<View/>")
 
 
-def test_boxes_from_context():
-    context = {"result": [
-        {"type": "rectanglelabels", "to_name": "image", "original_width": 100, "original_height": 80,
-         "value": {"x": 10, "y": 20, "width": 30, "height": 40, "rotation": 0, "rectanglelabels": ["shoe"]}},
-        {"type": "keypointlabels", "value": {"x": 1, "y": 2}},
-        {"type": "rectangle", "value": {"x": 1, "y": 2, "width": 0, "height": 4}},
-        {"type": "rectangle", "value": {"x": "a"}},
-    ]}
-    assert boxes_from_context(context) == [{"to_name": "image", "xywh_pct": (10.0, 20.0, 30.0, 40.0), "label": "shoe"}]
-    assert boxes_from_context(None) == [] and boxes_from_context({"result": "x"}) == []
+def test_polygon_control_names_where_it_looked():
+    assert polygon_control(POLYGON_CONFIG)[2] == ["shoe"]
+    with pytest.raises(LabelConfigError, match="project 7: .*no <PolygonLabels>"):
+        polygon_control('<View><Image name="image" value="$image"/></View>', where="project 7")
+
+
+@pytest.mark.parametrize("xml", [
+    '<!DOCTYPE v [<!ENTITY a "aaaa">]><View><Image name="image" value="$image"/></View>',
+    '<!DOCTYPE v SYSTEM "file:///etc/passwd"><View/>',
+])
+def test_a_dtd_is_refused_before_the_sdk_parses_the_config(xml):
+    with pytest.raises(LabelConfigError, match="not valid XML"):
+        parse_label_config(xml)

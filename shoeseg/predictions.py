@@ -1,0 +1,143 @@
+"""The one way a prediction is written for Label Studio, whoever writes it (the backend's ``/predict`` or the worker).
+
+A :class:`PredictionWriter` is made for one labeling config (``via_tools.ls_config``), one model's class
+names and one active-learning strategy. For each image it turns the model's candidates into
+
+* the **result**: one region per detection at or above the score threshold, for every control bound to the
+  image (``PolygonLabels``, ``RectangleLabels``, ``BrushLabels``), the model class mapped to the control's
+  label by one rule (exact, case-insensitive, ``predicted_values``, or the only label of a one-class model);
+  each region carries its own detection ``score``;
+* the **task score**: the active-learning score of :func:`shoeseg.active_learning.detections_score`, computed
+  from every candidate (lower = label first), which is what Label Studio's Data Manager sorts by.
+
+Nothing here imports torch: detections are any objects with ``label``, ``score``, ``box_xyxy``, ``mask`` and
+``polygons`` (``shoeseg.predict.Detection``), in the pixels of the image the model saw; ``scale_xy`` maps them to
+the full-size image Label Studio shows.
+
+Example:
+    >>> writer = PredictionWriter(parse_label_config(xml), ["shoe"], strategy="least_confidence")  # doctest: +SKIP
+    >>> p = writer.write(detections, image_name="image", width_px=640, height_px=480)  # doctest: +SKIP
+    >>> p.as_ls(task_id=17, model_version="v3")  # doctest: +SKIP
+    {'task': 17, 'result': [...], 'score': 0.93, 'model_version': 'v3'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shoeseg.active_learning import CANDIDATE_SCORE_THRESH, check_strategy, detections_score, needs_flip
+from via_tools.ls_config import ControlModel, LabelConfig, RegionSource
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """What the model says of one image, as Label Studio stores it.
+
+    Attributes:
+        result: the Label Studio result regions.
+        score: the active-learning task score, in ``[0, 1]`` (lower = more informative).
+        region_scores: the detection score of each detection written (mapped to a label, over the threshold).
+    """
+
+    result: list[dict[str, Any]] = field(default_factory=list)
+    score: float = 0.0
+    region_scores: tuple[float, ...] = ()
+
+    @property
+    def mean_region_score(self) -> float | None:
+        """How sure the model is of what it drew: the mean of :attr:`region_scores` (``None`` when it drew nothing)."""
+        return float(np.mean(self.region_scores)) if self.region_scores else None
+
+
+def combine(images: Sequence[ImagePrediction]) -> ImagePrediction:
+    """One task's prediction from its images' (a task may show several): every region, the lowest score."""
+    if len(images) == 1:
+        return images[0]
+    return ImagePrediction(
+        result=[r for p in images for r in p.result],
+        score=min((p.score for p in images), default=0.0),
+        region_scores=tuple(s for p in images for s in p.region_scores),
+    )
+
+
+def as_ls(prediction: ImagePrediction, *, task_id: Any, model_version: str) -> dict[str, Any]:
+    """The prediction as Label Studio's import and ``/predict`` take it."""
+    out: dict[str, Any] = {"result": prediction.result, "score": round(float(prediction.score), 4),
+                           "model_version": model_version}
+    if task_id is not None:
+        out["task"] = int(task_id)
+    return out
+
+
+class PredictionWriter:
+    """Writes predictions for one labeling config, one model's classes and one active-learning strategy.
+
+    Args:
+        config: the parsed labeling config.
+        class_names: the model's class names (its label ids 1..N).
+        strategy: the active-learning strategy of the task score (``shoeseg.active_learning.STRATEGIES``).
+        score_thresh: detections below this score are not written as regions (they still count in the score).
+    """
+
+    def __init__(self, config: LabelConfig, class_names: Sequence[str], *, strategy: str = "least_confidence",
+                 score_thresh: float = 0.5):
+        self.config = config
+        self.class_names = list(class_names)
+        self.strategy = check_strategy(strategy)
+        self.score_thresh = float(score_thresh)
+
+    @property
+    def needs_flip(self) -> bool:
+        """True when the task score needs the model's view of the mirror image too (``write(flipped=...)``)."""
+        return needs_flip(self.strategy)
+
+    #: What the model must be asked for: every candidate down to this score.
+    candidate_thresh = CANDIDATE_SCORE_THRESH
+
+    def label(self, control: ControlModel, class_name: str, forced: str | None = None) -> str | None:
+        """The control's label for a model class (``forced``: the label of a rectangle the annotator drew)."""
+        if forced is not None and forced in control.labels:
+            return forced
+        return control.label_for(class_name, self.class_names)
+
+    def write(self, detections: Sequence[Any], *, image_name: str, width_px: int, height_px: int,
+              scale_xy: tuple[float, float] = (1.0, 1.0), flipped: Sequence[Any] | None = None,
+              task_id: Any = None, forced_label: str | None = None) -> ImagePrediction:
+        """The prediction of one image.
+
+        Args:
+            detections: every candidate the model found (score >= :attr:`candidate_thresh`).
+            image_name: the ``<Image name=...>`` the image fills.
+            width_px / height_px: the full size of the image, as Label Studio shows it.
+            scale_xy: full size over the size the model saw (detections are in the latter's pixels).
+            flipped: the candidates on the mirror image, mapped back (for ``flip_consistency``).
+            task_id: the task (seeds the ``random`` strategy).
+            forced_label: the label of the rectangle the annotator drew, when predicting inside it.
+        """
+        sx, sy = scale_xy
+        controls = self.config.controls_for(image_name)
+        shown = [d for d in detections if float(d.score) >= self.score_thresh]
+        result: list[dict[str, Any]] = []
+        for control in controls:
+            sources = []
+            for d in shown:
+                label = self.label(control, d.label, forced_label)
+                if label is None:
+                    continue
+                x1, y1, x2, y2 = d.box_xyxy
+                sources.append(RegionSource(
+                    label=label, score=float(d.score), box_xyxy=(x1 * sx, y1 * sy, x2 * sx, y2 * sy),
+                    mask=d.mask if control.needs_mask else None,
+                    polygons=tuple(np.asarray(p, float) * (sx, sy) for p in d.polygons),
+                ))
+            result.extend(control.results(sources, width_px=width_px, height_px=height_px))
+        for k, region in enumerate(result):  # stable ids: the same prediction reads the same from either writer
+            region["id"] = f"{image_name}-{k + 1}"
+        region_scores = tuple(float(d.score) for d in shown
+                              if any(self.label(c, d.label, forced_label) for c in controls))
+        score = detections_score(self.strategy, detections, flipped=flipped, task_id=task_id)
+        return ImagePrediction(result=result, score=score, region_scores=region_scores)

@@ -1,0 +1,306 @@
+"""ShoeSeg's settings: every environment variable the backend, the worker and the launcher read, in one place.
+
+Read once, at start-up (:meth:`Settings.from_env`), and validated there: a bad value raises
+:class:`SettingsError` naming the variable and the value, before any request or job runs. Only the standard
+library is imported here, so the web service reads its settings without loading torch.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``SHOESEG_MODEL_DIR`` | ``models`` | model registry root |
+| ``SHOESEG_CACHE_DIR`` | ``.cache/shoeseg`` | the one image cache (Label Studio uploads), backend and worker |
+| ``REDIS_URL`` | none | Redis of the training queue (none: the backend answers 503 to training events) |
+| ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` | none | the one Label Studio server trusted, and its key |
+| ``LABEL_STUDIO_HOST`` | none | the URL that server announces in ``/setup`` when it differs from ``LABEL_STUDIO_URL`` |
+| ``SHOESEG_DEVICE`` | ``auto`` | ``auto``, ``cpu`` or ``cuda`` |
+| ``SHOESEG_IMAGE_ROOT`` | none | local directory images may be read from |
+| ``SHOESEG_ALLOWED_HOSTS`` | none | hosts plain image URLs and other ``/setup`` servers may name |
+| ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | none | HTTP basic auth of the backend |
+| ``SHOESEG_INSECURE`` | ``false`` | serve off loopback without basic auth |
+| ``SHOESEG_MIN_NEW_ANNOTATIONS`` (or ``MIN_NEW_ANNOTATIONS``) | ``10`` | new annotations that start a training |
+| ``SHOESEG_SCORE_THRESH`` | ``0.5`` | detections below are not written as regions |
+| ``SHOESEG_AL_STRATEGY`` | ``least_confidence`` | the task score of every prediction (``shoeseg.active_learning``) |
+| ``SHOESEG_PROFILE`` | ``auto`` | training recipe (``shoeseg.train.PROFILES``) |
+| ``SHOESEG_TRAIN_ITERS``, ``SHOESEG_IMS_PER_BATCH``, ``SHOESEG_BASE_LR``, ``SHOESEG_ROI_BATCH``, ``SHOESEG_MIN_SIZE``, ``SHOESEG_MAX_SIZE`` | the profile's | training overrides |
+| ``SHOESEG_INIT_WEIGHTS`` | ``auto`` | first model: ``auto``, ``none``, ``coco``, ``imagenet`` or a checkpoint path |
+| ``SHOESEG_PROMOTE_TOLERANCE`` | ``0.01`` | promotion when new segm AP >= current - tolerance |
+| ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the fixed validation subset when its hash % modulo == 0 |
+| ``SHOESEG_PREDICT_BATCH`` | ``8`` | images per prediction batch of the worker |
+| ``SHOESEG_TRAIN_TIMEOUT`` / ``SHOESEG_PREDICT_TIMEOUT`` | ``7200`` / ``3600`` | rq job timeouts, seconds |
+| ``SHOESEG_RETRY_MAX`` / ``SHOESEG_RETRY_INTERVALS`` | ``3`` / ``10,60,300`` | retries after a transient failure |
+| ``SHOESEG_LEASE_TTL`` | ``60`` | seconds after which a training that stopped heart-beating counts as dead |
+
+The backend's request limits (``SHOESEG_MAX_*``, ``SHOESEG_FETCH_*``, ``SHOESEG_BATCH_SIZE``,
+``SHOESEG_DECODE_WORKERS``, ``SHOESEG_RESULT_CACHE_SIZE``, ``SHOESEG_RELOAD_INTERVAL_S``) are listed on
+:class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+#: Strategies the task score may use (``shoeseg.active_learning.STRATEGIES``, kept here without its numpy import).
+AL_STRATEGIES = ("random", "least_confidence", "flip_consistency", "entropy")
+DEVICES = ("auto", "cpu", "cuda")
+#: Training recipes (``shoeseg.train.PROFILES``, and ``auto``).
+PROFILES = ("auto", "cpu", "study", "gpu")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value ShoeSeg cannot use; the message names both."""
+
+
+def _split_hosts(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    hosts = tuple(h.strip().lower() for h in value.split(",") if h.strip())
+    for h in hosts:
+        if "/" in h or "@" in h or h.count(":") > 1 and not h.startswith("["):
+            raise SettingsError(
+                f"environment variable SHOESEG_ALLOWED_HOSTS has {h!r}: expected host, host:port, *.domain or "
+                "*.domain:port (no scheme, path or user)"
+            )
+    return hosts
+
+
+def _url(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(f"environment variable {name}={raw!r} is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(f"environment variable {name} must not hold a user or password in the URL")
+    return raw.rstrip("/")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"environment variable {name}={raw!r} is not a boolean (true/false)")
+
+
+def _int(env: Mapping[str, str], name: str, default: Any, *, minimum: int | None = None) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise SettingsError(f"environment variable {name}={raw!r} is not an integer") from e
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"environment variable {name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: Any, *, lo: float | None = None,
+           hi: float | None = None) -> Any:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise SettingsError(f"environment variable {name}={raw!r} is not a number") from e
+    if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise SettingsError(f"environment variable {name}={raw!r} must be {bounds}")
+    return value
+
+
+def _ints(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        values = tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError as e:
+        raise SettingsError(f"environment variable {name}={raw!r} is not a comma-separated list of integers") from e
+    if not values or any(v < 0 for v in values):
+        raise SettingsError(f"environment variable {name}={raw!r} needs one or more non-negative integers")
+    return values
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise SettingsError(f"environment variable {name}={raw!r} is not one of {', '.join(choices)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ShoeSeg can be configured with (see the module's table for the variables).
+
+    Args:
+        model_dir: root of the model registry.
+        cache_dir: the image cache of the backend and the worker (downloaded Label Studio uploads);
+            ``None``: no disk cache.
+        redis_url: Redis of the queues.
+        label_studio_url / label_studio_api_key: the one Label Studio server trusted and its key. The key is
+            only ever sent to that URL; with no URL set it is sent nowhere.
+        label_studio_host: the public URL that server announces in ``/setup`` when it differs.
+        image_root: local directory images may be read from.
+        allowed_hosts: hosts that plain http(s) image URLs may point at, and other Label Studio servers
+            ``/setup`` may name: ``host`` (ports 80 and 443 only), ``host:port``, ``*.domain`` or ``*.domain:port``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        basic_auth_user / basic_auth_pass: require HTTP basic auth when both are set.
+        insecure: allow serving on a non-loopback address without basic auth.
+        min_new_annotations: new annotations that start a retraining (at least 1).
+        score_thresh: detections below this score are not written as regions (0 to 1).
+        al_strategy: the active-learning strategy of every prediction's task score.
+        max_image_bytes / max_image_pixels / fetch_timeout_s: limits on each image download.
+        max_request_bytes: larger request bodies are refused with 413 (``SHOESEG_MAX_REQUEST_BYTES``).
+        max_tasks_per_request: ``/predict`` requests with more tasks answer 413 (``SHOESEG_MAX_TASKS_PER_REQUEST``).
+        max_request_pixels: the images of one ``/predict`` request may hold at most this many pixels in all
+            (``SHOESEG_MAX_REQUEST_PIXELS``, counted at their full size).
+        decode_workers: images decoded at once in the whole process (``SHOESEG_DECODE_WORKERS``).
+        result_cache_size: predictions kept in memory (``SHOESEG_RESULT_CACHE_SIZE``).
+        reload_interval_s: how often the registry's ``current`` pointer is checked (``SHOESEG_RELOAD_INTERVAL_S``).
+        batch_size: images fetched, decoded and inferred together in a request (``SHOESEG_BATCH_SIZE``).
+        fetch_workers: parallel image downloads per batch (``SHOESEG_FETCH_WORKERS``).
+        profile, train_iters, ims_per_batch, base_lr, roi_batch_size_per_image, min_size, max_size: the
+            worker's training recipe and its overrides (:meth:`train_overrides`).
+        init_weights: the first model's start when the registry is empty.
+        promote_tolerance / val_modulo / predict_batch / train_timeout_s / predict_timeout_s / retry_max /
+            retry_intervals_s / lease_ttl_s: the retraining loop (module table).
+
+    Example:
+        >>> s = Settings.from_env({"SHOESEG_MODEL_DIR": "/srv/models", "SHOESEG_ALLOWED_HOSTS": "a.org, b.org"})
+        >>> s.allowed_hosts, s.model_dir
+        (('a.org', 'b.org'), PosixPath('/srv/models'))
+        >>> Settings.from_env({"SHOESEG_MIN_NEW_ANNOTATIONS": "zero"})
+        Traceback (most recent call last):
+        ...
+        shoeseg.settings.SettingsError: environment variable SHOESEG_MIN_NEW_ANNOTATIONS='zero' is not an integer
+    """
+
+    model_dir: Path = Path("models")
+    cache_dir: Path | None = None
+    redis_url: str | None = None
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    label_studio_host: str | None = None
+    image_root: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    device: str = "auto"
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    insecure: bool = False
+    min_new_annotations: int = 10
+    score_thresh: float = 0.5
+    al_strategy: str = "least_confidence"
+    # the backend's bounds on one request
+    max_image_bytes: int = 30 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    fetch_timeout_s: float = 20.0
+    max_request_bytes: int = 20 * 1024 * 1024
+    max_tasks_per_request: int = 100
+    max_request_pixels: int = 2_000_000_000
+    decode_workers: int = 2
+    result_cache_size: int = 2048
+    reload_interval_s: float = 1.0
+    batch_size: int = 4
+    fetch_workers: int = 8
+    # the retraining loop
+    profile: str = "auto"
+    train_iters: int | None = None
+    ims_per_batch: int | None = None
+    base_lr: float | None = None
+    roi_batch_size_per_image: int | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    init_weights: str = "auto"
+    promote_tolerance: float = 0.01
+    val_modulo: int = 5
+    predict_batch: int = 8
+    train_timeout_s: int = 7200
+    predict_timeout_s: int = 3600
+    retry_max: int = 3
+    retry_intervals_s: tuple[int, ...] = field(default=(10, 60, 300))
+    lease_ttl_s: int = 60
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user) and self.basic_auth_pass is not None
+
+    def with_(self, **changes) -> Settings:
+        """A copy with some fields changed (``Settings`` is frozen)."""
+        return replace(self, **changes)
+
+    def train_overrides(self) -> dict[str, Any]:
+        """The ``shoeseg.train.TrainConfig`` fields these settings set explicitly (the profile fills the rest)."""
+        given = {
+            "iters": self.train_iters, "ims_per_batch": self.ims_per_batch, "base_lr": self.base_lr,
+            "roi_batch_size_per_image": self.roi_batch_size_per_image, "min_size": self.min_size,
+            "max_size": self.max_size,
+        }
+        return {k: v for k, v in given.items() if v is not None}
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Reads and validates the settings from ``env`` (default: ``os.environ``).
+
+        Raises:
+            SettingsError: a variable holds a bad value; the message names the variable and the value.
+        """
+        env = os.environ if env is None else env
+        image_root = env.get("SHOESEG_IMAGE_ROOT") or None
+        cache_dir = env.get("SHOESEG_CACHE_DIR")
+        min_new = "SHOESEG_MIN_NEW_ANNOTATIONS" if env.get("SHOESEG_MIN_NEW_ANNOTATIONS") else "MIN_NEW_ANNOTATIONS"
+        return cls(
+            model_dir=Path(env.get("SHOESEG_MODEL_DIR") or "models"),
+            cache_dir=Path(cache_dir or ".cache/shoeseg"),
+            redis_url=env.get("REDIS_URL") or None,
+            label_studio_url=_url(env, "LABEL_STUDIO_URL"),
+            label_studio_host=_url(env, "LABEL_STUDIO_HOST"),
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
+            image_root=Path(image_root) if image_root else None,
+            allowed_hosts=_split_hosts(env.get("SHOESEG_ALLOWED_HOSTS")),
+            device=_choice(env, "SHOESEG_DEVICE", "auto", DEVICES),
+            basic_auth_user=env.get("BASIC_AUTH_USER") or None,
+            basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
+            insecure=_bool(env, "SHOESEG_INSECURE", False),
+            min_new_annotations=_int(env, min_new, 10, minimum=1),
+            score_thresh=_float(env, "SHOESEG_SCORE_THRESH", 0.5, lo=0.0, hi=1.0),
+            al_strategy=_choice(env, "SHOESEG_AL_STRATEGY", "least_confidence", AL_STRATEGIES),
+            max_image_bytes=_int(env, "SHOESEG_MAX_IMAGE_BYTES", 30 * 1024 * 1024, minimum=1),
+            max_image_pixels=_int(env, "SHOESEG_MAX_IMAGE_PIXELS", 50_000_000, minimum=1),
+            fetch_timeout_s=_float(env, "SHOESEG_FETCH_TIMEOUT_S", 20.0, lo=0.1),
+            max_request_bytes=_int(env, "SHOESEG_MAX_REQUEST_BYTES", 20 * 1024 * 1024, minimum=1),
+            max_tasks_per_request=_int(env, "SHOESEG_MAX_TASKS_PER_REQUEST", 100, minimum=1),
+            max_request_pixels=_int(env, "SHOESEG_MAX_REQUEST_PIXELS", 2_000_000_000, minimum=1),
+            decode_workers=_int(env, "SHOESEG_DECODE_WORKERS", 2, minimum=1),
+            result_cache_size=_int(env, "SHOESEG_RESULT_CACHE_SIZE", 2048, minimum=0),
+            reload_interval_s=_float(env, "SHOESEG_RELOAD_INTERVAL_S", 1.0, lo=0.0),
+            batch_size=_int(env, "SHOESEG_BATCH_SIZE", 4, minimum=1),
+            fetch_workers=_int(env, "SHOESEG_FETCH_WORKERS", 8, minimum=1),
+            profile=_choice(env, "SHOESEG_PROFILE", "auto", PROFILES),
+            train_iters=_int(env, "SHOESEG_TRAIN_ITERS", None, minimum=1),
+            ims_per_batch=_int(env, "SHOESEG_IMS_PER_BATCH", None, minimum=1),
+            base_lr=_float(env, "SHOESEG_BASE_LR", None, lo=0.0),
+            roi_batch_size_per_image=_int(env, "SHOESEG_ROI_BATCH", None, minimum=1),
+            min_size=_int(env, "SHOESEG_MIN_SIZE", None, minimum=16),
+            max_size=_int(env, "SHOESEG_MAX_SIZE", None, minimum=16),
+            init_weights=(env.get("SHOESEG_INIT_WEIGHTS") or "auto").strip(),
+            promote_tolerance=_float(env, "SHOESEG_PROMOTE_TOLERANCE", 0.01),  # < 0: a new model must do better
+            val_modulo=_int(env, "SHOESEG_VAL_MODULO", 5, minimum=2),
+            predict_batch=_int(env, "SHOESEG_PREDICT_BATCH", 8, minimum=1),
+            train_timeout_s=_int(env, "SHOESEG_TRAIN_TIMEOUT", 7200, minimum=1),
+            predict_timeout_s=_int(env, "SHOESEG_PREDICT_TIMEOUT", 3600, minimum=1),
+            retry_max=_int(env, "SHOESEG_RETRY_MAX", 3, minimum=0),
+            retry_intervals_s=_ints(env, "SHOESEG_RETRY_INTERVALS", (10, 60, 300)),
+            lease_ttl_s=_int(env, "SHOESEG_LEASE_TTL", 60, minimum=2),
+        )

@@ -1,0 +1,68 @@
+"""The one settings module: every variable validated at start-up, with the variable and the value named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from shoeseg.settings import AL_STRATEGIES, PROFILES, Settings, SettingsError
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("SHOESEG_MIN_NEW_ANNOTATIONS", "zero", "is not an integer"),
+    ("SHOESEG_MIN_NEW_ANNOTATIONS", "0", "must be at least 1"),
+    ("MIN_NEW_ANNOTATIONS", "-3", "must be at least 1"),
+    ("SHOESEG_SCORE_THRESH", "1.5", "must be between 0.0 and 1.0"),
+    ("SHOESEG_SCORE_THRESH", "nan", "must be between 0.0 and 1.0"),
+    ("SHOESEG_AL_STRATEGY", "entropyy", "is not one of"),
+    ("SHOESEG_PROFILE", "fast", "is not one of"),
+    ("SHOESEG_DEVICE", "tpu", "is not one of"),
+    ("SHOESEG_TRAIN_ITERS", "0", "must be at least 1"),
+    ("SHOESEG_BASE_LR", "-0.1", "must be at least 0.0"),
+    ("SHOESEG_RETRY_INTERVALS", "10,x", "comma-separated list of integers"),
+    ("SHOESEG_INSECURE", "maybe", "is not a boolean"),
+    ("LABEL_STUDIO_URL", "localhost:8080", "is not an http(s) URL"),
+    ("LABEL_STUDIO_URL", "http://me:pw@ls:8080", "must not hold a user or password"),
+    ("SHOESEG_ALLOWED_HOSTS", "https://images.example.org", "expected host"),
+    ("SHOESEG_MAX_TASKS_PER_REQUEST", "0", "must be at least 1"),
+])
+def test_a_bad_value_is_refused_at_start_up_naming_the_variable_and_the_value(name, value, message):
+    with pytest.raises(SettingsError, match=re.escape(message)) as e:
+        Settings.from_env({name: value})
+    assert name in str(e.value)
+    if "user or password" not in message:  # a URL with a password is not repeated back
+        assert repr(value) in str(e.value) or value in str(e.value)
+
+
+def test_defaults_and_the_shared_reading():
+    s = Settings.from_env({})
+    assert s.model_dir == Path("models") and s.cache_dir == Path(".cache/shoeseg")
+    assert (s.min_new_annotations, s.score_thresh, s.al_strategy, s.profile) == (10, 0.5, "least_confidence", "auto")
+    assert s.train_overrides() == {}
+    # the legacy name still counts; the new one wins when both are set
+    assert Settings.from_env({"MIN_NEW_ANNOTATIONS": "3"}).min_new_annotations == 3
+    assert Settings.from_env({"MIN_NEW_ANNOTATIONS": "3", "SHOESEG_MIN_NEW_ANNOTATIONS": "4"}).min_new_annotations == 4
+
+
+def test_training_overrides_are_only_what_the_environment_sets():
+    s = Settings.from_env({"SHOESEG_TRAIN_ITERS": "7", "SHOESEG_MIN_SIZE": "64", "SHOESEG_BASE_LR": "0.001"})
+    assert s.train_overrides() == {"iters": 7, "min_size": 64, "base_lr": 0.001}
+
+
+def test_the_overrides_fill_the_same_training_configuration_as_the_command_line():
+    from shoeseg.train import TrainConfig
+
+    s = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_TRAIN_ITERS": "7", "SHOESEG_ROI_BATCH": "32"})
+    config = TrainConfig.for_profile(s.profile, device="cpu", **s.train_overrides())
+    assert (config.iters, config.roi_batch_size_per_image) == (7, 32)
+    assert config.arch == TrainConfig.for_profile("cpu", device="cpu").arch  # the rest from the profile
+
+
+def test_the_names_checked_here_are_the_ones_the_core_knows():
+    from shoeseg.active_learning import STRATEGIES
+    from shoeseg.train import PROFILES as TRAIN_PROFILES
+
+    assert set(AL_STRATEGIES) == set(STRATEGIES)
+    assert set(PROFILES) == {"auto", *TRAIN_PROFILES}

@@ -1,0 +1,109 @@
+"""The prediction job's work: every task of a project predicted by one version, written as the backend writes it."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from shoeseg.settings import Settings
+from worker.plumbing import Progress
+
+log = logging.getLogger(__name__)
+
+
+def task_order(tasks: list[dict]) -> list[dict]:
+    """Tasks without annotations first (by id), then the annotated ones (by id)."""
+    def labelled(t: dict) -> bool:
+        return bool(t.get("total_annotations") or t.get("annotations") or t.get("is_labeled"))
+
+    return sorted(tasks, key=lambda t: (labelled(t), int(t["id"])))
+
+
+def run_prediction(project_id: int, *, version: str, strategy: str, force: bool, settings: Settings,
+                   progress: Progress) -> dict:
+    """Predicts the project's tasks that hold no prediction of ``version`` yet, and stores them in Label Studio.
+
+    Images go through the backend's path: the shared fetcher and cache (:mod:`shoeseg.fetch`), decoded at the
+    model's input size, and the one writer (:mod:`shoeseg.predictions`), so a task reads the same whichever
+    service predicted it.
+    """
+    from shoeseg.fetch import ImageFetcher, ImageFetchError, LabelStudioAccess
+    from shoeseg.predict import Predictor
+    from shoeseg.predictions import PredictionWriter, as_ls, combine
+    from shoeseg.registry import ModelRegistry
+    from via_tools.ls_api import (
+        LabelStudioUnavailable,
+        call,
+        connect,
+        is_transient,
+        label_config_of,
+        list_tasks,
+        push_predictions,
+        set_model_version,
+    )
+    from via_tools.ls_config import parse_label_config
+
+    t0 = time.perf_counter()
+    registry = ModelRegistry(settings.model_dir)
+    current = registry.current_version_id()
+    if current != version and not force:
+        log.info("project %s: %s is no longer current (%s): not predicting", project_id, version, current)
+        return {"project": project_id, "version": version, "skipped": f"version {current} is current now"}
+    model_version = registry.get(version)
+    client = connect(settings.label_studio_url, settings.label_studio_api_key)
+    config = parse_label_config(call(f"read project {project_id}", label_config_of, client, project_id))
+    tasks = call(f"list the tasks of project {project_id}", list_tasks, client, project_id)
+    todo = [t for t in task_order(tasks)
+            if not any(p.get("model_version") == version for p in (t.get("predictions") or []))]
+    already = len(tasks) - len(todo)
+    progress.update(force=True, stage="predicting", tasks_total=len(tasks), tasks_done=already, strategy=strategy)
+
+    predictor = Predictor.from_checkpoint(model_version.checkpoint, device=settings.device,
+                                          score_thresh=settings.score_thresh, batch_size=settings.predict_batch)
+    writer = PredictionWriter(config, predictor.class_names, strategy=strategy, score_thresh=settings.score_thresh)
+    fetcher = ImageFetcher(settings)
+    access = LabelStudioAccess(settings.label_studio_url, settings.label_studio_api_key)
+    fit = predictor.input_fit
+    pushed = failed = 0
+    try:
+        for start in range(0, len(todo), settings.predict_batch):
+            batch = todo[start:start + settings.predict_batch]
+            views = []  # (task, image name, array, full size) of every image the tasks show
+            for t in batch:
+                for image in config.images.values():
+                    if not any(c.to_name == image.name for c in config.controls):
+                        continue
+                    url = (t.get("data") or {}).get(image.value_key)
+                    try:
+                        fetched = fetcher.fetch(url, task_id=t["id"], access=access)
+                        array, full_wh = fetcher.decode(fetched, task_id=t["id"], fit_within=fit)
+                    except ImageFetchError as e:
+                        if is_transient(e.__cause__ or e):
+                            raise LabelStudioUnavailable(str(e)) from e
+                        log.error("%s: no prediction for it", e)
+                        failed += 1
+                        continue
+                    views.append((t, image.name, array, full_wh))
+            arrays = [v[2] for v in views]
+            if writer.needs_flip:
+                dets, back = predictor.predict_with_flip(arrays, score_thresh=writer.candidate_thresh)
+            else:
+                dets, back = predictor.predict(arrays, score_thresh=writer.candidate_thresh), [None] * len(arrays)
+            per_task: dict[int, list] = {}
+            for (t, name, array, (full_w, full_h)), d, b in zip(views, dets, back, strict=True):
+                h, w = array.shape[:2]
+                per_task.setdefault(int(t["id"]), []).append(writer.write(
+                    d, image_name=name, width_px=full_w, height_px=full_h, scale_xy=(full_w / w, full_h / h),
+                    flipped=b, task_id=t["id"]))
+            items = [as_ls(combine(p), task_id=task_id, model_version=version) for task_id, p in per_task.items()]
+            pushed += call(f"store predictions in project {project_id}", push_predictions, client, project_id,
+                           items, model_version=version)
+            progress.update(tasks_done=already + pushed)
+    finally:
+        fetcher.close()
+    call(f"set the model version of project {project_id}", set_model_version, client, project_id, version)
+    seconds = time.perf_counter() - t0
+    log.info("project %s: %d predictions of %s stored (%d already there, %d images unreadable) in %.1f s",
+             project_id, pushed, version, already, failed, seconds)
+    return {"project": project_id, "version": version, "strategy": strategy, "tasks": len(tasks),
+            "pushed": pushed, "already_there": already, "failed_images": failed, "seconds": round(seconds, 3)}

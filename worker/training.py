@@ -1,0 +1,201 @@
+"""The training job's work: accepted annotations in, a registered (and maybe promoted) version out."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+
+from shoeseg.settings import Settings
+from shoeseg.trigger import PREDICT_JOB, PREDICT_QUEUE
+from via_tools.ls_api import LabelStudioUnavailable, connect, is_transient
+from worker.plumbing import Progress, now
+from worker.promotion import decide_promotion, validation_task_ids
+
+log = logging.getLogger(__name__)
+
+
+def _subset(ds, keep):
+    from via_tools.model import AnnotationSet
+
+    return AnnotationSet(images=[im for im in ds.images if keep(im)], labels=list(ds.labels),
+                         source_format=ds.source_format, meta=dict(ds.meta))
+
+
+def _localise_images(ds, fetcher, access, progress: Progress) -> Path:
+    """Fetches every image into the shared image cache (once) and points ``file_name`` at its cached file.
+
+    Returns:
+        The directory the ``file_name`` values are relative to.
+    """
+    from shoeseg.fetch import ImageFetchError
+    from via_tools.images import image_size_wh
+
+    root = fetcher.settings.cache_dir / "images"
+    total = len(ds.images)
+    for k, im in enumerate(ds.images):
+        url = im.extra.get("ls_image") or im.file_name
+        try:
+            path = fetcher.cached_file(url, task_id=im.image_id, access=access)
+        except ImageFetchError as e:
+            if is_transient(e.__cause__ or e):
+                raise LabelStudioUnavailable(str(e)) from e
+            raise
+        im.file_name = str(path.relative_to(root))
+        if im.width_px is None or im.height_px is None:
+            im.width_px, im.height_px = image_size_wh(path)
+        progress.update(stage="fetching images", images_done=k + 1, images_total=total)
+    return root
+
+
+def _train_config(settings: Settings, *, weights: str | None, init_from: str | None, seed: int):
+    """The job's training settings: the profile (``SHOESEG_PROFILE``), then what the environment sets."""
+    from shoeseg.train import TrainConfig
+
+    config = TrainConfig.for_profile(settings.profile, device=settings.device, weights=weights, init_from=init_from,
+                                     seed=seed, progress_bar=False, **settings.train_overrides())
+    config.log_period = max(1, min(20, config.iters // 10 or 1))
+    return config
+
+
+def _evaluate(checkpoint: Path, val_ds, images_dir: Path, settings: Settings) -> dict:
+    from shoeseg.evaluate import evaluate
+    from shoeseg.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(checkpoint, device=settings.device, score_thresh=0.05)
+    return dict(evaluate(predictor, val_ds, images_dir=images_dir, device=settings.device).metrics)
+
+
+def _clean_old_runs(runs_dir: Path) -> None:
+    # Only one training per project runs at a time (see shoeseg.trigger): older run dirs are leftovers of
+    # killed workers.
+    if runs_dir.is_dir():
+        for old in runs_dir.iterdir():
+            if old.is_dir() and old.name.startswith("run-"):
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def run_training(project_id: int, *, reason: str, settings: Settings, job, progress: Progress) -> dict:
+    from shoeseg.registry import ModelRegistry
+    from shoeseg.train import train
+    from via_tools.ls_api import LabelStudioError, accepted_annotations
+
+    progress.update(force=True, stage="reading annotations")
+    from shoeseg.fetch import ImageFetcher, LabelStudioAccess
+
+    client = connect(settings.label_studio_url, settings.label_studio_api_key)
+    try:
+        ds = accepted_annotations(client, project_id)
+    except LabelStudioError as e:
+        if is_transient(e):
+            raise LabelStudioUnavailable(f"project {project_id}: {e}") from e
+        raise
+    if not ds.images:
+        log.info("project %s has no accepted annotation: nothing to train", project_id)
+        return {"project": project_id, "skipped": "no accepted annotation in the project", "promoted": False}
+    if settings.cache_dir is None:
+        settings = settings.with_(cache_dir=Path(".cache/shoeseg"))
+    fetcher = ImageFetcher(settings)
+    try:
+        images_dir = _localise_images(ds, fetcher, LabelStudioAccess(settings.label_studio_url,
+                                                                     settings.label_studio_api_key), progress)
+    finally:
+        fetcher.close()
+    task_ids = [im.image_id for im in ds.images]
+    annotation_ids = {im.image_id: im.extra.get("ls_annotation_id") for im in ds.images}
+    val_ids = validation_task_ids(task_ids, modulo=settings.val_modulo)
+    train_ds = _subset(ds, lambda im: im.image_id not in val_ids)
+    val_ds = _subset(ds, lambda im: im.image_id in val_ids)
+    registry = ModelRegistry(settings.model_dir)
+    current = registry.current()
+    # The first model starts from SHOESEG_INIT_WEIGHTS; later ones fine-tune the current version, in its family.
+    weights = None if current else settings.init_weights
+    init_from = str(current.checkpoint) if current else None
+    config = _train_config(settings, weights=weights, init_from=init_from,
+                           seed=int(job.meta.get("seed", 0)) if job is not None else 0)
+    progress.update(force=True, stage="training", train_tasks=len(train_ds), val_tasks=len(val_ds),
+                    iteration=0, iters=config.iters)
+
+    runs_dir = settings.cache_dir / "runs" / str(project_id)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    _clean_old_runs(runs_dir)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
+    try:
+        def on_progress(values: dict) -> None:
+            progress.update(stage="training", **values)
+
+        result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=run_dir,
+                       val_dataset=val_ds if len(val_ds) else None, progress=on_progress)
+        progress.update(force=True, stage="evaluating")
+        new_metrics = dict(result.eval.metrics) if result.eval is not None else {}
+        current_metrics = (_evaluate(current.checkpoint, val_ds, images_dir, settings)
+                           if current is not None and len(val_ds) else {})
+        promote, decision = decide_promotion(new_metrics.get("segm_AP"), current_metrics.get("segm_AP"),
+                                             has_current=current is not None, tolerance=settings.promote_tolerance)
+        progress.update(force=True, stage="registering", decision=decision)
+        train_losses = result.metrics[-1] if getattr(result, "metrics", None) else {}
+        version = registry.register(
+            result.checkpoint,
+            metrics={**new_metrics, "val_tasks": len(val_ds), "train_tasks": len(train_ds)},
+            parent=current.version if current else None,
+            meta={
+                "project": project_id,
+                "label_studio": settings.label_studio_url,
+                "reason": reason,
+                "job_id": job.id if job is not None else None,
+                "task_ids": [int(t) if str(t).isdigit() else t for t in task_ids],
+                "annotation_ids": annotation_ids,
+                "val_task_ids": sorted(int(t) if str(t).isdigit() else t for t in val_ids),
+                "current_version": current.version if current else None,
+                "current_metrics_on_val": current_metrics,
+                "decision": decision,
+                "promoted": promote,
+                "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
+                "final_losses": train_losses if isinstance(train_losses, dict) else {},
+            },
+        )
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    predict_job_id = None
+    if promote:
+        registry.promote(version.version)
+        log.info("project %s: promoted %s (%s)", project_id, version.version, decision)
+        predict_job_id = _enqueue_predict(job, project_id, version.version, settings)
+    else:
+        log.warning("project %s: %s kept as a candidate: %s", project_id, version.version, decision)
+    return {
+        "project": project_id,
+        "version": version.version,
+        "promoted": promote,
+        "decision": decision,
+        "metrics": new_metrics,
+        "current_version": current.version if current else None,
+        "current_metrics": current_metrics,
+        "train_tasks": len(train_ds),
+        "val_tasks": len(val_ds),
+        "predict_job_id": predict_job_id,
+    }
+
+
+def _enqueue_predict(job, project_id: int, version: str, settings: Settings) -> str | None:
+    if job is None:
+        return None
+    from rq import Queue, Retry
+
+    retry = Retry(max=settings.retry_max, interval=list(settings.retry_intervals_s)) if settings.retry_max else None
+    pjob = Queue(PREDICT_QUEUE, connection=job.connection).enqueue_call(
+        PREDICT_JOB,
+        args=(project_id,),
+        kwargs={"version": version},
+        job_id=f"predict-{project_id}-{version}",
+        timeout=settings.predict_timeout_s,
+        result_ttl=7 * 86400,
+        failure_ttl=30 * 86400,
+        description=f"predict project {project_id} with {version}",
+        meta={"project": project_id, "version": version, "requested_at": now(), "trained_by": job.id},
+        retry=retry,
+    )
+    return pjob.id
