@@ -221,6 +221,7 @@ class ShoeSegModel:
             "model_loaded": loaded is not None,
             "device": self.device(),
             "reason": self.models.reason,
+            "training": self.training(),
         }
 
     def versions(self) -> dict[str, Any]:
@@ -302,6 +303,8 @@ class ShoeSegModel:
         loaded = self.models.current()
         if loaded is not None:
             config.check_classes(loaded.class_names)
+        else:
+            self._first_model(project)
         return {
             "model_version": loaded.version if loaded else NO_MODEL_VERSION,
             "labels": {c.from_name: list(c.labels) for c in config.controls},
@@ -549,6 +552,32 @@ class ShoeSegModel:
             self.metrics.regions.labels(type=region["type"]).inc()
         job.array = None
         self.results.put(job.key, job.prediction)
+
+    def _first_model(self, project: str | int | None) -> None:
+        """A project connected while no model exists asks for its first training (``shoeseg.trigger``)."""
+        pid = str(project or "").split(".", 1)[0]
+        if not self.settings.redis_url or not pid.isdigit():
+            return
+        from shoeseg.trigger import request_first_model
+
+        try:
+            summary = request_first_model(self._redis_conn(), int(pid), settings=self.settings)
+        except Exception as e:  # noqa: BLE001 - /setup must answer; the next /setup asks again
+            log.warning("project %s: the first training could not be requested (%s)", pid, e)
+            return
+        if summary["action"] not in ("recently_checked", "has_model"):
+            log.info("project %s has no model yet: %s", pid, summary)
+
+    def training(self) -> dict[str, Any] | None:
+        """Every project's training (``shoeseg.trigger.overview``), ``None`` without Redis."""
+        if not self.settings.redis_url:
+            return None
+        from shoeseg.trigger import overview
+
+        try:
+            return overview(self._redis_conn())
+        except Exception as e:  # noqa: BLE001 - /health must answer
+            return {"error": f"Redis at {self.settings.redis_url} does not answer ({type(e).__name__})"}
 
     # -- fit -------------------------------------------------------------------------------------
     def _redis_conn(self):

@@ -101,6 +101,11 @@ class HealthResponse(BaseModel):
     model_loaded: bool
     device: str
     reason: str | None = None
+    training: dict[str, Any] | None = Field(
+        default=None,
+        description="per project: state (queued, running, idle, failed), job_id, reason, last_outcome and, "
+                    "for a failed training, the error; null without Redis",
+    )
 
 
 class WebhookEvent(_Ignoring):

@@ -25,6 +25,7 @@ library is imported here, so the web service reads its settings without loading 
 | ``SHOESEG_PROMOTE_TOLERANCE`` | ``0.01`` | promotion when new segm AP >= current - tolerance |
 | ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the fixed validation subset when its hash % modulo == 0 |
 | ``SHOESEG_PREDICT_BATCH`` | ``8`` | images per prediction batch of the worker |
+| ``SHOESEG_KEEP_OLD_PREDICTIONS`` | ``false`` | keep a task's predictions of superseded versions (default: removed once the new ones are stored) |
 | ``SHOESEG_TRAIN_TIMEOUT`` / ``SHOESEG_PREDICT_TIMEOUT`` | ``7200`` / ``3600`` | rq job timeouts, seconds |
 | ``SHOESEG_RETRY_MAX`` / ``SHOESEG_RETRY_INTERVALS`` | ``3`` / ``10,60,300`` | retries after a transient failure |
 | ``SHOESEG_LEASE_TTL`` | ``60`` | seconds after which a training that stopped heart-beating counts as dead |
@@ -174,6 +175,7 @@ class Settings:
         profile, train_iters, ims_per_batch, base_lr, roi_batch_size_per_image, min_size, max_size: the
             worker's training recipe and its overrides (:meth:`train_overrides`).
         init_weights: the first model's start when the registry is empty.
+        keep_old_predictions: keep a task's predictions of superseded versions after the new ones are stored.
         promote_tolerance / val_modulo / predict_batch / train_timeout_s / predict_timeout_s / retry_max /
             retry_intervals_s / lease_ttl_s: the retraining loop (module table).
 
@@ -226,6 +228,7 @@ class Settings:
     promote_tolerance: float = 0.01
     val_modulo: int = 5
     predict_batch: int = 8
+    keep_old_predictions: bool = False
     train_timeout_s: int = 7200
     predict_timeout_s: int = 3600
     retry_max: int = 3
@@ -298,6 +301,7 @@ class Settings:
             promote_tolerance=_float(env, "SHOESEG_PROMOTE_TOLERANCE", 0.01),  # < 0: a new model must do better
             val_modulo=_int(env, "SHOESEG_VAL_MODULO", 5, minimum=2),
             predict_batch=_int(env, "SHOESEG_PREDICT_BATCH", 8, minimum=1),
+            keep_old_predictions=_bool(env, "SHOESEG_KEEP_OLD_PREDICTIONS", False),
             train_timeout_s=_int(env, "SHOESEG_TRAIN_TIMEOUT", 7200, minimum=1),
             predict_timeout_s=_int(env, "SHOESEG_PREDICT_TIMEOUT", 3600, minimum=1),
             retry_max=_int(env, "SHOESEG_RETRY_MAX", 3, minimum=0),

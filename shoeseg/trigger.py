@@ -181,6 +181,69 @@ def request_training(conn: redis.Redis, project_id: int | str, *, reason: str,
     return _request(conn, _project(project_id), reason=reason, settings=settings or Settings.from_env())
 
 
+#: The reason of a project's first training, which the job checks against ``min_new_annotations``.
+FIRST_MODEL_REASON = "first model"
+
+
+def first_model_key(project_id: int | str) -> str:
+    return f"{KEY_PREFIX}:{project_id}:first-model"
+
+
+def request_first_model(conn: redis.Redis, project_id: int | str, *, settings: Settings | None = None,
+                        force: bool = False, min_interval_s: int = 600) -> dict:
+    """Asks for a project's first training when the registry holds no model yet: no click needed.
+
+    Called when the backend is connected to a project (``/setup``, at most once per ``min_interval_s`` per
+    project, since Label Studio calls it often) and after labelled data is imported (``force=True``). The job
+    (reason :data:`FIRST_MODEL_REASON`) trains only when the project holds at least ``min_new_annotations``
+    accepted annotations; requests while one is queued or running change nothing, as for any training.
+
+    Returns:
+        ``{"action": "has_model" | "recently_checked"}``, or :func:`request_training`'s summary.
+
+    Example:
+        >>> request_first_model(redis.Redis(), 3, force=True)["action"]  # doctest: +SKIP
+        'queued'
+    """
+    from shoeseg.registry import ModelRegistry
+
+    settings = settings or Settings.from_env()
+    project_id = _project(project_id)
+    if ModelRegistry(settings.model_dir).current_version_id() is not None:
+        return {"action": "has_model", "project": project_id, "job_id": None}
+    fresh = conn.set(first_model_key(project_id), _now(), nx=True, ex=max(1, int(min_interval_s)))
+    if not fresh and not force:
+        return {"action": "recently_checked", "project": project_id, "job_id": None}
+    return _request(conn, project_id, reason=FIRST_MODEL_REASON, settings=settings)
+
+
+def overview(conn: redis.Redis, *, limit: int = 50) -> dict[str, dict]:
+    """Every project's training as people want to see it: ``state`` (``queued``, ``running``, ``idle``),
+    the job, its reason, the last outcome and, for a failed job, the failure's reason (``meta["error"]``).
+
+    The ``limit`` projects of highest id are listed (``/health`` answers within Label Studio's 1 s)."""
+    out: dict[str, dict] = {}
+    projects = sorted(conn.smembers(PROJECTS_KEY), key=lambda v: int(_text(v) or 0))
+    for raw in projects[-limit:]:
+        project_id = _text(raw)
+        st = _read_state(conn, project_id)
+        live = _liveness(conn, project_id, st)
+        state = {"waiting": "queued", "running": "running"}.get(live, "idle")
+        entry: dict[str, Any] = {"state": state, "job_id": st.get("job_id"), "reason": st.get("reason"),
+                                 "last_outcome": st.get("last_outcome"), "updated_at": st.get("updated_at")}
+        last = st.get("job_id") if state == "idle" else None
+        if last:
+            try:
+                job = Job.fetch(last, connection=conn)
+                if job.get_status() == "failed" or st.get("last_outcome") == "error":
+                    entry["state"] = "failed"
+                    entry["error"] = job.meta.get("error")
+            except Exception:  # noqa: BLE001 - an expired job: nothing more to say
+                pass
+        out[project_id] = entry
+    return out
+
+
 def _project(value: Any, field: str = "project") -> int:
     """A Label Studio project id: a positive integer, or a string of digits; anything else names ``field``."""
     if isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,18}\s*", value):

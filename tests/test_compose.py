@@ -15,7 +15,7 @@ yaml = pytest.importorskip("yaml")
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
-SERVICES = {"redis", "label-studio", "backend", "worker", "setup"}
+SERVICES = {"redis", "label-studio", "backend", "worker", "dashboard", "setup"}
 
 
 def compose_command() -> list[str]:
@@ -58,9 +58,17 @@ def check_structure(doc: dict) -> None:
     # the worker reserves one NVIDIA GPU
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    # models shared by backend and worker; Label Studio's data in a volume
+    # models and the one image cache shared by backend and worker; Label Studio's data in a volume
     for name in ("backend", "worker"):
         assert any(str(v).startswith("models:/models") or _target(v) == "/models" for v in services[name]["volumes"]), name
+        assert any(str(v).startswith("image-cache:") or (isinstance(v, dict) and v.get("source") == "image-cache")
+                   for v in services[name]["volumes"]), name
+    # rq-dashboard on the same Redis, published on loopback only
+    dashboard = services["dashboard"]
+    assert dashboard["image"] == services["backend"]["image"] and "rq_dashboard" in dashboard["command"]
+    assert "redis://redis:6379/0" in dashboard["command"]
+    assert all(str(p.get("host_ip", "127.0.0.1") if isinstance(p, dict) else p).startswith("127.0.0.1")
+               for p in dashboard["ports"])
     assert any(_target(v) == "/label-studio/data" for v in services["label-studio"]["volumes"])
     assert {"models", "label-studio-data"} <= set(doc["volumes"])
     # the setup service waits for healthy servers

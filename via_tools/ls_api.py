@@ -698,6 +698,21 @@ def push_predictions(client: Any, project_id: int, items: list[dict], *, model_v
     return len(items)
 
 
+def delete_predictions(client: Any, prediction_ids: list[int]) -> int:
+    """Deletes predictions by id (never annotations); returns how many were deleted. One already gone counts as done."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    done = 0
+    for pid in prediction_ids:
+        try:
+            client.predictions.delete(id=int(pid))
+        except ApiError as e:
+            if e.status_code != 404:
+                raise
+        done += 1
+    return done
+
+
 def set_model_version(client: Any, project_id: int, model_version: str) -> None:
     """Makes ``model_version`` the project's: Label Studio orders by the scores of its predictions only."""
     client.projects.update(id=project_id, model_version=model_version)

@@ -35,6 +35,7 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
         LabelStudioUnavailable,
         call,
         connect,
+        delete_predictions,
         is_transient,
         label_config_of,
         list_tasks,
@@ -102,8 +103,16 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     finally:
         fetcher.close()
     call(f"set the model version of project {project_id}", set_model_version, client, project_id, version)
+    removed = 0
+    if not settings.keep_old_predictions:
+        # superseded: predictions of our other registry versions; another backend's and annotations stay
+        ours = {v.version for v in registry.versions()} - {version}
+        old = [p["id"] for t in tasks for p in (t.get("predictions") or [])
+               if p.get("model_version") in ours and p.get("id") is not None]
+        removed = call(f"remove superseded predictions in project {project_id}", delete_predictions, client, old)
     seconds = time.perf_counter() - t0
-    log.info("project %s: %d predictions of %s stored (%d already there, %d images unreadable) in %.1f s",
-             project_id, pushed, version, already, failed, seconds)
+    log.info("project %s: %d predictions of %s stored (%d already there, %d images unreadable, %d superseded "
+             "removed) in %.1f s", project_id, pushed, version, already, failed, removed, seconds)
     return {"project": project_id, "version": version, "strategy": strategy, "tasks": len(tasks),
-            "pushed": pushed, "already_there": already, "failed_images": failed, "seconds": round(seconds, 3)}
+            "pushed": pushed, "already_there": already, "failed_images": failed, "removed": removed,
+            "seconds": round(seconds, 3)}

@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from shoeseg.settings import Settings
-from shoeseg.trigger import PREDICT_JOB, PREDICT_QUEUE
+from shoeseg.trigger import FIRST_MODEL_REASON, PREDICT_JOB, PREDICT_QUEUE
 from via_tools.ls_api import LabelStudioUnavailable, connect, is_transient
 from worker.plumbing import Progress, now
 from worker.promotion import decide_promotion, validation_task_ids
@@ -50,12 +50,44 @@ def _localise_images(ds, fetcher, access, progress: Progress) -> Path:
     return root
 
 
-def _train_config(settings: Settings, *, weights: str | None, init_from: str | None, seed: int):
-    """The job's training settings: the profile (``SHOESEG_PROFILE``), then what the environment sets."""
+#: A fine-tuning round's schedule: this many iterations per new or changed labelled image, at least
+#: :data:`MIN_ROUND_ITERS`, at most the profile's full schedule (which the first model gets).
+ROUND_ITERS_PER_NEW_IMAGE = 4
+MIN_ROUND_ITERS = 40
+
+
+def round_iters(full_iters: int, new_images: int) -> int:
+    """Iterations of a fine-tuning round with ``new_images`` new or changed labelled images.
+
+    Example:
+        >>> round_iters(250, 5), round_iters(250, 30), round_iters(250, 500)
+        (40, 120, 250)
+    """
+    return int(min(full_iters, max(MIN_ROUND_ITERS, ROUND_ITERS_PER_NEW_IMAGE * max(0, new_images))))
+
+
+def new_images(ds, current) -> int:
+    """Labelled images of ``ds`` that the current version did not train on, or whose annotation changed since."""
+    if current is None:
+        return len(ds.images)
+    seen = {str(k): v for k, v in (current.meta.get("annotation_ids") or {}).items()}
+    return sum(1 for im in ds.images if seen.get(str(im.image_id)) != im.extra.get("ls_annotation_id"))
+
+
+def _train_config(settings: Settings, *, weights: str | None, init_from: str | None, seed: int,
+                  new: int | None = None):
+    """The job's training settings: the profile (``SHOESEG_PROFILE``), then what the environment sets.
+
+    A fine-tuning round (``init_from`` set) is sized by :func:`round_iters` to the ``new`` labelled images,
+    unless ``SHOESEG_TRAIN_ITERS`` fixes the iterations.
+    """
     from shoeseg.train import TrainConfig
 
     config = TrainConfig.for_profile(settings.profile, device=settings.device, weights=weights, init_from=init_from,
                                      seed=seed, progress_bar=False, **settings.train_overrides())
+    if init_from is not None and new is not None and settings.train_iters is None:
+        config.iters = round_iters(config.iters, new)
+        config.warmup_iters = min(config.warmup_iters, max(1, config.iters // 5))
     config.log_period = max(1, min(20, config.iters // 10 or 1))
     return config
 
@@ -95,6 +127,13 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
     if not ds.images:
         log.info("project %s has no accepted annotation: nothing to train", project_id)
         return {"project": project_id, "skipped": "no accepted annotation in the project", "promoted": False}
+    registry = ModelRegistry(settings.model_dir)
+    current = registry.current()
+    if reason == FIRST_MODEL_REASON and current is None and len(ds.images) < settings.min_new_annotations:
+        why = (f"{len(ds.images)} accepted annotation(s); the first model waits for {settings.min_new_annotations} "
+               "(SHOESEG_MIN_NEW_ANNOTATIONS)")
+        log.info("project %s: %s", project_id, why)
+        return {"project": project_id, "skipped": why, "promoted": False}
     if settings.cache_dir is None:
         settings = settings.with_(cache_dir=Path(".cache/shoeseg"))
     fetcher = ImageFetcher(settings)
@@ -108,14 +147,13 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
     val_ids = validation_task_ids(task_ids, modulo=settings.val_modulo)
     train_ds = _subset(ds, lambda im: im.image_id not in val_ids)
     val_ds = _subset(ds, lambda im: im.image_id in val_ids)
-    registry = ModelRegistry(settings.model_dir)
-    current = registry.current()
     # The first model starts from SHOESEG_INIT_WEIGHTS; later ones fine-tune the current version, in its family.
     weights = None if current else settings.init_weights
     init_from = str(current.checkpoint) if current else None
+    new = new_images(train_ds, current)
     config = _train_config(settings, weights=weights, init_from=init_from,
-                           seed=int(job.meta.get("seed", 0)) if job is not None else 0)
-    progress.update(force=True, stage="training", train_tasks=len(train_ds), val_tasks=len(val_ds),
+                           seed=int(job.meta.get("seed", 0)) if job is not None else 0, new=new)
+    progress.update(force=True, stage="training", train_tasks=len(train_ds), val_tasks=len(val_ds), new_images=new,
                     iteration=0, iters=config.iters)
 
     runs_dir = settings.cache_dir / "runs" / str(project_id)

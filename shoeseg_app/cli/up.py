@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         images: Path = typer.Option(None, "--images", file_okay=False, help="The images of --via."),
         port: int = typer.Option(8080, "--port", help="Label Studio's port on 127.0.0.1 (0: a free one)."),
         backend_port: int = typer.Option(9090, "--backend-port", help="The ML backend's port (0: a free one)."),
+        dashboard_port: int = typer.Option(9181, "--dashboard-port", help="rq-dashboard's port (0: a free one)."),
         state_dir: Path = typer.Option(Path(".up"), "--state-dir", file_okay=False,
                                        help="Label Studio's database, logs and credentials."),
         title: str = typer.Option("ShoeSeg", "--title", help="The Label Studio project's title."),
@@ -42,7 +43,13 @@ def register(app: typer.Typer) -> None:
         """
         import logging
 
-        from shoeseg_app.stack.up import StackConfig, backend_basic_auth, import_via, run_stack
+        from shoeseg_app.stack.up import (
+            StackConfig,
+            backend_basic_auth,
+            import_via,
+            request_first_model_after_import,
+            run_stack,
+        )
         from via_tools.ls_api import connect, setup_project
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -58,10 +65,13 @@ def register(app: typer.Typer) -> None:
             if via is not None:
                 result = import_via(client, project_id=pid, via=via, images=images, files_root=files_root)
                 typer.echo(result.summary())
+                first = request_first_model_after_import(os.environ.get("REDIS_URL"), pid)
+                if first:
+                    typer.echo(f"first model: {first['action']} {first.get('job_id') or ''}".rstrip())
             return
         try:
             cfg = StackConfig(
-                state_dir=state_dir, ls_port=port, backend_port=backend_port, via=via, images=images, title=title,
+                state_dir=state_dir, ls_port=port, backend_port=backend_port, dashboard_port=dashboard_port, via=via, images=images, title=title,
                 model_dir=model_dir, with_worker=worker,
                 ls_venv=Path(os.environ["SHOESEG_LS_VENV"]) if os.environ.get("SHOESEG_LS_VENV") else None,
             )

@@ -106,9 +106,9 @@ def _descendants(pid: int) -> list[int]:
 
 
 class Loop:
-    def __init__(self, *, ls, client, redis_server, root: Path):
+    def __init__(self, *, ls, client, redis_server, root: Path, db: int = 13):
         self.ls, self.client, self.root = ls, client, root
-        self.db = 13
+        self.db = db
         self.redis_url = f"redis://127.0.0.1:{redis_server.port}/{self.db}"
         self.conn = redis.Redis.from_url(self.redis_url)
         self.conn.flushdb()

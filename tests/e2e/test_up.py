@@ -116,9 +116,9 @@ def test_up_runs_everything_reuses_the_project_and_stops_cleanly(tmp_path):
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
     env.update(SHOESEG_MODEL_DIR=str(tmp_path / "models"), SHOESEG_DEVICE="cpu", PYTHONUNBUFFERED="1")
-    ls_port, backend_port = free_port(), free_port()
+    ls_port, backend_port, dashboard_port = free_port(), free_port(), free_port()
     args = ["--via", str(via), "--images", str(images), "--port", str(ls_port), "--backend-port", str(backend_port),
-            "--state-dir", str(state), "--title", "up-e2e"]
+            "--dashboard-port", str(dashboard_port), "--state-dir", str(state), "--title", "up-e2e"]
 
     # first run: everything starts, the project is created and the dataset imported
     proc, out = start_up(args, env)
@@ -129,8 +129,17 @@ def test_up_runs_everything_reuses_the_project_and_stops_cleanly(tmp_path):
     assert oct((state / "credentials.json").stat().st_mode & 0o777) == "0o600"
     assert f"log in as {creds['username']} / {creds['password']}" in text
     children = json.loads((state / "processes.json").read_text())["children"]
-    assert set(children) == {"redis", "label-studio", "backend", "worker"}
+    assert set(children) == {"redis", "label-studio", "backend", "worker", "dashboard"}
     assert all(not _gone(pid) for pid in children.values())
+    # the labelled import asks for the first model on its own; rq-dashboard shows the queues
+    assert "First model: queued train-" in text or "First model: already_queued" in text, text
+    assert f"rq-dashboard: http://127.0.0.1:{dashboard_port}" in text
+    import httpx
+
+    page = httpx.get(f"http://127.0.0.1:{dashboard_port}/", timeout=10, follow_redirects=True)
+    assert page.status_code == 200 and "RQ" in page.text
+    queues = httpx.get(f"http://127.0.0.1:{dashboard_port}/0/data/queues.json", timeout=10).json()
+    assert {"shoeseg-train"} <= {q["name"] for q in queues["queues"]}
 
     client = LabelStudio(base_url=f"http://127.0.0.1:{ls_port}", api_key=creds["token"])
     projects = [p for p in client.projects.list(title="up-e2e") if p.title == "up-e2e"]
