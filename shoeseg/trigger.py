@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
 from rq.job import Job
 
 from shoeseg.settings import Settings
@@ -41,6 +41,8 @@ PREDICT_QUEUE = "shoeseg-predict"
 QUEUES = (TRAIN_QUEUE, PREDICT_QUEUE)
 TRAIN_JOB = "worker.jobs.train_project"
 PREDICT_JOB = "worker.jobs.predict_project"
+#: rq's failure callback of both jobs: records the failure in ``job.meta`` and skips retries a retry would repeat.
+ON_FAILURE = "worker.plumbing.on_failure"
 
 KEY_PREFIX = "shoeseg:loop"
 PROJECTS_KEY = f"{KEY_PREFIX}:projects"
@@ -117,6 +119,7 @@ def _enqueue_train(pipe, conn: redis.Redis, project_id, *, reason: str, st: dict
         description=f"train project {project_id}: {reason}",
         meta={"project": int(project_id), "reason": reason, "requested_at": _now()},
         retry=retry,
+        on_failure=Callback(ON_FAILURE),
         pipeline=pipe,
     )
     pipe.hset(state_key(project_id), mapping={

@@ -32,7 +32,7 @@ import logging
 
 from shoeseg import trigger
 from shoeseg.settings import Settings
-from worker.plumbing import Lease, Progress, current_job, now, record_failure
+from worker.plumbing import Lease, Progress, current_job, now, will_retry
 from worker.predicting import run_prediction, task_order
 from worker.promotion import decide_promotion, validation_task_ids
 from worker.training import run_training
@@ -73,7 +73,7 @@ def train_project(project_id: int, *, reason: str = "manual") -> dict:
     attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1
     progress.update(force=True, project=project_id, stage="starting", started_at=now(), error=None,
                     attempts=attempts)
-    outcome, will_retry = "error", False
+    outcome, retrying = "error", False
     lease = Lease(conn, project_id, job.id, ttl_s=settings.lease_ttl_s) if owned else None
     try:
         if lease:
@@ -83,13 +83,13 @@ def train_project(project_id: int, *, reason: str = "manual") -> dict:
         progress.update(force=True, stage="done", result=summary)
         return summary
     except Exception as e:
-        will_retry = record_failure(job, e, stage=str(progress.job.meta.get("stage")) if job else "train")
+        retrying = will_retry(job, e)  # job.meta records the failure: worker.plumbing.on_failure
         raise
     finally:
         if lease:
             lease.__exit__()
         if owned:
-            end = trigger.finish_training(conn, project_id, job.id, will_retry=will_retry, outcome=outcome,
+            end = trigger.finish_training(conn, project_id, job.id, will_retry=retrying, outcome=outcome,
                                           settings=settings)
             if end["action"] == "follow_up":
                 progress.update(force=True, follow_up=end["job_id"])
@@ -122,11 +122,8 @@ def predict_project(project_id: int, *, version: str, strategy: str | None = Non
     attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1
     progress.update(force=True, project=project_id, version=version, stage="starting", started_at=now(),
                     error=None, attempts=attempts)
-    try:
-        summary = run_prediction(project_id, version=version, strategy=strategy or settings.al_strategy,
-                                   force=force, settings=settings, progress=progress)
-        progress.update(force=True, stage="done", result=summary)
-        return summary
-    except Exception as e:
-        record_failure(job, e, stage=str(job.meta.get("stage")) if job else "predict")
-        raise
+    # a failure is recorded in job.meta by rq's failure callback (worker.plumbing.on_failure)
+    summary = run_prediction(project_id, version=version, strategy=strategy or settings.al_strategy,
+                             force=force, settings=settings, progress=progress)
+    progress.update(force=True, stage="done", result=summary)
+    return summary

@@ -65,26 +65,33 @@ class Lease:
         self._thread.join(timeout=5)
 
 
-def record_failure(job, exc: BaseException, *, stage: str) -> bool:
-    """Records why the job failed; returns whether rq will retry it (only transient failures are retried)."""
+def will_retry(job, exc: BaseException) -> bool:
+    """Whether rq will run the job again after ``exc``: only a transient failure, while retries are left."""
+    return job is not None and is_transient(exc) and bool(job.retries_left)
+
+
+def on_failure(job, connection, exc_type, exc, tb) -> None:
+    """rq's failure callback of every ShoeSeg job (``Callback("worker.plumbing.on_failure")``).
+
+    Runs before rq decides on a retry: a failure a retry would repeat (not transient) uses up the retries, so
+    the job fails at once; ``job.meta`` records the stage it failed in, the error, and whether it is retried.
+    """
     transient = is_transient(exc)
-    if job is None:
-        return False
     if not transient and job.retries_left:
         job.retries_left = 0  # a retry would fail the same way: fail now
-    will_retry = bool(job.retries_left)
+    retrying = bool(job.retries_left)
+    stage = job.meta.get("stage") or "starting"
     job.meta.update(
-        stage="failed" if not will_retry else "retrying",
-        error=f"{stage}: {type(exc).__name__}: {exc}",
+        stage="retrying" if retrying else "failed",
+        error=f"{stage}: {exc_type.__name__ if exc_type else 'Error'}: {exc}",
         transient=transient,
-        will_retry=will_retry,
+        will_retry=retrying,
         failed_at=now(),
     )
     try:
         job.save_meta()
-    except Exception:
+    except Exception:  # noqa: BLE001 - the failure itself is what rq records
         log.debug("could not save job meta", exc_info=True)
-    return will_retry
 
 
 def current_job():

@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from shoeseg.settings import Settings
-from shoeseg.trigger import FIRST_MODEL_REASON, PREDICT_JOB, PREDICT_QUEUE
+from shoeseg.trigger import FIRST_MODEL_REASON, ON_FAILURE, PREDICT_JOB, PREDICT_QUEUE
 from via_tools.ls_api import LabelStudioUnavailable, connect, is_transient
 from worker.plumbing import Progress, now
 from worker.promotion import decide_promotion, validation_task_ids
@@ -221,7 +221,7 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
 def _enqueue_predict(job, project_id: int, version: str, settings: Settings) -> str | None:
     if job is None:
         return None
-    from rq import Queue, Retry
+    from rq import Callback, Queue, Retry
 
     retry = Retry(max=settings.retry_max, interval=list(settings.retry_intervals_s)) if settings.retry_max else None
     pjob = Queue(PREDICT_QUEUE, connection=job.connection).enqueue_call(
@@ -235,5 +235,6 @@ def _enqueue_predict(job, project_id: int, version: str, settings: Settings) -> 
         description=f"predict project {project_id} with {version}",
         meta={"project": project_id, "version": version, "requested_at": now(), "trained_by": job.id},
         retry=retry,
+        on_failure=Callback(ON_FAILURE),
     )
     return pjob.id
