@@ -5,8 +5,8 @@ Reading:
 * ``segmentation`` as a list of flat ``[x0, y0, x1, y1, ...]`` lists becomes ONE region whose parts are
   those polygons (multi-part instances stay one instance).
 * ``segmentation`` as run-length encoding (``{"size": [h, w], "counts": [...]}`` uncompressed, or
-  ``"counts": "..."`` compressed as COCO's own string form) is decoded here with numpy and traced to
-  polygons with OpenCV (imported only for RLE input). The original RLE is kept in ``Region.extra`` so
+  ``"counts": "..."`` compressed as COCO's own string form) is decoded with pycocotools and traced to
+  polygons with OpenCV (both imported only for RLE input). The original RLE is kept in ``Region.extra`` so
   that writing COCO again gives it back unchanged.
 * An annotation without a segmentation but with a ``bbox`` becomes a ``rect`` region (counted).
 * Image ids become ``ImageRecord.image_id`` and annotation ids ``Region.region_id`` (as strings);
@@ -41,20 +41,38 @@ _ANN_KEYS = ("id", "image_id", "category_id", "segmentation", "bbox", "area", "i
 
 
 # --------------------------------------------------------------------------------------------- RLE
+# Masks are encoded and decoded by pycocotools (imported when an RLE is met), so they read exactly as COCO's
+# own tools read them. Its C reader checks nothing of a compressed string (a bad character, a number cut
+# short, runs that do not cover the mask: the rest of the mask would be left uninitialised), so the run
+# lengths are read here first, only to check them; pycocotools then decodes a string it reads the same way.
+
+#: Run lengths, like the mask's pixel count, must fit pycocotools' 32-bit counts.
+_MAX_PIXELS = 2**32 - 1
+#: pycocotools reads a number of at most 6 characters (30 bits) correctly; that holds every run, and every
+#: difference of two runs, of a mask of fewer than 2**29 pixels (23000 x 23000).
+_MAX_CHUNKS = 6
+
+
 def rle_decode(rle: dict[str, Any], *, where: str) -> np.ndarray:
-    """Decodes a COCO run-length encoding to a bool ``(height, width)`` mask.
+    """Decodes a COCO run-length encoding to a bool ``(height, width)`` mask, with pycocotools.
 
     Both forms are accepted: ``counts`` as a list of run lengths (uncompressed) and ``counts`` as
-    COCO's compressed string. Runs alternate background / foreground, starting with background, and
-    walk the image column by column (Fortran order).
+    COCO's compressed string (``str`` or ``bytes``). Runs alternate background / foreground, starting with
+    background, and walk the image column by column (Fortran order).
 
     Args:
         rle: ``{"size": [height, width], "counts": ...}``.
         where: names the file, image and annotation for error messages.
 
+    Raises:
+        AnnotationError: a bad size or bad counts (not numbers, a damaged string, runs that do not cover
+            the mask exactly); the message starts with ``where``.
+
     Example:
         >>> rle_decode({"size": [2, 2], "counts": [1, 2, 1]}, where="a").tolist()
         [[False, True], [True, False]]
+        >>> rle_decode({"size": [2, 2], "counts": "22"}, where="a").tolist()
+        [[False, True], [False, True]]
     """
     size = rle.get("size")
     counts = rle.get("counts")
@@ -65,22 +83,39 @@ def rle_decode(rle: dict[str, Any], *, where: str) -> np.ndarray:
     ):
         raise AnnotationError(f"{where}: RLE 'size' must be [height, width] positive integers, got {size!r}")
     h, w = size
+    if h * w > _MAX_PIXELS:
+        raise AnnotationError(f"{where}: RLE size {list(size)} is too large (COCO masks have under 2**32 pixels)")
     if isinstance(counts, str | bytes):
-        runs = _rle_string_to_counts(counts if isinstance(counts, str) else counts.decode("ascii"), where=where)
+        if isinstance(counts, str):
+            if not counts.isascii():
+                bad = next(c for c in counts if not c.isascii())
+                raise AnnotationError(f"{where}: compressed RLE string has a bad character {bad!r}")
+            counts = counts.encode("ascii")
+        runs = _rle_string_to_counts(counts, where=where)
     elif isinstance(counts, list):
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts):
             raise AnnotationError(f"{where}: RLE 'counts' must be non-negative integers")
-        runs = np.asarray(counts, dtype=np.int64)
+        runs = counts
     else:
         raise AnnotationError(f"{where}: RLE 'counts' must be a list or a string, got {type(counts).__name__}")
-    if int(runs.sum()) != h * w:
-        raise AnnotationError(f"{where}: RLE runs cover {int(runs.sum())} pixels, the {w}x{h} mask has {h * w}")
-    values = np.arange(len(runs)) % 2 == 1
-    flat = np.repeat(values, runs)
-    return flat.reshape((w, h)).T
+    total = sum(runs)
+    if total != h * w:
+        raise AnnotationError(f"{where}: RLE runs cover {total} pixels, the {w}x{h} mask has {h * w}")
+
+    from pycocotools import mask as mask_utils
+
+    if isinstance(counts, list):
+        coco_rle = mask_utils.frPyObjects({"size": [h, w], "counts": runs}, h, w)  # to the compressed form
+    else:
+        coco_rle = {"size": [h, w], "counts": counts}
+    try:
+        mask = mask_utils.decode(coco_rle)
+    except ValueError as e:  # pragma: no cover - the runs were checked above
+        raise AnnotationError(f"{where}: RLE cannot be decoded ({e})") from e
+    return mask.astype(bool)
 
 
-def _rle_string_to_counts(s: str, *, where: str) -> np.ndarray:
+def _rle_string_to_counts(s: bytes, *, where: str) -> list[int]:
     # COCO's compressed form: each run is a signed variable-length number written 5 bits per character
     # (character = value + 48, bit 0x20 = "more follows", bit 0x10 of the last chunk = sign); from the
     # third run on, the number stored is the difference to the run two places before.
@@ -91,38 +126,57 @@ def _rle_string_to_counts(s: str, *, where: str) -> np.ndarray:
         while more:
             if i >= n:
                 raise AnnotationError(f"{where}: compressed RLE string ends in the middle of a number")
-            c = ord(s[i]) - 48
+            c = s[i] - 48
             if not 0 <= c < 64:
-                raise AnnotationError(f"{where}: compressed RLE string has a bad character {s[i]!r}")
+                raise AnnotationError(f"{where}: compressed RLE string has a bad character {chr(s[i])!r}")
             value |= (c & 0x1F) << (5 * shift)
             more = bool(c & 0x20)
             i += 1
             shift += 1
+            if more and shift == _MAX_CHUNKS:
+                raise AnnotationError(f"{where}: compressed RLE string has a number longer than {_MAX_CHUNKS} "
+                                      "characters (pycocotools cannot read it)")
             if not more and c & 0x10:
                 value |= -1 << (5 * shift)
         if len(runs) > 2:
             value += runs[-2]
+        if value < 0:
+            raise AnnotationError(f"{where}: compressed RLE decodes to a negative run length")
         runs.append(value)
-    arr = np.asarray(runs, dtype=np.int64)
-    if (arr < 0).any():
-        raise AnnotationError(f"{where}: compressed RLE decodes to a negative run length")
-    return arr
+    return runs
 
 
-def rle_encode(mask: np.ndarray) -> dict[str, Any]:
-    """Encodes a bool ``(height, width)`` mask as uncompressed COCO RLE (``counts`` as a list).
+def rle_encode(mask: np.ndarray, *, compressed: bool = False) -> dict[str, Any]:
+    """Encodes a bool ``(height, width)`` mask as COCO RLE.
+
+    Args:
+        mask: the mask (anything :func:`numpy.asarray` makes a 2-D array of; non-zero is foreground).
+        compressed: ``counts`` as COCO's compressed string (pycocotools' encoding, as ``str`` for JSON)
+            instead of a list of run lengths. pycocotools writes only the string form, so the list form is
+            computed here (with numpy); pycocotools reads both.
 
     Example:
         >>> rle_encode(np.array([[False, True], [True, False]]))
         {'size': [2, 2], 'counts': [1, 2, 1]}
+        >>> rle_encode(np.array([[False, True], [True, False]]), compressed=True)
+        {'size': [2, 2], 'counts': '121'}
     """
-    flat = np.asarray(mask, dtype=bool).T.ravel()
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim != 2:
+        raise ValueError(f"a mask is a 2-D array, got shape {m.shape}")
+    size = [int(m.shape[0]), int(m.shape[1])]
+    if compressed:
+        from pycocotools import mask as mask_utils
+
+        enc = mask_utils.encode(np.asfortranarray(m, dtype=np.uint8))
+        return {"size": size, "counts": enc["counts"].decode("ascii")}
+    flat = m.T.ravel()
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     bounds = np.concatenate([[0], change, [flat.size]])
     runs = np.diff(bounds).tolist()
     if flat.size and flat[0]:
         runs = [0, *runs]
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": runs}
+    return {"size": size, "counts": runs}
 
 
 def mask_to_polygons_cv(mask: np.ndarray, *, where: str) -> tuple[np.ndarray, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import numpy as np
 import pytest
@@ -158,6 +159,67 @@ def test_rle_annotation_is_traced_and_written_back(compressed):
     assert out["segmentation"] == rle
     assert out["area"] == mask.sum()
     assert out["iscrowd"] == 1
+
+
+@pytest.mark.parametrize("mask", list(_random_masks()))
+def test_our_encodings_are_pycocotools_own_and_decode_with_it_to_the_same_mask(mask):
+    from pycocotools import mask as mask_utils
+
+    enc = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    ours = coco.rle_encode(mask, compressed=True)
+    assert ours == {"size": list(mask.shape), "counts": enc["counts"].decode("ascii")}
+    assert json.loads(json.dumps(ours)) == ours  # JSON-able as it is
+    assert np.array_equal(mask_utils.decode(ours), mask)
+    unc = coco.rle_encode(mask)
+    assert np.array_equal(mask_utils.decode(mask_utils.frPyObjects(unc, *unc["size"])), mask)
+    assert np.array_equal(coco.rle_decode(ours, where="t"), mask)
+    assert np.array_equal(coco.rle_decode({**ours, "counts": ours["counts"].encode()}, where="t"), mask)  # bytes
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_rle_written_by_our_writer_reads_with_pycocotools_to_the_same_mask(compressed):
+    from pycocotools.coco import COCO
+
+    mask = np.zeros((48, 64), bool)
+    mask[3:20, 30:50] = True
+    mask[25:40, 2:12] = True
+    mask[30:35, 5:8] = False  # a hole: kept by the RLE, lost by the traced polygons
+    doc = coco_doc()
+    doc["annotations"] = [{"id": 5, "image_id": 7, "category_id": 3, "iscrowd": 0,
+                           "segmentation": coco.rle_encode(mask, compressed=compressed)}]
+    written = json.loads(json.dumps(coco.write(coco.read(doc, source="t.json"))))
+    api = COCO()
+    api.dataset = written
+    api.createIndex()
+    ann = api.loadAnns([5])[0]
+    assert np.array_equal(api.annToMask(ann).astype(bool), mask)
+    assert ann["area"] == mask.sum()
+    # and back: what pycocotools decodes, our reader decodes the same
+    assert np.array_equal(coco.rle_decode(written["annotations"][0]["segmentation"], where="t"), mask)
+
+
+@pytest.mark.parametrize(("counts", "message"), [
+    ("", "RLE runs cover 0 pixels, the 3x2 mask has 6"),
+    ("1", "RLE runs cover 1 pixels, the 3x2 mask has 6"),
+    ("9", "RLE runs cover 9 pixels, the 3x2 mask has 6"),  # more than the mask: pycocotools would overrun
+    ("1P", "compressed RLE string ends in the middle of a number"),  # "P" (0x20 + 48): more follows
+    ("1é", "compressed RLE string has a bad character 'é'"),
+    (b"1\xff", "compressed RLE string has a bad character"),
+    ("1\x00", "compressed RLE string has a bad character"),
+    ("0" + "P" * 6 + "0", "compressed RLE string has a number longer than 6 characters"),
+    ("O", "compressed RLE decodes to a negative run length"),  # "O" (0x1f + 48): -1
+    ([1, -1, 6], "RLE 'counts' must be non-negative integers"),
+    ([1, True, 4], "RLE 'counts' must be non-negative integers"),
+    ({"a": 1}, "RLE 'counts' must be a list or a string, got dict"),
+])
+def test_damaged_rle_counts_are_refused_with_the_annotation_named(counts, message):
+    with pytest.raises(AnnotationError, match="^" + re.escape("img 'a.jpg': annotation 3: " + message)):
+        coco.rle_decode({"size": [2, 3], "counts": counts}, where="img 'a.jpg': annotation 3")
+
+
+def test_an_rle_size_pycocotools_cannot_hold_is_refused():
+    with pytest.raises(AnnotationError, match="too large"):
+        coco.rle_decode({"size": [70000, 70000], "counts": [70000 * 70000]}, where="a")
 
 
 # ------------------------------------------------------------------------------------- sanitize
