@@ -22,9 +22,7 @@ import csv
 import io
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from shoeseg.active_learning import check_strategy, rank, score_images
+from via_tools.files import atomic_path, atomic_write_text
 from via_tools.model import AnnotationSet, ImageRecord
 
 log = logging.getLogger(__name__)
@@ -159,17 +158,10 @@ def prescale_dataset(
         scale = min(min_size / min(h, w), max_size / max(h, w), 1.0)
         new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
         if not dst.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
             jpeg = dst.suffix.lower() in (".jpg", ".jpeg")
-            fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.stem}.", suffix=dst.suffix)
-            os.fchmod(fd, _umask_mode())
-            os.close(fd)
-            try:
-                small = Image.fromarray(arr).resize((new_w, new_h), Image.BILINEAR)
+            small = Image.fromarray(arr).resize((new_w, new_h), Image.BILINEAR)
+            with atomic_path(dst) as tmp:
                 small.save(tmp, format="JPEG" if jpeg else "PNG", **({"quality": 95} if jpeg else {}))
-                os.replace(tmp, dst)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
         sx, sy = new_w / w, new_h / h
         regions = [
             Region(label=r.label, polygons=tuple(p * (sx, sy) for p in r.polygons), attributes=dict(r.attributes),
@@ -181,25 +173,6 @@ def prescale_dataset(
     return AnnotationSet(images=out_images, labels=list(ds.labels), source_format=ds.source_format), out_dir
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, _umask_mode())  # mkstemp makes 0600 files; these are ordinary outputs
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Writes the simulation rows as CSV (atomically)."""
     buf = io.StringIO()
@@ -207,7 +180,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
     w.writeheader()
     for row in rows:
         w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write_text(Path(path), buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
@@ -249,15 +222,10 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path, *, title: str = "Act
     axes[0].legend()
     fig.suptitle(title)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.fchmod(fd, _umask_mode())
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # the format from the target's extension, PNG without one
+            fig.savefig(tmp, dpi=120, format=path.suffix[1:].lower() or "png")
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
     return path
 
@@ -413,7 +381,7 @@ def run_simulation(
     def record(strategy: str, r: int, n: int, rnd: _Round) -> None:
         rows.append({"strategy": strategy, "round": r, "n_labelled": n, **rnd.metrics, "seconds": rnd.seconds})
         write_csv(rows, csv_path)
-        _atomic_write_text(sel_path, json.dumps(selections, indent=1))
+        atomic_write_text(sel_path, json.dumps(selections, indent=1))
 
     bar = tqdm(total=len(cfg.strategies) * cfg.rounds, desc="active learning", unit="round", disable=not show_progress)
     shared0: _Round | None = None

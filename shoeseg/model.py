@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +39,8 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
+
+from via_tools.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -559,15 +560,8 @@ def save_checkpoint(
         "extra": _jsonable(extra or {}, what="extra"),
     }
     state = {k: v.detach().to("cpu", copy=True) if v.device.type != "cpu" else v.detach() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, "meta": meta, "state_dict": state}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, "meta": meta, "state_dict": state}, tmp)
     return version
 
 

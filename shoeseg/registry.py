@@ -51,13 +51,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from via_tools.files import TEMP_PREFIX, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "model.pt"
 META_NAME = "meta.json"
 
-#: Prefix of every temporary file or directory the registry writes.
-TMP_PREFIX = ".tmp-"
+#: Prefix of every temporary file or directory the registry writes (that of :mod:`via_tools.files`' temporary
+#: files, which write ``current``, history.json and meta.json).
+TMP_PREFIX = TEMP_PREFIX
 
 #: Problems already logged by :meth:`ModelRegistry.versions` (path, message), to warn once per process.
 _reported: set[tuple[str, str]] = set()
@@ -122,27 +125,6 @@ def _fsync_dir(path: Path) -> None:
 
 def _temp_path(directory: Path, name: str) -> Path:
     return directory / f"{TMP_PREFIX}{name}-{secrets.token_hex(4)}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Replaces ``path`` with ``text`` atomically and durably.
-
-    The text goes to a new temporary file in the same directory (created like :func:`open` creates files:
-    mode ``0o666`` less the umask, not :func:`tempfile.mkstemp`'s ``0o600``), which is flushed, fsynced and
-    renamed over ``path``; then the directory is fsynced so that the rename itself survives a power loss.
-    """
-    tmp = _temp_path(path.parent, path.name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _copy_durably(src: Path, dst: Path) -> None:
@@ -407,7 +389,7 @@ class ModelRegistry:
             tmp.mkdir()
             try:
                 _copy_durably(src, tmp / CHECKPOINT_NAME)
-                _write_atomic(tmp / META_NAME, text)  # also fsyncs tmp, so the checkpoint's entry too
+                atomic_write_text(tmp / META_NAME, text, fsync=True)  # also fsyncs tmp, so the checkpoint's entry too
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -419,8 +401,8 @@ class ModelRegistry:
     def _set_current(self, version: str, history: dict[str, Any], action: str) -> None:
         # History first, pointer last: the pointer write is the promotion (see the module docstring).
         history.setdefault("events", []).append({"action": action, "version": version, "at": _now()})
-        _write_atomic(self.history_path, json.dumps(history, indent=2))
-        _write_atomic(self.pointer_path, version + "\n")
+        atomic_write_text(self.history_path, json.dumps(history, indent=2), fsync=True)
+        atomic_write_text(self.pointer_path, version + "\n", fsync=True)
 
     def promote(self, version: str) -> ModelVersion:
         """Makes ``version`` the current one (one atomic, durable pointer write).

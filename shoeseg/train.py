@@ -36,6 +36,7 @@ from shoeseg.data import (
     with_copy_paste,
 )
 from shoeseg.device import autocast, configure_for_speed, resolve_device
+from via_tools.files import atomic_write_text
 from via_tools.images import ImageReadError
 from via_tools.model import AnnotationSet
 
@@ -307,9 +308,7 @@ def _infinite(loader):
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def _class_names_for(dataset: AnnotationSet, parent_classes: list[str] | None) -> list[str]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import colorsys
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from via_tools.files import atomic_path, atomic_write_bytes
 
 LOSS_PLOT_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")
 
@@ -98,20 +98,11 @@ def inpainting_masks(
 def write_image_atomic(path: str | Path, image: np.ndarray) -> Path:
     """Writes an RGB (or single-channel) uint8 image as PNG/JPEG, atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(path.suffix or ".png", arr)
     if not ok:
         raise ValueError(f"{path}: cannot encode an image of shape {image.shape}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, buf.tobytes())
 
 
 def plot_losses(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str = "Mask R-CNN training losses") -> Path:
@@ -140,13 +131,6 @@ def plot_losses(rows: Sequence[dict[str, Any]], path: str | Path, *, title: str 
     if rows:
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

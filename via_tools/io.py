@@ -11,14 +11,13 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from via_tools.errors import AnnotationError
+from via_tools.files import atomic_write_text
 from via_tools.images import ImageReadError, image_size_wh
 from via_tools.model import AnnotationSet
 from via_tools.options import ReadOptions, WriteOptions
@@ -234,15 +233,4 @@ def save(ds: AnnotationSet, path: str | Path, *, fmt: str, options: WriteOptions
     with gc_paused():
         doc = _format_module(fmt).write(ds, options=options)
         text = doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write_text(p, text, fsync=True)

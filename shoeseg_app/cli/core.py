@@ -83,10 +83,9 @@ def _use_all_cores() -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    from via_tools.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def _loss_table(losses: dict[str, float]) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from enum import Enum
@@ -69,15 +67,9 @@ def _read_options(images: Path | None, label_attr: str, default_label: str):
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from via_tools.files import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _save(ds, out: Path, fmt: str, *, as_: str = "annotations", model_version: str | None = None) -> None:
