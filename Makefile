@@ -36,6 +36,7 @@ system-deps:
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --cache-dir .cache/import-linter
 
 test: install ls-env system-deps lint
 	SHOESEG_LS_VENV=$(abspath $(LS_VENV)) $(BIN)/pytest $(PYTEST_ARGS)
