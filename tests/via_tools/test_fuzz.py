@@ -1,4 +1,5 @@
-"""Property tests: damaged VIA documents give an AnnotationError or a set that writes, never another exception."""
+"""Property tests: damaged VIA documents give an AnnotationError or a set that writes, never another exception;
+what a reader accepts writes back to a document that reads again to the same annotations."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 import json
 import math
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -86,14 +88,72 @@ def _mutate(doc, data):
     return doc
 
 
+def _canonical(module, ds) -> str:
+    """The annotations a reader made of a document, as JSON text (NaN and -0.0 compare as written)."""
+    images = []
+    for img in ds.images:
+        ids = [r.region_id for r in img.regions]
+        # VIA 1/2 and CSV writers keep region ids that are unique numbers and number the regions otherwise
+        kept = module is via3 or (all(isinstance(i, str) and i.isdigit() for i in ids) and len(set(ids)) == len(ids))
+        regions = [[r.region_id if kept else str(k), r.label, r.shape, r.attributes, r.score, r.is_instance,
+                    [p.tolist() for p in r.polygons]] for k, r in enumerate(img.regions)]
+        images.append([img.image_id, img.file_name, img.width_px, img.height_px, img.file_size, img.file_attributes,
+                       regions])
+    return json.dumps(images)
+
+
+def _via3_writer_gap(module, doc) -> bool:
+    """A VIA 3 document with one of the two shapes the writer does not give back yet (the xfail tests below)."""
+    if module is not via3 or not isinstance(doc, dict):
+        return False
+    metadata, views = doc.get("metadata"), doc.get("view")
+    no_xy = isinstance(metadata, dict) and any(isinstance(m, dict) and "xy" not in m for m in metadata.values())
+    no_files = isinstance(views, dict) and any(isinstance(v, dict) and v.get("fid_list") == [] for v in views.values())
+    return no_xy or no_files
+
+
 def _check(module, doc):
+    gap = _via3_writer_gap(module, doc)
     try:
         ds = module.read(doc, source="fuzz.json")
     except AnnotationError:
         return
     written = module.write(ds)
-    if module is not via_csv:
+    if gap:
         json.dumps(written)
+        return
+    # through the file's text, as a user's round trip goes; what we wrote must read without error
+    text = written if module is via_csv else json.dumps(written)
+    again = module.read(text if module is via_csv else json.loads(text), source="written.json")
+    assert _canonical(module, again) == _canonical(module, ds)
+    # and writing the second reading gives the same document again
+    rewritten = module.write(again)
+    assert (rewritten if module is via_csv else json.dumps(rewritten)) == text
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="via3.write leaves out a metadata entry that has no 'xy' key (read as a region without shape)")
+def test_via3_metadata_without_xy_round_trips():
+    doc = copy.deepcopy(VIA3)
+    del doc["metadata"]["1_a"]["xy"]
+    assert _via3_writer_gap(via3, doc)
+    ds = via3.read(doc, source="p.json")
+    again = via3.read(json.loads(json.dumps(via3.write(ds))), source="written.json")
+    assert _canonical(via3, again) == _canonical(via3, ds)
+
+
+@pytest.mark.xfail(strict=True, raises=(AssertionError, AnnotationError),
+                   reason="via3.write files a view without files under a new file id = the view id, which an unviewed "
+                          "file with that id then replaces")
+@pytest.mark.parametrize("unviewed", [{"fid": "1", "fname": "a.jpg", "type": 2, "loc": 1, "src": ""}, -math.inf])
+def test_via3_view_without_files_round_trips(unviewed):
+    doc = copy.deepcopy(VIA3)
+    doc["view"]["1"]["fid_list"] = []
+    doc["file"]["1"] = unviewed
+    assert _via3_writer_gap(via3, doc)
+    ds = via3.read(doc, source="p.json")
+    again = via3.read(json.loads(json.dumps(via3.write(ds))), source="written.json")
+    assert _canonical(via3, again) == _canonical(via3, ds)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
