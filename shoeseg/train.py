@@ -36,34 +36,12 @@ from shoeseg.data import (
     with_copy_paste,
 )
 from shoeseg.device import autocast, configure_for_speed, resolve_device
+from shoeseg.losses import LOSS_KEYS, LOSS_NAMES, detectron2_losses
 from via_tools.files import atomic_write_text
 from via_tools.images import ImageReadError
 from via_tools.model import AnnotationSet
 
 log = logging.getLogger(__name__)
-
-#: torchvision's loss names -> detectron2's.
-LOSS_NAMES = {
-    "loss_classifier": "loss_cls",
-    "loss_box_reg": "loss_box_reg",
-    "loss_mask": "loss_mask",
-    "loss_objectness": "loss_rpn_cls",
-    "loss_rpn_box_reg": "loss_rpn_loc",
-}
-LOSS_KEYS = ("total_loss", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc")
-
-
-def detectron2_losses(loss_dict: dict[str, Any]) -> dict[str, float]:
-    """torchvision's loss dict renamed to detectron2's names, with their sum as ``total_loss``.
-
-    Example:
-        >>> detectron2_losses({"loss_classifier": 0.5, "loss_box_reg": 0.25, "loss_mask": 0.5,
-        ...                    "loss_objectness": 0.125, "loss_rpn_box_reg": 0.125})["total_loss"]
-        1.5
-    """
-    out = {LOSS_NAMES.get(k, k): float(v) for k, v in loss_dict.items()}
-    return {"total_loss": sum(out.values()), **{k: out[k] for k in LOSS_KEYS[1:] if k in out}}
-
 
 @dataclass
 class TrainConfig:

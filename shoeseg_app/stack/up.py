@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from via_tools.ls_api import setup_project
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TITLE = "ShoeSeg"
-BACKEND_TITLE = "ShoeSeg Mask R-CNN"
 
 
 @dataclass
@@ -46,7 +47,8 @@ class StackConfig:
 
     Args:
         state_dir: Label Studio's database, logs, credentials and state (``.up``).
-        ls_port / backend_port: TCP ports on 127.0.0.1 (0: a free one).
+        ls_port / backend_port / dashboard_port: TCP ports on 127.0.0.1 (0: a free one) of Label Studio, the ML
+            backend and rq-dashboard (the queues, their jobs, progress and failures).
         via / images: a VIA file (any format ``via_tools`` reads) and its image folder to import.
         title: the project's title.
         labels: the PolygonLabels of a new project.
@@ -59,6 +61,7 @@ class StackConfig:
     state_dir: Path = Path(".up")
     ls_port: int = 8080
     backend_port: int = 9090
+    dashboard_port: int = 9181
     via: Path | None = None
     images: Path | None = None
     title: str = DEFAULT_TITLE
@@ -214,64 +217,34 @@ def wait_http(url: str, *, timeout_s: float, child: Child | None = None, what: s
 # ---------------------------------------------------------------- the project
 
 
-def setup_project(
-    client,
-    *,
-    title: str,
-    backend_url: str,
-    labels: tuple[str, ...] = ("shoe",),
-    project_id: int | None = None,
-    basic_auth: tuple[str, str] | None = None,
-) -> tuple[int, bool]:
-    """Finds or creates the project and connects it to the ML backend; returns ``(project_id, created)``.
+def backend_basic_auth() -> tuple[str, str] | None:
+    """The backend's basic-auth pair (``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS``) for Label Studio, when both are set."""
+    from shoeseg.settings import Settings
 
-    The project is ``project_id`` when it still exists, else the oldest project titled ``title``, else
-    a new one with a PolygonLabels config over ``labels``. The backend is connected once: an ML
-    backend of the project at another URL (a port that changed) is moved to ``backend_url``.
-    ``basic_auth`` (user, password) is given to Label Studio when the backend requires it
-    (``BASIC_AUTH_USER``/``BASIC_AUTH_PASS``; default: those variables when both are set).
+    settings = Settings.from_env()
+    return (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
 
-    Example:
-        >>> setup_project(ls, title="ShoeSeg", backend_url="http://127.0.0.1:9090")  # doctest: +SKIP
-        (1, True)
+
+def request_first_model_after_import(redis_url: str | None, project_id: int,
+                                     env: dict[str, str] | None = None) -> dict | None:
+    """After labelled data was imported: the project's first training when no model exists yet (no click).
+
+    ``env`` holds the services' variables (the model registry's place, the trigger's policy); the worker
+    decides from the project's accepted annotations whether there are enough
+    (``SHOESEG_MIN_NEW_ANNOTATIONS``). Returns the trigger's summary, ``None`` without Redis.
     """
-    from via_tools.labelstudio import labeling_config
+    if not redis_url:
+        return None
+    import redis
 
-    project = None
-    if project_id is not None:
-        try:
-            project = client.projects.get(id=project_id)
-        except Exception:  # noqa: BLE001 - deleted by hand: look it up by title
-            project = None
-    if project is None:
-        same_title = sorted((p for p in client.projects.list(title=title) if p.title == title), key=lambda p: p.id)
-        project = same_title[0] if same_title else None
-    created = project is None
-    if created:
-        project = client.projects.create(
-            title=title,
-            label_config=labeling_config(list(labels)),
-            description="Shoe instance segmentation with a Mask R-CNN pre-annotating every shoe; "
-            "tasks sorted by prediction score show the most informative images first.",
-        )
-        log.info("created project %d %r", project.id, title)
-    pid = int(project.id)
-    if basic_auth is None and os.environ.get("BASIC_AUTH_USER") and os.environ.get("BASIC_AUTH_PASS") is not None:
-        basic_auth = (os.environ["BASIC_AUTH_USER"], os.environ["BASIC_AUTH_PASS"])
-    auth = {} if basic_auth is None else dict(
-        auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
-    backends = list(client.ml.list(project=pid))
-    if any(b.url.rstrip("/") == backend_url.rstrip("/") for b in backends):
-        return pid, created
-    mine = [b for b in backends if (b.title or "") == BACKEND_TITLE]
-    if mine:
-        client.ml.update(id=mine[0].id, url=backend_url, **auth)
-        log.info("project %d: ML backend %d moved to %s", pid, mine[0].id, backend_url)
-    else:
-        client.ml.create(project=pid, url=backend_url, title=BACKEND_TITLE, is_interactive=False, auto_update=True,
-                         **auth)
-        log.info("project %d: ML backend %s connected", pid, backend_url)
-    return pid, created
+    from shoeseg.settings import Settings
+    from shoeseg.trigger import request_first_model
+
+    conn = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
+    try:
+        return request_first_model(conn, project_id, settings=Settings.from_env(env), force=True)
+    finally:
+        conn.close()
 
 
 def import_via(client, *, project_id: int, via: Path, images: Path, files_root: Path | None = None):
@@ -300,6 +273,7 @@ class Stack:
     redis_url: str | None = None
     ls_url: str | None = None
     backend_url: str | None = None
+    dashboard_url: str | None = None
     project_id: int | None = None
     _stoppers: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
     children: list[Child] = field(default_factory=list)
@@ -355,6 +329,7 @@ def start_stack(cfg: StackConfig, *, echo: Callable[[str], None] = print) -> Sta
     logs.mkdir(parents=True, exist_ok=True)
     ls_port = _pick_port(cfg.ls_port, "Label Studio", "--port")
     backend_port = _pick_port(cfg.backend_port, "the ML backend", "--backend-port")
+    dashboard_port = _pick_port(cfg.dashboard_port, "rq-dashboard", "--dashboard-port")
     stack = Stack(config=cfg, credentials=Credentials.load_or_create(cfg.state_dir / "credentials.json"))
     try:
         # 1. Redis
@@ -400,21 +375,35 @@ def start_stack(cfg: StackConfig, *, echo: Callable[[str], None] = print) -> Sta
             worker.start()
             stack.write_processes()
             echo(f"Worker: pid {worker.pid} (log {worker.log_path})")
-        # 5. the project, connected to the backend
+        # 5. rq-dashboard: the queues and every job's progress and failure, in a browser
+        dashboard = Child("dashboard", [sys.executable, "-m", "rq_dashboard", "--bind", "127.0.0.1", "--port",
+                                        str(dashboard_port), "--redis-url", stack.redis_url],
+                          _child_env(stack), logs / "rq-dashboard.log")
+        stack.add("dashboard", dashboard.stop)
+        stack.children.append(dashboard)
+        dashboard.start()
+        stack.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
+        stack.write_processes()
+        wait_http(stack.dashboard_url, timeout_s=cfg.startup_timeout_s, child=dashboard, what="rq-dashboard")
+        echo(f"rq-dashboard: {stack.dashboard_url}")
+        # 6. the project, connected to the backend
         client = ls.client()
         state_path = cfg.state_dir / "state.json"
         state = json.loads(state_path.read_text()) if state_path.is_file() else {}
         pid, created = setup_project(client, title=cfg.title, backend_url=stack.backend_url, labels=cfg.labels,
-                                     project_id=state.get("project_id"))
+                                     project_id=state.get("project_id"), basic_auth=backend_basic_auth())
         stack.project_id = pid
         _write_private(state_path, json.dumps({**state, "project_id": pid}, indent=1))
         echo(f"Project: {pid} {'created' if created else 'reused'} ({cfg.title!r}), ML backend connected")
-        # 6. the VIA import
+        # 7. the VIA import
         if cfg.via is not None:
             echo(f"Importing {cfg.via} with images from {cfg.images} ...")
             result = import_via(client, project_id=pid, via=Path(cfg.via), images=Path(cfg.images),
                                 files_root=cfg.state_dir / "files")
             echo(f"Imported: {result.summary()}")
+            first = request_first_model_after_import(stack.redis_url, pid, env=_child_env(stack))
+            if first:
+                echo(f"First model: {first['action']} {first.get('job_id') or ''} (watch it at {stack.dashboard_url})")
         return stack
     except BaseException:
         stack.stop()
@@ -447,6 +436,7 @@ def run_stack(cfg: StackConfig, *, echo: Callable[[str], None] = print) -> None:
         echo(f"  API key (LABEL_STUDIO_API_KEY): {creds.token}")
         echo(f"  project {stack.project_id}: {stack.ls_url}/projects/{stack.project_id}/data")
         echo(f"  ML backend {stack.backend_url}, Redis {stack.redis_url}, models in {cfg.model_dir}")
+        echo(f"  training and prediction jobs: {stack.dashboard_url} (rq-dashboard)")
         echo(f"  logs in {cfg.state_dir / 'logs'}; press Ctrl-C to stop everything")
         while True:
             for child in stack.children:

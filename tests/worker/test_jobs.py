@@ -11,7 +11,6 @@ import random
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
