@@ -18,10 +18,12 @@ id). A spatial region's ``xy`` is ``[shape_id, coordinates...]``:
  9     extreme circle      three points on the circle
 ====  ==================  ===============================
 
-Regions with an empty ``xy`` (temporal segments ``z = [t0, t1]``, file-level metadata) are kept as
-regions without polygons: they round-trip but are not trained on. ``Region.attributes`` is the entry's
-``av`` (attribute id → value) verbatim; the label is the value of the attribute named
-``options.label_attr`` (option ids of radio, select and checkbox attributes are turned into their text).
+Regions with an empty or missing ``xy`` (temporal segments ``z = [t0, t1]``, file-level metadata) are kept
+as regions without polygons: they round-trip (written with ``xy = []``, VIA 3's own form) but are not
+trained on. A view with an empty ``fid_list`` is an image without a file name and is written back without
+files. ``Region.attributes`` is the entry's ``av`` (attribute id → value) verbatim; the label is the value of
+the attribute named ``options.label_attr`` (option ids of radio, select and checkbox attributes are turned
+into their text).
 """
 
 from __future__ import annotations
@@ -308,11 +310,12 @@ def _av_for_write(region: Region, defs: dict[str, dict], label_attr: str) -> dic
 def _xy_for_write(region: Region) -> list[list]:
     m = region.extra.get("via3_metadata")
     shape = region.shape
-    if isinstance(m, dict) and isinstance(m.get("xy"), list):
-        if not m["xy"] and shape is None and not region.polygons:
-            return [[]]
+    if shape is None and not region.polygons:
+        # no geometry (a temporal segment, file-level metadata, an entry read without 'xy'): VIA 3 writes xy = []
+        return [[]]
+    if isinstance(m, dict) and isinstance(m.get("xy"), list) and m["xy"]:
         try:
-            if m["xy"] and xy_to_shape(m["xy"], where="") == shape:
+            if xy_to_shape(m["xy"], where="") == shape:
                 return [m["xy"]]
         except AnnotationError:
             pass
@@ -346,22 +349,36 @@ def write(ds: AnnotationSet, *, options: WriteOptions = WriteOptions()) -> dict[
     files: dict[str, Any] = {}
     views: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
+    unviewed = meta.get("via3_unviewed_files", {})
+    unviewed = unviewed if isinstance(unviewed, dict) else {}
+    # file ids a new file must not take: the files the views were read with and the files no view shows
+    taken = {str(k) for k in unviewed}
+    for image in ds.images if own else ():
+        if isinstance(image.extra.get("via3_files"), dict):
+            taken.update(str(k) for k in image.extra["via3_files"])
     for i, image in enumerate(ds.images):
         vid = image.image_id if own and isinstance(image.image_id, str) else str(i + 1)
         if vid in views:
             raise AnnotationError(f"image {image.file_name!r}: two images share the VIA 3 view id {vid!r}")
         vfiles = image.extra.get("via3_files") if own else None
+        read_view = image.extra.get("via3_view") if own else None
         if isinstance(vfiles, dict) and vfiles:
             vfiles = dict(vfiles)
             first = next(iter(vfiles))
             if vfiles[first].get("fname") != image.file_name:
                 vfiles[first] = {**vfiles[first], "fname": image.file_name}
-            view = image.extra.get("via3_view", {"fid_list": list(vfiles)})
+            view = read_view if read_view is not None else {"fid_list": list(vfiles)}
+        elif isinstance(vfiles, dict) and isinstance(read_view, dict) and not image.file_name:
+            # a view read with an empty fid_list (an image without a file name) goes back as it was, without files
+            view = read_view
         else:
+            numbered = (int(k) for k in taken if k.isascii() and k.isdigit())
+            fid = vid if vid not in taken else str(max(numbered, default=0) + 1)
+            taken.add(fid)
             remote = image.file_name.startswith(("http://", "https://"))
-            vfiles = {vid: {"fid": vid, "fname": image.file_name, "type": FILE_IMAGE,
+            vfiles = {fid: {"fid": fid, "fname": image.file_name, "type": FILE_IMAGE,
                             "loc": LOC_URIHTTP if remote else LOC_LOCAL, "src": image.file_name if remote else ""}}
-            view = {"fid_list": [vid]}
+            view = {**read_view, "fid_list": [fid]} if isinstance(read_view, dict) else {"fid_list": [fid]}
         files.update(vfiles)
         views[vid] = view
         for j, region in enumerate(image.regions):
@@ -376,7 +393,7 @@ def write(ds: AnnotationSet, *, options: WriteOptions = WriteOptions()) -> dict[
                 if mid in metadata:
                     mid = f"{vid}_{j}_{k}_{len(metadata)}"
                 metadata[mid] = {**base, "xy": xy}
-    files.update(meta.get("via3_unviewed_files", {}))
+    files.update(unviewed)
 
     project = copy.deepcopy(meta.get("via3_project")) if isinstance(meta.get("via3_project"), dict) else {
         "pid": "__VIA_PROJECT_ID__", "rev": "__VIA_PROJECT_REV_ID__", "rev_timestamp": "__VIA_PROJECT_REV_TIMESTAMP__",

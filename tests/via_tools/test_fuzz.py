@@ -102,26 +102,12 @@ def _canonical(module, ds) -> str:
     return json.dumps(images)
 
 
-def _via3_writer_gap(module, doc) -> bool:
-    """A VIA 3 document with one of the two shapes the writer does not give back yet (the xfail tests below)."""
-    if module is not via3 or not isinstance(doc, dict):
-        return False
-    metadata, views = doc.get("metadata"), doc.get("view")
-    no_xy = isinstance(metadata, dict) and any(isinstance(m, dict) and "xy" not in m for m in metadata.values())
-    no_files = isinstance(views, dict) and any(isinstance(v, dict) and v.get("fid_list") == [] for v in views.values())
-    return no_xy or no_files
-
-
 def _check(module, doc):
-    gap = _via3_writer_gap(module, doc)
     try:
         ds = module.read(doc, source="fuzz.json")
     except AnnotationError:
         return
     written = module.write(ds)
-    if gap:
-        json.dumps(written)
-        return
     # through the file's text, as a user's round trip goes; what we wrote must read without error
     text = written if module is via_csv else json.dumps(written)
     again = module.read(text if module is via_csv else json.loads(text), source="written.json")
@@ -131,29 +117,26 @@ def _check(module, doc):
     assert (rewritten if module is via_csv else json.dumps(rewritten)) == text
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="via3.write leaves out a metadata entry that has no 'xy' key (read as a region without shape)")
 def test_via3_metadata_without_xy_round_trips():
+    """An entry without 'xy' reads as a region without shape and is written back with xy = []."""
     doc = copy.deepcopy(VIA3)
     del doc["metadata"]["1_a"]["xy"]
-    assert _via3_writer_gap(via3, doc)
     ds = via3.read(doc, source="p.json")
     again = via3.read(json.loads(json.dumps(via3.write(ds))), source="written.json")
     assert _canonical(via3, again) == _canonical(via3, ds)
+    _check(via3, copy.deepcopy(doc))
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, AnnotationError),
-                   reason="via3.write files a view without files under a new file id = the view id, which an unviewed "
-                          "file with that id then replaces")
 @pytest.mark.parametrize("unviewed", [{"fid": "1", "fname": "a.jpg", "type": 2, "loc": 1, "src": ""}, -math.inf])
 def test_via3_view_without_files_round_trips(unviewed):
+    """A view with an empty fid_list is written back without files, so an unviewed file with its id stays unviewed."""
     doc = copy.deepcopy(VIA3)
     doc["view"]["1"]["fid_list"] = []
     doc["file"]["1"] = unviewed
-    assert _via3_writer_gap(via3, doc)
     ds = via3.read(doc, source="p.json")
     again = via3.read(json.loads(json.dumps(via3.write(ds))), source="written.json")
     assert _canonical(via3, again) == _canonical(via3, ds)
+    _check(via3, copy.deepcopy(doc))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -75,6 +75,44 @@ def test_every_shape_id(xy, name, instance):
     assert via3.write(ds) == doc
 
 
+def test_metadata_without_xy_is_a_region_written_with_empty_xy():
+    doc = _doc()
+    del doc["metadata"]["1_rect"]["xy"]
+    ds = via3.read(copy.deepcopy(doc), source="p3.json")
+    rect = ds.images[0].regions[1]
+    assert (rect.region_id, rect.label, rect.shape, rect.is_instance) == ("1_rect", "boot", None, False)
+    assert rect.polygons == ()
+    written = via3.write(ds)
+    assert written["metadata"]["1_rect"] == {**doc["metadata"]["1_rect"], "xy": []}
+    assert list(written["metadata"]) == list(doc["metadata"])
+    back = via3.read(written, source="written.json")
+    assert [(r.region_id, r.label, r.shape) for r in back.images[0].regions] == \
+        [(r.region_id, r.label, r.shape) for r in ds.images[0].regions]
+    assert via3.write(back) == written
+
+
+def test_region_without_geometry_from_another_format_is_file_level_metadata():
+    ds = AnnotationSet(images=[ImageRecord("x.jpg", regions=[Region("shoe")])], source_format="coco")
+    (m,) = via3.write(ds)["metadata"].values()
+    assert (m["xy"], m["z"], m["av"]) == ([], [], {"1": "shoe"})
+
+
+def test_view_without_files_keeps_the_unviewed_file_with_its_id():
+    doc = _doc()
+    doc["view"]["2"]["fid_list"] = []  # file "2" is now shown by no view, and shares view 2's id
+    ds = via3.read(copy.deepcopy(doc), source="p3.json")
+    assert [i.file_name for i in ds] == ["a.jpg", ""] and ds.meta["via3_unviewed_files"] == {"2": doc["file"]["2"]}
+    assert via3.write(ds) == doc
+    # given a file name, the view gets a new file under an id no other file has
+    ds.images[1].file_name = "b.jpg"
+    written = via3.write(ds)
+    assert written["view"]["2"] == {"fid_list": ["3"]} and written["file"]["2"] == doc["file"]["2"]
+    assert written["file"]["3"]["fname"] == "b.jpg"
+    back = via3.read(written, source="written.json")
+    assert [i.file_name for i in back] == ["a.jpg", "b.jpg"] and back.meta["via3_unviewed_files"] == {"2": doc["file"]["2"]}
+    assert [r.region_id for r in back.images[1].regions] == ["2_seg"]
+
+
 def test_extreme_shapes_geometry():
     rect = via3.xy_to_shape([8, 0, 5, 5, 0, 10, 5, 5, 10], where="r")
     assert rect == {"name": "rect", "x": 0, "y": 0, "width": 10, "height": 10}
