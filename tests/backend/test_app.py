@@ -57,7 +57,7 @@ def test_health(client):
     recorded = json.loads((FIXTURES / "health.json").read_text())
     body = client.request(recorded["method"], recorded["path"]).json()
     assert body == {"status": "UP", "model_class": "ShoeSegModel", "model_version": "test-v1",
-                    "model_loaded": True, "device": "cpu", "reason": None}
+                    "model_loaded": True, "device": "cpu", "reason": None, "training": None}  # no Redis here
 
 
 @pytest.mark.parametrize("name", ["setup.json", "setup_2.json"])
