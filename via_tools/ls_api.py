@@ -713,6 +713,12 @@ def delete_predictions(client: Any, prediction_ids: list[int]) -> int:
     return done
 
 
+def project_model_version(client: Any, project_id: int) -> str | None:
+    """The project's ``model_version``: the version whose prediction scores Label Studio sorts by."""
+    with _calls(client, f"read project {project_id}"):
+        return getattr(client.projects.get(id=project_id), "model_version", None) or None
+
+
 def set_model_version(client: Any, project_id: int, model_version: str) -> None:
     """Makes ``model_version`` the project's: Label Studio orders by the scores of its predictions only."""
     client.projects.update(id=project_id, model_version=model_version)
@@ -775,9 +781,8 @@ def select_next(client: Any, project_id: int, k: int) -> list[Any]:
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    with _calls(client, f"read project {project_id}"):
-        project = client.projects.get(id=project_id)
-        model_version = getattr(project, "model_version", None) or None
+    model_version = project_model_version(client, project_id)
+    with _calls(client, f"list the unlabelled tasks of project {project_id}"):
         tasks = list(client.tasks.list(project=project_id, query=_unannotated_query(), fields="all"))
     tasks = [t for t in tasks if not (_get(t, "total_annotations") or 0) and not (_get(t, "cancelled_annotations") or 0)]
 

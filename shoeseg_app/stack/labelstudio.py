@@ -169,9 +169,9 @@ class LabelStudioServer:
 
     def client(self):
         """A ``label_studio_sdk.LabelStudio`` client logged in with the admin's token."""
-        from label_studio_sdk import LabelStudio
+        from via_tools.ls_api import connect
 
-        return LabelStudio(base_url=self.url, api_key=self.token)
+        return connect(self.url, self.token)
 
     def __enter__(self) -> LabelStudioServer:
         return self.start()
