@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.metrics import Metrics
-from backend.model import ClientGone, QueueUnavailable, RequestTooLarge, SetupRefused, ShoeSegModel
+from backend.model import ClientGone, QueueUnavailable, RequestTooLarge, ShoeSegModel
 from backend.protocol import (
     ErrorResponse,
     HealthResponse,
@@ -40,6 +40,7 @@ from backend.protocol import (
     WebhookEvent,
     WebhookResponse,
 )
+from shoeseg.fetch import SetupRefused
 from shoeseg.settings import Settings
 from via_tools.ls_config import LabelConfigError
 

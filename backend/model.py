@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -32,10 +31,8 @@ from shoeseg.fetch import (
     ImageFetcher,
     ImageFetchError,
     LabelStudioAccess,
-    has_userinfo,
-    host_allowed,
-    origin,
-    same_server,
+    configured_access,
+    setup_access,
 )
 from shoeseg.predictions import ImagePrediction, PredictionWriter, as_ls, combine
 from shoeseg.settings import Settings
@@ -49,10 +46,6 @@ NO_MODEL_VERSION = "shoeseg-untrained"
 
 class QueueUnavailable(RuntimeError):
     """Training events cannot be queued (no ``REDIS_URL``, or Redis does not answer)."""
-
-
-class SetupRefused(PermissionError):
-    """A ``/setup`` names a Label Studio server this backend does not trust (answered 403)."""
 
 
 class RequestTooLarge(ValueError):
@@ -240,48 +233,12 @@ class ShoeSegModel:
 
     # -- setup -----------------------------------------------------------------------------------
     def default_access(self) -> LabelStudioAccess:
-        """The configured server and key (``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``), or no access at all."""
-        url = self.settings.label_studio_url
-        if not url:
-            return LabelStudioAccess(hostname=None)
-        aliases = (self.settings.label_studio_host,) if self.settings.label_studio_host else ()
-        return LabelStudioAccess(hostname=url, token=self.settings.label_studio_api_key, aliases=aliases)
+        """The configured server and key (see :func:`shoeseg.fetch.configured_access`)."""
+        return configured_access(self.settings)
 
     def access_for(self, hostname: str | None, token: str | None) -> LabelStudioAccess:
-        """Where a ``/setup``'s Label Studio is, and which credentials may go to it.
-
-        * ``hostname`` is ``LABEL_STUDIO_URL`` (or the ``LABEL_STUDIO_HOST`` it announces): requests go to
-          ``LABEL_STUDIO_URL`` with the ``/setup`` token, and the configured key is tried when it is refused.
-        * ``hostname`` is another server named in ``SHOESEG_ALLOWED_HOSTS``: requests go to it with the
-          ``/setup`` token only; the configured key never goes there.
-        * no ``hostname``: the configured access (the ``/setup`` token goes nowhere without its server).
-
-        Raises:
-            SetupRefused: any other hostname, or one holding a user or password.
-        """
-        configured = self.default_access()
-        hostname = (hostname or "").strip().rstrip("/") or None
-        if hostname is None:
-            return configured
-        parts = urlsplit(hostname)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise SetupRefused(f"setup: hostname {hostname!r} is not an http(s) URL")
-        if has_userinfo(hostname):
-            raise SetupRefused("setup: the hostname holds a user or password; such URLs are refused")
-        if configured.hostname and any(same_server(hostname, h) for h in (configured.hostname, *configured.aliases)):
-            key = self.settings.label_studio_api_key
-            aliases = tuple(a for a in (*configured.aliases, hostname) if not same_server(a, configured.hostname))
-            return LabelStudioAccess(hostname=configured.hostname, token=token or key, aliases=tuple(dict.fromkeys(aliases)),
-                                     fallback_token=key if token and key and key != token else None)
-        _, host, port = origin(hostname)
-        if host_allowed(host, port, self.settings.allowed_hosts):
-            return LabelStudioAccess(hostname=hostname, token=token or None)
-        trusted = self.settings.label_studio_url or "none configured"
-        raise SetupRefused(
-            f"setup: Label Studio at {hostname} is not trusted by this backend (LABEL_STUDIO_URL: {trusted}). "
-            f"Set LABEL_STUDIO_URL to it (or LABEL_STUDIO_HOST, when it announces another name than the one the "
-            f"backend reaches it by), or add {host}:{port} to SHOESEG_ALLOWED_HOSTS"
-        )
+        """Where a ``/setup``'s Label Studio is, and which credentials may go to it (:func:`shoeseg.fetch.setup_access`)."""
+        return setup_access(self.settings, hostname, token)
 
     def setup(self, *, schema: str | None, hostname: str | None = None, access_token: str | None = None,
               project: str | int | None = None) -> dict[str, Any]:

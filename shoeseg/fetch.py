@@ -81,6 +81,55 @@ class LabelStudioAccess:
     fallback_token: str | None = None
 
 
+class SetupRefused(PermissionError):
+    """A ``/setup`` names a Label Studio server this backend does not trust (answered 403)."""
+
+
+def configured_access(settings: Settings) -> LabelStudioAccess:
+    """The configured server and key (``LABEL_STUDIO_URL``, ``LABEL_STUDIO_API_KEY``), or no access at all."""
+    url = settings.label_studio_url
+    if not url:
+        return LabelStudioAccess(hostname=None)
+    aliases = (settings.label_studio_host,) if settings.label_studio_host else ()
+    return LabelStudioAccess(hostname=url, token=settings.label_studio_api_key, aliases=aliases)
+
+def setup_access(settings: Settings, hostname: str | None, token: str | None) -> LabelStudioAccess:
+    """Where a ``/setup``'s Label Studio is, and which credentials may go to it.
+
+    * ``hostname`` is ``LABEL_STUDIO_URL`` (or the ``LABEL_STUDIO_HOST`` it announces): requests go to
+      ``LABEL_STUDIO_URL`` with the ``/setup`` token, and the configured key is tried when it is refused.
+    * ``hostname`` is another server named in ``SHOESEG_ALLOWED_HOSTS``: requests go to it with the
+      ``/setup`` token only; the configured key never goes there.
+    * no ``hostname``: the configured access (the ``/setup`` token goes nowhere without its server).
+
+    Raises:
+        SetupRefused: any other hostname, or one holding a user or password.
+    """
+    configured = configured_access(settings)
+    hostname = (hostname or "").strip().rstrip("/") or None
+    if hostname is None:
+        return configured
+    parts = urlsplit(hostname)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SetupRefused(f"setup: hostname {hostname!r} is not an http(s) URL")
+    if has_userinfo(hostname):
+        raise SetupRefused("setup: the hostname holds a user or password; such URLs are refused")
+    if configured.hostname and any(same_server(hostname, h) for h in (configured.hostname, *configured.aliases)):
+        key = settings.label_studio_api_key
+        aliases = tuple(a for a in (*configured.aliases, hostname) if not same_server(a, configured.hostname))
+        return LabelStudioAccess(hostname=configured.hostname, token=token or key, aliases=tuple(dict.fromkeys(aliases)),
+                                 fallback_token=key if token and key and key != token else None)
+    _, host, port = origin(hostname)
+    if host_allowed(host, port, settings.allowed_hosts):
+        return LabelStudioAccess(hostname=hostname, token=token or None)
+    trusted = settings.label_studio_url or "none configured"
+    raise SetupRefused(
+        f"setup: Label Studio at {hostname} is not trusted by this backend (LABEL_STUDIO_URL: {trusted}). "
+        f"Set LABEL_STUDIO_URL to it (or LABEL_STUDIO_HOST, when it announces another name than the one the "
+        f"backend reaches it by), or add {host}:{port} to SHOESEG_ALLOWED_HOSTS"
+    )
+
+
 @dataclass(frozen=True)
 class FetchedImage:
     """Raw bytes of one image and the content digest that keys the prediction cache."""
@@ -197,8 +246,8 @@ class ImageFetcher:
 
     # -- public API ------------------------------------------------------------------------------
     def default_access(self) -> LabelStudioAccess:
-        """Label Studio access from the settings (``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``)."""
-        return LabelStudioAccess(self.settings.label_studio_url, self.settings.label_studio_api_key)
+        """Label Studio access from the settings (:func:`configured_access`)."""
+        return configured_access(self.settings)
 
     def fetch(self, url: str, *, task_id, access: LabelStudioAccess | None) -> FetchedImage:
         """Returns the bytes of the image at ``url`` for task ``task_id``.

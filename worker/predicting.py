@@ -27,7 +27,7 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     model's input size, and the one writer (:mod:`shoeseg.predictions`), so a task reads the same whichever
     service predicted it.
     """
-    from shoeseg.fetch import ImageFetcher, ImageFetchError, LabelStudioAccess
+    from shoeseg.fetch import ImageFetcher, ImageFetchError, configured_access
     from shoeseg.predict import Predictor
     from shoeseg.predictions import PredictionWriter, as_ls, combine
     from shoeseg.registry import ModelRegistry
@@ -63,7 +63,7 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
                                           score_thresh=settings.score_thresh, batch_size=settings.predict_batch)
     writer = PredictionWriter(config, predictor.class_names, strategy=strategy, score_thresh=settings.score_thresh)
     fetcher = ImageFetcher(settings)
-    access = LabelStudioAccess(settings.label_studio_url, settings.label_studio_api_key)
+    access = configured_access(settings)
     fit = predictor.input_fit
     pushed = failed = 0
     try:

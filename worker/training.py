@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import signal
+import sys
 import tempfile
+import time
 from dataclasses import fields
 from pathlib import Path
 
+from shoeseg.losses import LOSS_KEYS
 from shoeseg.settings import Settings
 from shoeseg.trigger import FIRST_MODEL_REASON, ON_FAILURE, PREDICT_JOB, PREDICT_QUEUE
 from via_tools.ls_api import LabelStudioUnavailable, connect, is_transient
@@ -115,7 +121,7 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
     from via_tools.ls_api import LabelStudioError, accepted_annotations
 
     progress.update(force=True, stage="reading annotations")
-    from shoeseg.fetch import ImageFetcher, LabelStudioAccess
+    from shoeseg.fetch import ImageFetcher, configured_access
 
     client = connect(settings.label_studio_url, settings.label_studio_api_key)
     try:
@@ -138,8 +144,7 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
         settings = settings.with_(cache_dir=Path(".cache/shoeseg"))
     fetcher = ImageFetcher(settings)
     try:
-        images_dir = _localise_images(ds, fetcher, LabelStudioAccess(settings.label_studio_url,
-                                                                     settings.label_studio_api_key), progress)
+        images_dir = _localise_images(ds, fetcher, configured_access(settings), progress)
     finally:
         fetcher.close()
     task_ids = [im.image_id for im in ds.images]
@@ -164,8 +169,13 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
         def on_progress(values: dict) -> None:
             progress.update(stage="training", **values)
 
-        result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=run_dir,
-                       val_dataset=val_ds if len(val_ds) else None, progress=on_progress)
+        if settings.gpus_per_job > 1:
+            result = train_in_processes(config, settings.gpus_per_job, dataset=train_ds, images_dir=images_dir,
+                                        out_dir=run_dir / "train", val_dataset=val_ds if len(val_ds) else None,
+                                        progress=on_progress)
+        else:
+            result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=run_dir,
+                           val_dataset=val_ds if len(val_ds) else None, progress=on_progress)
         progress.update(force=True, stage="evaluating")
         new_metrics = dict(result.eval.metrics) if result.eval is not None else {}
         current_metrics = (_evaluate(current.checkpoint, val_ds, images_dir, settings)
@@ -216,6 +226,109 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
         "val_tasks": len(val_ds),
         "predict_job_id": predict_job_id,
     }
+
+
+def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m shoeseg_app train ARGS`` (torchrun;
+    ``--standalone`` finds a free port, so several workers of one machine can each run one)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "shoeseg_app", "train", *train_args]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # torchrun stops with the work horse even when the horse is killed with SIGKILL (Linux; elsewhere a no-op)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _read_rows(path: Path, seen: int) -> list[dict]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines[seen:]:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a row being written: read it next time
+    return rows
+
+
+def train_in_processes(config, nproc: int, *, dataset, images_dir: Path, out_dir: Path, val_dataset=None,
+                       progress=None, poll_s: float = 1.0):
+    """:func:`shoeseg.train.train` as ``nproc`` processes under torchrun (``SHOESEG_GPUS_PER_JOB`` > 1).
+
+    The annotations (COCO), the split, and ``config`` (every field) are written beside ``out_dir``; the
+    command is :func:`torchrun_command`; its rank 0 writes the result that is read back. Progress comes
+    from the ``metrics.jsonl`` rows as they are written. The processes are stopped when the job is
+    (timeout, or the work horse killed).
+
+    Raises:
+        ValueError: more processes than GPUs on CUDA.
+        RuntimeError: the training exited with an error (the message ends with its last output lines).
+    """
+    import subprocess
+    from dataclasses import asdict
+
+    import torch
+
+    from shoeseg.device import resolve_device
+    from shoeseg.distributed import result_from_json
+    from via_tools.io import save
+    from via_tools.model import AnnotationSet
+
+    if resolve_device(config.device).type == "cuda" and torch.cuda.device_count() < nproc:
+        raise ValueError(f"SHOESEG_GPUS_PER_JOB={nproc} but {torch.cuda.device_count()} GPU(s) are visible here")
+    job_dir = out_dir.parent / f"{out_dir.name}-launch"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    val_images = list(val_dataset.images) if val_dataset is not None else []
+    everything = AnnotationSet(images=list(dataset.images) + val_images, labels=list(dataset.labels),
+                               source_format=dataset.source_format, meta=dict(dataset.meta))
+    data = save(everything, job_dir / "annotations.coco.json", fmt="coco")
+    split = job_dir / "split.json"
+    split.write_text(json.dumps({"train": [im.file_name for im in dataset.images],
+                                 "val": [im.file_name for im in val_images]}), encoding="utf-8")
+    config_path = job_dir / "config.json"
+    config_path.write_text(json.dumps(asdict(config)), encoding="utf-8")
+    result_path = job_dir / "result.json"
+    cmd = torchrun_command(nproc, ["--data", str(data), "--images", str(images_dir), "--split", str(split),
+                                   "--out", str(out_dir), "--config", str(config_path),
+                                   "--result", str(result_path)])
+    log_path = job_dir / "train.log"
+    log.info("training in %d processes: %s", nproc, " ".join(cmd))
+    seen = 0
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        try:
+            while True:
+                finished = proc.poll() is not None
+                for row in _read_rows(out_dir / "metrics.jsonl", seen):
+                    seen += 1
+                    if progress is not None:
+                        progress({"iteration": row["iteration"], "max_iter": config.iters,
+                                  "losses": {k: row[k] for k in LOSS_KEYS if k in row}, "lr": row.get("lr"),
+                                  "eta_seconds": row.get("eta_seconds")})
+                if finished:
+                    break
+                time.sleep(poll_s)
+        finally:
+            if proc.poll() is None:  # the job is being stopped: stop the training with it
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+    if proc.returncode != 0 or not result_path.is_file():
+        tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+        raise RuntimeError(f"training in {nproc} processes exited with {proc.returncode}: " + "\n".join(tail))
+    return result_from_json(json.loads(result_path.read_text(encoding="utf-8")))
 
 
 def _enqueue_predict(job, project_id: int, version: str, settings: Settings) -> str | None:
