@@ -31,6 +31,24 @@ Strategies (:data:`STRATEGIES`):
 
 Images where neither view holds a detection score 0 under every model-based strategy.
 
+Pool strategies (:data:`POOL_STRATEGIES`, offline simulation only for now) rank the whole unlabelled pool at
+once instead of scoring each image on its own, so that near-duplicate frames are not all picked together:
+
+``diverse_least_confidence``
+    Uncertainty-weighted k-center greedy on pooled backbone features (``Predictor.embed``): each pick is the
+    image with the largest ``(1 - least_confidence score) * distance to the nearest labelled or already
+    picked image`` (:func:`k_center_greedy`). A near-duplicate of something labelled or picked is at
+    distance ~0 and waits until every distinct image has had its turn.
+``kcenter``
+    The same greedy without the uncertainty weight (the core-set baseline), to tell diversity's share of a
+    gain from uncertainty's.
+
+Their per-task score is the position in the greedy order divided by the pool size (:func:`diverse_scores`;
+the first pick scores 0), so sorting by score ascending gives the greedy order and any prefix of it is the
+greedy selection of that size. It depends on every other unlabelled task and on the labelled set, which is
+why :func:`detections_score` (one image's detections) cannot compute it and the live loop does not offer it
+yet (docs/active-learning.md).
+
 Example:
     >>> from shoeseg.active_learning import score_images
     >>> score_images("random", None, [image], task_ids=[17])  # doctest: +SKIP
@@ -311,3 +329,149 @@ def rank(scores: Sequence[float], *, keys: Sequence[Any] | None = None, seed: in
     """
     keys = list(range(len(scores))) if keys is None else list(keys)
     return sorted(range(len(scores)), key=lambda i: (float(scores[i]), random_score(keys[i], seed=seed + 1)))
+
+
+# ---------------------------------------------------------------- pool strategies (diversity)
+
+#: Uncertainty weights never go below this, so an image the model is sure of still has its turn by
+#: diversity once only near-duplicates of picked images are left.
+DIVERSITY_WEIGHT_FLOOR = 0.01
+
+#: Pool strategy name -> the per-image strategy whose score weighs the distances (``None``: pure k-center).
+POOL_STRATEGIES: dict[str, str | None] = {
+    "diverse_least_confidence": "least_confidence",
+    "kcenter": None,
+}
+
+
+def check_simulation_strategy(strategy: str) -> str:
+    """Returns ``strategy`` when the offline simulation knows it (:data:`STRATEGIES` or :data:`POOL_STRATEGIES`)."""
+    if strategy not in STRATEGIES and strategy not in POOL_STRATEGIES:
+        known = ", ".join([*STRATEGIES, *POOL_STRATEGIES])
+        raise ValueError(f"unknown active-learning strategy {strategy!r}; choose one of {known}")
+    return strategy
+
+
+def is_pool_strategy(strategy: str) -> bool:
+    """True when ``strategy`` ranks the whole pool at once (:data:`POOL_STRATEGIES`), needing pooled features."""
+    return check_simulation_strategy(strategy) in POOL_STRATEGIES
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (images, dims), got shape {x.shape}")
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def k_center_greedy(
+    features: np.ndarray,
+    labelled: np.ndarray | None = None,
+    *,
+    weights: Sequence[float] | None = None,
+    k: int | None = None,
+    keys: Sequence[Any] | None = None,
+    seed: int = RANDOM_SEED,
+) -> list[int]:
+    """The pool's indices in (weighted) k-center greedy order.
+
+    Each of the first ``k`` steps picks the image with the largest ``weight * d``, where ``d`` is the Euclidean
+    distance to the nearest row of ``labelled`` or of the images picked before (with no labelled row, the
+    first pick is the largest weight). ``weights=None`` is plain k-center greedy (core-set). After ``k`` picks
+    the rest follow by that same objective, largest first, without further updates. Ties are broken by a
+    seeded hash of ``keys`` (default: positions), as in :func:`rank`.
+
+    Args:
+        features: ``(n, d)`` rows of the unlabelled pool.
+        labelled: ``(m, d)`` rows of the labelled images, or ``None``.
+        weights: ``n`` non-negative numbers (informativeness), or ``None`` for all ones.
+        k: greedy steps (default: every image).
+
+    Example:
+        >>> x = np.array([[0.0, 0.0], [0.0, 0.01], [5.0, 0.0]])
+        >>> k_center_greedy(x, np.array([[0.0, 0.1]]))
+        [2, 0, 1]
+    """
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be a 2-D array (images, dims), got shape {x.shape}")
+    n = x.shape[0]
+    if n == 0:
+        return []
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"weights must be {n} finite non-negative numbers")
+    keys = list(range(n)) if keys is None else list(keys)
+    if len(keys) != n:
+        raise ValueError(f"{len(keys)} keys for {n} images")
+    tie = np.array([random_score(key, seed=seed + 1) for key in keys])
+    steps = n if k is None else max(0, min(int(k), n))
+
+    d = np.full(n, np.inf)
+    if labelled is not None and len(labelled):
+        lab = np.asarray(labelled, dtype=np.float64)
+        if lab.ndim != 2 or lab.shape[1] != x.shape[1]:
+            raise ValueError(f"labelled features must have shape (m, {x.shape[1]}), got {lab.shape}")
+        for row in lab:  # one labelled row at a time keeps memory at O(n)
+            np.minimum(d, np.linalg.norm(x - row, axis=1), out=d)
+    taken = np.zeros(n, bool)
+    order: list[int] = []
+
+    def objective() -> np.ndarray:
+        obj = w * d if np.isfinite(d).any() else w.copy()  # nothing to be far from yet: weights alone
+        obj = np.where(np.isinf(obj), np.finfo(np.float64).max, obj)
+        obj[taken] = -np.inf
+        return obj
+
+    for _ in range(steps):
+        obj = objective()
+        best = obj.max()
+        candidates = np.flatnonzero(obj >= best - 1e-12 * max(1.0, abs(best)))
+        i = int(candidates[np.argmin(tie[candidates])])
+        order.append(i)
+        taken[i] = True
+        np.minimum(d, np.linalg.norm(x - x[i], axis=1), out=d)
+    if len(order) < n:
+        obj = objective()
+        rest = [i for i in range(n) if not taken[i]]
+        rest.sort(key=lambda i: (-obj[i], tie[i]))
+        order += rest
+    return order
+
+
+def diverse_scores(
+    scores: Sequence[float] | None,
+    features: np.ndarray,
+    labelled_features: np.ndarray | None = None,
+    *,
+    k: int | None = None,
+    keys: Sequence[Any] | None = None,
+    seed: int = RANDOM_SEED,
+    floor: float = DIVERSITY_WEIGHT_FLOOR,
+) -> list[float]:
+    """Per-task scores of a pool strategy: the position in the k-center greedy order over the pool size.
+
+    Features are L2-normalised first (distances in ``[0, 2]``). With ``scores`` (a per-image strategy's, lower
+    = more informative), each image's weight is ``max(1 - score, floor)``; without, plain k-center.
+
+    Returns:
+        ``n`` numbers in ``[0, 1)``, lower = label first; the first pick scores 0.
+
+    Example:
+        >>> x = np.array([[1.0, 0.0], [1.0, 0.001], [0.0, 1.0]])
+        >>> diverse_scores([0.1, 0.2, 0.9], x)   # 0 first, then 2 (distinct) before 1 (a near-copy of 0)
+        [0.0, 0.6666666666666666, 0.3333333333333333]
+    """
+    x = _unit_rows(features)
+    n = x.shape[0]
+    weights = None
+    if scores is not None:
+        if len(scores) != n:
+            raise ValueError(f"{len(scores)} scores for {n} feature rows")
+        weights = [max(1.0 - _clip01(s), float(floor)) for s in scores]
+    lab = None if labelled_features is None or len(labelled_features) == 0 else _unit_rows(labelled_features)
+    order = k_center_greedy(x, lab, weights=weights, k=k, keys=keys, seed=seed)
+    out = [0.0] * n
+    for pos, i in enumerate(order):
+        out[i] = pos / n
+    return out

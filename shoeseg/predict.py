@@ -323,3 +323,39 @@ class Predictor:
                 for d in dets
             ])
         return both[:n], back
+
+    # -- pooled features --------------------------------------------------------------------------------
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Pooled backbone features: one L2-normalised row per image (for diversity-aware active learning).
+
+        Each image runs through the model's resize and the backbone on its own (a batch's padding would change
+        the features near the border); every FPN level's feature map is averaged over the image's area (the
+        padding to a multiple of 32 left out) and the levels are concatenated. Near-duplicate images get
+        nearly the same row.
+
+        Returns:
+            A float32 array ``(len(images), levels * channels)``.
+
+        Example:
+            >>> predictor.embed([image_a, image_b]).shape  # doctest: +SKIP
+            (2, 1280)
+        """
+        rows: list[np.ndarray] = []
+        for i, image in enumerate(images):
+            tensor = image_to_tensor(image, self.device, where=f"image {i}")
+            with self._lock, torch.inference_mode(), autocast(self.device):
+                batched, _ = self.model.transform([tensor])
+                features = self.model.backbone(batched.tensors)
+                pad_h, pad_w = batched.tensors.shape[-2:]
+                h, w = batched.image_sizes[0]
+                parts = []
+                for f in features.values():
+                    fh, fw = f.shape[-2:]
+                    crop = f[0, :, : max(1, math.ceil(fh * h / pad_h)), : max(1, math.ceil(fw * w / pad_w))]
+                    parts.append(crop.float().mean(dim=(1, 2)))
+                v = torch.cat(parts)
+                rows.append((v / v.norm().clamp_min(1e-12)).cpu().numpy().astype(np.float32))
+        if not rows:
+            return np.zeros((0, 0), np.float32)
+        return np.stack(rows)

@@ -193,3 +193,97 @@ def test_scores_from_a_real_random_init_predictor():
     raw = predictor.predict([im], score_thresh=al.CANDIDATE_SCORE_THRESH)[0]
     assert raw, "a random-init model still proposes low-score candidates"
     assert al.score_images("least_confidence", predictor, [im, im]) == [pytest.approx(max(d.score for d in raw))] * 2
+
+
+# ---------------------------------------------------------------- pool strategies (diversity)
+
+
+def clusters(n_clusters=3, copies=4, dims=16, noise=1e-3, seed=0):
+    """``n_clusters`` distinct directions, each with ``copies`` near-duplicates (frames of one burst)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_clusters, dims))
+    rows = np.concatenate([c + noise * rng.normal(size=(copies, dims)) for c in centres])
+    return rows, np.repeat(np.arange(n_clusters), copies)
+
+
+def test_pool_strategies_are_simulation_only():
+    for name in al.POOL_STRATEGIES:
+        assert name not in al.STRATEGIES  # the live loop's task score cannot pick them
+        assert al.check_simulation_strategy(name) == name and al.is_pool_strategy(name)
+        with pytest.raises(ValueError, match="unknown active-learning strategy"):
+            al.check_strategy(name)
+    for name in al.STRATEGIES:
+        assert al.check_simulation_strategy(name) == name and not al.is_pool_strategy(name)
+    with pytest.raises(ValueError, match="unknown active-learning strategy 'nope'.*kcenter"):
+        al.check_simulation_strategy("nope")
+
+
+def test_kcenter_greedy_does_not_pick_a_near_duplicate_before_every_distinct_item():
+    x, group = clusters(n_clusters=3, copies=4)
+    order = al.k_center_greedy(x)
+    assert sorted(order) == list(range(len(x)))
+    assert len(set(group[order[:3]])) == 3, "the first three picks come from three different bursts"
+    # uncertainty alone would take the four frames of the most uncertain burst first ...
+    scores = [0.1] * 4 + [0.5] * 4 + [0.6] * 4
+    assert set(group[al.rank(scores)[:4]]) == {0}
+    # ... the uncertainty-weighted greedy still covers every burst first, the most uncertain one first
+    ranked = al.rank(al.diverse_scores(scores, x))
+    assert len(set(group[ranked[:3]])) == 3 and group[ranked[0]] == 0
+
+
+def test_near_duplicates_of_labelled_images_come_last():
+    x, group = clusters(n_clusters=4, copies=3)
+    labelled = x[group == 2][:1] + 1e-4  # one frame of burst 2 is labelled already
+    scores = [0.0 if g == 2 else 0.7 for g in group]  # and its burst looks the most uncertain
+    assert set(group[al.rank(scores)[:3]]) == {2}  # uncertainty alone: three copies of what is labelled
+    ranked = al.rank(al.diverse_scores(scores, x, labelled))
+    assert set(group[ranked[:3]]) == {0, 1, 3}  # every unlabelled burst before a copy of a labelled frame
+
+
+def test_diverse_scores_map_the_greedy_order_to_task_scores():
+    x, _ = clusters(n_clusters=3, copies=2)
+    scores = [0.3, 0.4, 0.2, 0.9, 0.5, 0.5]
+    out = al.diverse_scores(scores, x, k=2)
+    assert sorted(out) == [i / 6 for i in range(6)]  # the position in the order over the pool size
+    assert min(out) == 0.0 and max(out) < 1.0
+    assert al.rank(out)[:2] == al.k_center_greedy(x / np.linalg.norm(x, axis=1, keepdims=True),
+                                                  weights=[1 - s for s in scores], k=2)[:2]
+    assert out == al.diverse_scores(scores, x, k=2)  # deterministic
+    assert al.diverse_scores(None, x) == al.diverse_scores([0.5] * 6, x)  # equal weights: plain k-center
+
+
+def test_kcenter_ties_are_broken_by_key_and_inputs_are_checked():
+    same = np.ones((5, 3))
+    order = al.k_center_greedy(same, keys=[f"f{i}" for i in range(5)])
+    assert sorted(order) == list(range(5)) and order == al.k_center_greedy(same, keys=[f"f{i}" for i in range(5)])
+    assert al.k_center_greedy(np.zeros((0, 3))) == []
+    with pytest.raises(ValueError, match="2-D"):
+        al.k_center_greedy(np.zeros(3))
+    with pytest.raises(ValueError, match="weights"):
+        al.k_center_greedy(same, weights=[1, 1, 1, 1, -1])
+    with pytest.raises(ValueError, match="labelled features"):
+        al.k_center_greedy(same, np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="2 scores for 5"):
+        al.diverse_scores([0.1, 0.2], same)
+
+
+def test_pooled_features_of_a_real_model_see_near_duplicates():
+    torch = pytest.importorskip("torch")
+    from shoeseg.model import build_model
+    from shoeseg.predict import Predictor
+
+    torch.manual_seed(0)
+    model = build_model(num_classes=1, weights=None, arch="lite0-fpn", min_size=64, max_size=96)
+    predictor = Predictor(model, class_names=["shoe"], device="cpu", batch_size=3)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    a2 = np.clip(a.astype(int) + rng.integers(-3, 4, a.shape), 0, 255).astype(np.uint8)  # a near-duplicate
+    b = rng.integers(0, 255, (80, 64, 3), dtype=np.uint8)
+    feats = predictor.embed([a, a2, b])
+    assert feats.shape[0] == 3 and feats.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    assert np.linalg.norm(feats[0] - feats[1]) < 0.5 * np.linalg.norm(feats[0] - feats[2])
+    # an image's row does not depend on the images beside it
+    np.testing.assert_allclose(predictor.embed([a])[0], feats[0], atol=1e-5)
+    np.testing.assert_allclose(predictor.embed([b, a])[1], feats[0], atol=1e-5)
+    assert predictor.embed([]).shape[0] == 0
