@@ -34,12 +34,12 @@ def next_batch(
     """
     import json
 
-    from via_tools.ls_api import connect, select_next, task_score
+    from via_tools.ls_api import connect, project_model_version, select_next, task_score
 
     if not url or not api_key:
         raise typer.BadParameter("give --url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
     client = connect(url, api_key)
-    model_version = getattr(client.projects.get(id=project), "model_version", None) or None
+    model_version = project_model_version(client, project)
     tasks = select_next(client, project, k)
     if not tasks:
         typer.echo(f"project {project}: no unlabelled task left")
@@ -55,56 +55,112 @@ def next_batch(
             typer.echo(f"{t.id:>8}  {'-' if score is None else f'{score:.4f}':>7}  {image}")
 
 
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in value.replace(" ", "").split(",") if v]
+    except ValueError as e:
+        raise typer.BadParameter(f"--seeds {value!r}: expected a comma list of integers such as 0,1,2") from e
+    if not seeds:
+        raise typer.BadParameter("--seeds needs at least one seed")
+    return seeds
+
+
+def _echo_answer(rows: list[dict]) -> None:
+    from shoeseg.al_simulate import format_label_shares, format_summary, labels_to_reach
+
+    typer.echo(format_summary(rows))
+    typer.echo("")
+    if any(r["strategy"] == "random" for r in rows):
+        typer.echo(format_label_shares(labels_to_reach(rows)))
+    else:
+        typer.echo("no random rows: the labels needed to reach random's final mask AP cannot be computed")
+
+
+def _images_dir(data: Path, ds) -> Path:
+    """images/ beside --data, else the one folder a YOLO set's images were read from, else --data's folder."""
+    if (data.parent / "images").is_dir():
+        return data.parent / "images"
+    folders = set()
+    for im in ds.images:
+        read_as = im.extra.get("yolo_image")
+        if not read_as or not str(read_as).replace("\\", "/").endswith(im.file_name):
+            break
+        folders.add(str(read_as)[: len(str(read_as)) - len(im.file_name)])
+    else:
+        if len(folders) == 1:
+            return Path(folders.pop())
+    return data.parent
+
+
 @al_app.command("simulate")
 def simulate(
-    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, help="A labelled dataset (VIA, COCO, ...)."),
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False,
+                              help="A labelled dataset (VIA, COCO, Label Studio, a YOLO data.yaml, ...)."),
     images: Path = typer.Option(None, "--images", file_okay=False,
-                                help="Image folder (default: images/ beside --data, else --data's folder)."),
+                                help="Image folder (default: images/ beside --data, else the folder a YOLO set's "
+                                "images were read from, else --data's folder)."),
     strategy: list[str] = typer.Option(["random", "least_confidence"], "--strategy", "-s",
                                        help="Strategy, repeatable or a comma list: random, least_confidence, "
-                                       "flip_consistency, entropy."),
+                                       "flip_consistency, entropy, diverse_least_confidence, kcenter."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds, one simulation each (start set, training, "
+                              "random); the test split stays the same."),
     start: int = typer.Option(8, "--start", min=1, help="Labelled images before the first round."),
     batch: int = typer.Option(8, "--batch", min=1, help="Images labelled per round."),
-    rounds: int = typer.Option(3, "--rounds", min=1, help="Trainings per strategy."),
-    iters: int = typer.Option(50, "--iters", min=1, help="Training iterations per round."),
-    min_size: int = typer.Option(256, "--min-size", min=32, help="Shorter image side the model resizes to."),
-    max_size: int = typer.Option(384, "--max-size", min=32, help="Longest image side the model allows."),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="Trainings per strategy and seed."),
     test_frac: float = typer.Option(0.3, "--test-frac", help="Fraction of images held out for evaluation."),
-    lr: float = typer.Option(0.0025, "--lr", help="Base learning rate."),
-    roi_batch: int = typer.Option(512, "--roi-batch", min=1, help="ROIs per image for the box head in training."),
-    detections: int = typer.Option(20, "--detections", min=1, help="Candidates kept per image (eval and scoring)."),
-    weights: str = typer.Option("auto", "--weights", help="First model: auto (COCO R50-FPN, else ImageNet lite2-fpn), coco, imagenet, none or a checkpoint."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seeds the test split (fixed across seeds)."),
+    profile: str = typer.Option("cpu", "--profile", help="Training recipe: cpu, study, gpu, or auto (from the device)."),
+    iters: int = typer.Option(None, "--iters", min=1, help="Round 0's iterations (default: the profile's)."),
+    round_iters: int = typer.Option(None, "--round-iters", min=1,
+                                    help="Iterations of every later round (default: 4 per new labelled image, at "
+                                    "least 40, at most --iters)."),
+    ims_per_batch: int = typer.Option(None, "--ims-per-batch", min=1, help="Images per training step."),
+    lr: float = typer.Option(None, "--lr", "--base-lr", help="Base learning rate."),
+    roi_batch: int = typer.Option(None, "--roi-batch", min=1, help="ROIs per image for the box head in training."),
+    min_size: int = typer.Option(None, "--min-size", min=32, help="Shorter image side the model resizes to."),
+    max_size: int = typer.Option(None, "--max-size", min=32, help="Longest image side the model allows."),
+    detections: int = typer.Option(None, "--detections", min=1,
+                                   help="Detections kept per image (evaluation and scoring)."),
+    weights: str = typer.Option(None, "--weights", help="Round 0's weights: auto (COCO R50-FPN, else ImageNet "
+                                "lite2-fpn), coco, imagenet, none or a checkpoint (default: the profile's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the split, start set and training."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out: finished rows are kept."),
+    keep_checkpoints: bool = typer.Option(False, "--keep-checkpoints", help="Keep every round's checkpoint."),
     out: Path = typer.Option(Path("runs/al-simulation"), "--out", file_okay=False, help="Output folder."),
 ) -> None:
-    """Runs the active-learning loop offline on a labelled dataset; writes simulation.csv and simulation.png.
+    """Runs the active-learning loop offline on a labelled dataset; writes simulation.csv, selections.json and
+    simulation.png, then prints how many labels each strategy needed to reach random's final mean mask AP.
 
     Example: shoeseg al simulate --data ../shared/datasets/shoes/via_project.json -s random,least_confidence
-    --start 8 --batch 8 --rounds 3 --iters 40 --weights none --out runs/al
+    --seeds 0,1,2 --start 8 --batch 8 --rounds 4 --profile cpu --out runs/al
     """
     from shoeseg.al_simulate import SimulationConfig, run_simulation
+    from shoeseg.train import TrainConfig
     from via_tools.io import load
 
-    if images is None:
-        images = data.parent / "images" if (data.parent / "images").is_dir() else data.parent
     try:
+        train = TrainConfig.for_profile(
+            profile, device=device, iters=iters, ims_per_batch=ims_per_batch, base_lr=lr,
+            roi_batch_size_per_image=roi_batch, min_size=min_size, max_size=max_size,
+            box_detections_per_img=detections, weights=weights,
+        )
         cfg = SimulationConfig(
-            strategies=_strategies(strategy), start=start, batch=batch, rounds=rounds, iters=iters,
-            min_size=min_size, max_size=max_size, test_frac=test_frac, weights=weights, device=device, seed=seed,
-            base_lr=lr, roi_batch_size_per_image=roi_batch, detections_per_img=detections,
+            strategies=_strategies(strategy), seeds=_seeds(seeds), start=start, batch=batch, rounds=rounds,
+            test_frac=test_frac, split_seed=split_seed, round_iters=round_iters, keep_checkpoints=keep_checkpoints,
+            train=train,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
     ds = load(data)
-    result = run_simulation(cfg, dataset=ds, images_dir=images, out_dir=out, show_progress=not os.environ.get("CI"))
-    typer.echo(f"{'strategy':<18} {'round':>5} {'labelled':>8} {'segm_AP':>8} {'segm_AP50':>9} {'bbox_AP':>8} {'s':>7}")
-    for r in result.rows:
-        typer.echo(
-            f"{r['strategy']:<18} {r['round']:>5} {r['n_labelled']:>8} {r['segm_AP']:>8.4f} {r['segm_AP50']:>9.4f} "
-            f"{r['bbox_AP']:>8.4f} {r['seconds']:>7.1f}"
-        )
-    typer.echo(f"wrote {result.csv_path}, {result.plot_path} and {result.selections_path}")
+    if images is None:
+        images = _images_dir(data, ds)
+    try:
+        result = run_simulation(cfg, dataset=ds, images_dir=images, out_dir=out, resume=resume,
+                                show_progress=not os.environ.get("CI"))
+    except (FileExistsError, ValueError) as e:
+        raise typer.BadParameter(str(e)) from e
+    _echo_answer(result.rows)
+    typer.echo(f"\nwrote {result.csv_path}, {result.plot_path} and {result.selections_path}")
 
 
 @al_app.command("plot")
@@ -113,7 +169,9 @@ def plot(
     out: Path = typer.Option(..., "--out", dir_okay=False, help="The plot (PNG); a combined CSV is written beside it."),
     title: str = typer.Option("Active learning", "--title", help="The plot's title."),
 ) -> None:
-    """Combines the CSVs of several simulations (same dataset and settings) into one table and one plot.
+    """Combines the CSVs of several simulations (same dataset and settings) into one table and one plot (mean
+    and min-max band over seeds per strategy), and prints the labels each strategy needed to reach random's
+    final mean mask AP.
 
     Example: shoeseg al plot runs/a/simulation.csv runs/b/simulation.csv --out docs/al.png
     """
@@ -122,13 +180,16 @@ def plot(
     rows, seen = [], set()
     for f in csv_files:
         for r in read_csv(f):
-            if (r["strategy"], r["round"]) in seen:
-                raise typer.BadParameter(f"{f}: strategy {r['strategy']!r} round {r['round']} is already in an earlier file")
-            seen.add((r["strategy"], r["round"]))
+            key = (r["strategy"], r["seed"], r["round"])
+            if key in seen:
+                raise typer.BadParameter(f"{f}: strategy {r['strategy']!r} seed {r['seed']} round {r['round']} is "
+                                         "already in an earlier file")
+            seen.add(key)
             rows.append(r)
     write_csv(rows, out.with_suffix(".csv"))
     plot_curves(rows, out, title=title)
-    typer.echo(f"wrote {out} and {out.with_suffix('.csv')} ({len(rows)} rows)")
+    _echo_answer(rows)
+    typer.echo(f"\nwrote {out} and {out.with_suffix('.csv')} ({len(rows)} rows)")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,70 @@
+"""How long a training round runs: a first model gets the full schedule, a fine-tuning round a short one.
+
+A round that warm-starts from the previous model (``TrainConfig.init_from``) only has to learn what the new
+labels add, so it runs :data:`ROUND_ITERS_PER_NEW_IMAGE` iterations per new (or changed) labelled image, at
+least :data:`MIN_ROUND_ITERS` and never more than the full schedule (``TrainConfig.iters``, the profile's):
+
+    iters = min(full_iters, max(MIN_ROUND_ITERS, ROUND_ITERS_PER_NEW_IMAGE * new_images))
+
+The learning-rate warm-up shrinks with it (at most a fifth of the round), and the step decay follows the
+shorter schedule (75% and 90% of it, unless the configuration fixes ``steps``).
+
+Only the standard library is imported here (no torch), so any layer can size a round.
+
+Example:
+    >>> round_iters(250, 5), round_iters(250, 30), round_iters(250, 500)
+    (40, 120, 250)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from shoeseg.train import TrainConfig
+
+#: Iterations of a fine-tuning round per new or changed labelled image.
+ROUND_ITERS_PER_NEW_IMAGE = 4
+#: The fewest iterations of a fine-tuning round (unless the full schedule is shorter).
+MIN_ROUND_ITERS = 40
+
+
+def round_iters(full_iters: int, new_images: int, *, per_image: int = ROUND_ITERS_PER_NEW_IMAGE,
+                floor: int = MIN_ROUND_ITERS) -> int:
+    """Iterations of a fine-tuning round with ``new_images`` new or changed labelled images.
+
+    Example:
+        >>> round_iters(250, 8), round_iters(2, 8)
+        (40, 2)
+    """
+    return int(min(int(full_iters), max(int(floor), int(per_image) * max(0, int(new_images)))))
+
+
+def fine_tune_config(config: TrainConfig, *, init_from: str, new_images: int | None = None,
+                     iters: int | None = None) -> TrainConfig:
+    """A copy of ``config`` that warm-starts from ``init_from`` with a short schedule.
+
+    Args:
+        config: the full recipe (``TrainConfig.for_profile(...)``); its ``iters`` is the cap.
+        init_from: the checkpoint to continue from.
+        new_images: new or changed labelled images since that checkpoint: sizes the round by
+            :func:`round_iters`.
+        iters: a fixed number of iterations instead (wins over ``new_images``); neither: ``config.iters``.
+
+    Example:
+        >>> from shoeseg.train import TrainConfig  # doctest: +SKIP
+        >>> fine_tune_config(TrainConfig.for_profile("cpu"), init_from="m.pt", new_images=8).iters  # doctest: +SKIP
+        40
+    """
+    if iters is not None:
+        n = int(iters)
+    elif new_images is not None:
+        n = round_iters(config.iters, new_images)
+    else:
+        n = config.iters
+    return replace(config, init_from=str(init_from), iters=n,
+                   warmup_iters=min(config.warmup_iters, max(1, n // 5)))
+
+
+__all__ = ["MIN_ROUND_ITERS", "ROUND_ITERS_PER_NEW_IMAGE", "fine_tune_config", "round_iters"]
