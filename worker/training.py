@@ -56,22 +56,6 @@ def _localise_images(ds, fetcher, access, progress: Progress) -> Path:
     return root
 
 
-#: A fine-tuning round's schedule: this many iterations per new or changed labelled image, at least
-#: :data:`MIN_ROUND_ITERS`, at most the profile's full schedule (which the first model gets).
-ROUND_ITERS_PER_NEW_IMAGE = 4
-MIN_ROUND_ITERS = 40
-
-
-def round_iters(full_iters: int, new_images: int) -> int:
-    """Iterations of a fine-tuning round with ``new_images`` new or changed labelled images.
-
-    Example:
-        >>> round_iters(250, 5), round_iters(250, 30), round_iters(250, 500)
-        (40, 120, 250)
-    """
-    return int(min(full_iters, max(MIN_ROUND_ITERS, ROUND_ITERS_PER_NEW_IMAGE * max(0, new_images))))
-
-
 def new_images(ds, current) -> int:
     """Labelled images of ``ds`` that the current version did not train on, or whose annotation changed since."""
     if current is None:
@@ -84,16 +68,16 @@ def _train_config(settings: Settings, *, weights: str | None, init_from: str | N
                   new: int | None = None):
     """The job's training settings: the profile (``SHOESEG_PROFILE``), then what the environment sets.
 
-    A fine-tuning round (``init_from`` set) is sized by :func:`round_iters` to the ``new`` labelled images,
-    unless ``SHOESEG_TRAIN_ITERS`` fixes the iterations.
+    A fine-tuning round (``init_from`` set) is sized by :func:`shoeseg.schedule.round_iters` to the ``new``
+    labelled images, unless ``SHOESEG_TRAIN_ITERS`` fixes the iterations.
     """
+    from shoeseg.schedule import fine_tune_config
     from shoeseg.train import TrainConfig
 
     config = TrainConfig.for_profile(settings.profile, device=settings.device, weights=weights, init_from=init_from,
                                      seed=seed, progress_bar=False, **settings.train_overrides())
     if init_from is not None and new is not None and settings.train_iters is None:
-        config.iters = round_iters(config.iters, new)
-        config.warmup_iters = min(config.warmup_iters, max(1, config.iters // 5))
+        config = fine_tune_config(config, init_from=init_from, new_images=new)
     config.log_period = max(1, min(20, config.iters // 10 or 1))
     return config
 

@@ -270,3 +270,22 @@ def test_bad_annotations_fail_at_once_without_retries(redis_conn, fake_ls, loop_
     assert job.get_status() == JobStatus.FAILED
     assert "no labelled instances" in job.meta["error"] and job.meta["transient"] is False
     assert job.meta["attempts"] == 1
+
+
+def test_a_fine_tuning_round_is_sized_to_what_is_new(monkeypatch):
+    from worker.training import _train_config, new_images
+
+    settings = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_DEVICE": "cpu"})
+    first = _train_config(settings, weights="none", init_from=None, seed=0, new=30)
+    assert first.iters == 250  # the first model: the profile's full schedule
+    assert _train_config(settings, weights=None, init_from="m.pt", seed=0, new=5).iters == 40  # the floor
+    round_30 = _train_config(settings, weights=None, init_from="m.pt", seed=0, new=30)
+    assert round_30.iters == 120 and round_30.warmup_iters <= 24 and round_30.init_from == "m.pt"
+    fixed = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_TRAIN_ITERS": "7"})
+    assert _train_config(fixed, weights=None, init_from="m.pt", seed=0, new=30).iters == 7  # the variable wins
+
+    current = SimpleNamespace(meta={"annotation_ids": {"1": 10, "2": 20}})
+    ds = SimpleNamespace(images=[SimpleNamespace(image_id="1", extra={"ls_annotation_id": 10}),
+                                 SimpleNamespace(image_id="2", extra={"ls_annotation_id": 21}),  # corrected
+                                 SimpleNamespace(image_id="3", extra={"ls_annotation_id": 30})])  # new
+    assert new_images(ds, current) == 2 and new_images(ds, None) == 3
