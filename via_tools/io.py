@@ -34,7 +34,11 @@ _MODULES = {
     "csv": "via_tools.via_csv",
     "coco": "via_tools.coco",
     "ls": "via_tools.labelstudio",
+    "yolo": "via_tools.yolo",
 }
+
+#: Formats stored as a folder of files (read from a path, written to a folder), not as one document.
+_FOLDER_FORMATS = frozenset({"yolo"})
 
 
 class _Formats(Mapping[str, ModuleType]):
@@ -52,7 +56,7 @@ class _Formats(Mapping[str, ModuleType]):
         return len(_MODULES)
 
 
-#: Every format by name: ``via1``, ``via2``, ``via3``, ``csv``, ``coco``, ``ls``.
+#: Every format by name: ``via1``, ``via2``, ``via3``, ``csv``, ``coco``, ``ls``, ``yolo``.
 FORMATS: Mapping[str, ModuleType] = _Formats()
 
 
@@ -140,8 +144,11 @@ def load(
 ) -> AnnotationSet:
     """Reads an annotation file in any supported format into the canonical :class:`AnnotationSet`.
 
+    A YOLO dataset is read from its ``data.yaml`` or its folder (a ``.yaml`` path, or a folder holding a
+    ``data.yaml`` or ``images/`` and ``labels/``, is detected as ``yolo``).
+
     Args:
-        path: the file.
+        path: the file (for ``yolo``: the data.yaml or the dataset folder).
         fmt: its format (see :data:`FORMATS`); detected when ``None``.
         options: label attribute, default label, and ``images_dir``: when given, every image must be
             there, missing sizes are read from the files, and polygons are clipped to them.
@@ -159,6 +166,14 @@ def load(
     p = Path(path)
     source = str(p)
     report = report if report is not None else Report(source=source)
+    if fmt is None and FORMATS["yolo"].is_yolo_path(p):
+        fmt = "yolo"
+    if fmt in _FOLDER_FORMATS:
+        ds = FORMATS[fmt].read(p, source=source, options=options, report=report)
+        if options.images_dir is not None:
+            _check_images(ds, Path(options.images_dir), source=source, report=report)
+        report.log()
+        return ds
     try:
         data = p.read_bytes()
     except FileNotFoundError as e:
@@ -217,9 +232,12 @@ def _check_images(ds: AnnotationSet, images_dir: Path, *, source: str, report: R
 def save(ds: AnnotationSet, path: str | Path, *, fmt: str, options: WriteOptions = WriteOptions()) -> Path:
     """Writes ``ds`` in format ``fmt`` atomically (a temporary file in the same folder, then renamed).
 
+    ``yolo`` writes a dataset folder (``data.yaml`` and ``labels/``, each file atomically; the images are
+    not copied: :func:`via_tools.yolo.save` copies or links them) and returns its ``data.yaml``.
+
     Args:
         ds: the annotation set.
-        path: the file to write.
+        path: the file to write (for ``yolo``: the dataset folder).
         fmt: one of :data:`FORMATS`.
         options: label attribute and Label Studio tag names.
 
@@ -230,6 +248,8 @@ def save(ds: AnnotationSet, path: str | Path, *, fmt: str, options: WriteOptions
         >>> save(ds, "out/via_project.json", fmt="via2")  # doctest: +SKIP
     """
     p = Path(path)
+    if fmt in _FOLDER_FORMATS:
+        return FORMATS[fmt].save(ds, p, options=options)
     with gc_paused():
         doc = _format_module(fmt).write(ds, options=options)
         text = doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False, separators=(",", ":"))

@@ -14,8 +14,8 @@ import typer
 
 via_app = typer.Typer(
     name="via",
-    help="VGG Image Annotator (VIA 1/2/3, CSV), COCO and Label Studio annotations: statistics, conversion, "
-    "and import into / export from a Label Studio server.",
+    help="VGG Image Annotator (VIA 1/2/3, CSV), COCO, Label Studio and YOLO segmentation annotations: statistics, "
+    "conversion, and import into / export from a Label Studio server.",
     no_args_is_help=True,
 )
 
@@ -27,6 +27,7 @@ class OutFormat(str, Enum):
     csv = "csv"
     coco = "coco"
     ls = "ls"
+    yolo = "yolo"
 
 
 class InFormat(str, Enum):
@@ -37,6 +38,13 @@ class InFormat(str, Enum):
     csv = "csv"
     coco = "coco"
     ls = "ls"
+    yolo = "yolo"
+
+
+class YoloImages(str, Enum):
+    none = "none"
+    copy = "copy"
+    link = "link"
 
 
 class AsKind(str, Enum):
@@ -148,7 +156,8 @@ def dataset_stats(ds, report=None) -> dict[str, Any]:
 @via_app.command("stats")
 @_clean_errors
 def stats(
-    file: Path = typer.Argument(..., help="Annotation file (VIA 1/2/3 JSON, VIA CSV, COCO, Label Studio tasks)."),
+    file: Path = typer.Argument(..., help="Annotation file (VIA 1/2/3 JSON, VIA CSV, COCO, Label Studio tasks), "
+                                "or a YOLO data.yaml or dataset folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
     fmt: InFormat = FROM_OPT,
     images: Path | None = IMAGES_OPT,
@@ -176,28 +185,38 @@ def stats(
 @via_app.command("convert")
 @_clean_errors
 def convert(
-    src: Path = typer.Argument(..., metavar="IN", help="Annotation file to read (format detected)."),
+    src: Path = typer.Argument(..., metavar="IN", help="Annotation file to read (format detected; YOLO: data.yaml or folder)."),
     to: OutFormat = typer.Option(..., "--to", help="Output format."),
-    out: Path = typer.Option(..., "-o", "--out", help="File to write (written atomically)."),
+    out: Path = typer.Option(..., "-o", "--out", help="File to write (written atomically; a folder for --to yolo)."),
     fmt: InFormat = FROM_OPT,
     images: Path | None = IMAGES_OPT,
     label_attr: str = LABEL_ATTR_OPT,
     default_label: str = DEFAULT_LABEL_OPT,
     as_: AsKind = typer.Option(AsKind.annotations, "--as", help="For --to ls: write annotations or predictions."),
+    yolo_images: YoloImages = typer.Option(
+        YoloImages.none, "--yolo-images",
+        help="For --to yolo: copy or hard-link the images into OUT/images/<split>/ (from where a YOLO set was "
+        "read, else from --images); by default only labels and data.yaml are written.",
+    ),
 ) -> None:
-    """Convert an annotation file to another format (VIA 1/2/3, VIA CSV, COCO, Label Studio tasks).
+    """Convert an annotation file to another format (VIA 1/2/3, VIA CSV, COCO, Label Studio tasks, YOLO).
 
-    COCO and Label Studio need image sizes: VIA files do not store them, so pass --images.
+    COCO, Label Studio and YOLO need image sizes: VIA files do not store them, so pass --images.
     """
     ds = _load(src, fmt, images, label_attr, default_label)
-    _save(ds, out, to.value, as_=as_.value)
+    if to is OutFormat.yolo and yolo_images is not YoloImages.none:
+        from via_tools import yolo
+
+        yolo.save(ds, out, images=yolo_images.value, images_dir=images)
+    else:
+        _save(ds, out, to.value, as_=as_.value)
     typer.echo(f"wrote {out} ({to.value}): {len(ds.images)} images, {ds.count_regions()} regions")
 
 
 @via_app.command("import")
 @_clean_errors
 def import_(
-    file: Path = typer.Argument(..., help="Annotation file to import (any supported format)."),
+    file: Path = typer.Argument(..., help="Annotation file to import (any supported format; YOLO: data.yaml or folder)."),
     images: Path = typer.Option(..., "--images", help="Folder with the images.", exists=True, file_okay=False),
     url: str = URL_OPT,
     api_key: str = KEY_OPT,
