@@ -231,22 +231,30 @@ def import_(
     fmt: InFormat = FROM_OPT,
     label_attr: str = LABEL_ATTR_OPT,
     default_label: str = DEFAULT_LABEL_OPT,
+    redis_url: str | None = typer.Option(
+        None, "--redis-url", envvar="REDIS_URL",
+        help="The retraining queue: when the project has no model yet, its first training is queued after the import.",
+    ),
 ) -> None:
     """Import a dataset into Label Studio: one task per image, regions as polygons.
 
     Running it again creates nothing twice: existing tasks, uploads and identical annotations are reused.
+    With a Redis (``--redis-url`` / ``REDIS_URL``) and no model yet, the project's first training is queued.
     """
     if project is not None and title is not None:
         raise typer.BadParameter("give --project or --title, not both")
-    from label_studio_sdk import LabelStudio
-
-    from via_tools.ls_api import import_dataset
+    from via_tools.ls_api import connect, import_dataset
 
     ds = _load(file, fmt, images, label_attr, default_label)
-    client = LabelStudio(base_url=url, api_key=api_key)
+    client = connect(url, api_key)
     res = import_dataset(client, ds, images_dir=images, project_id=project, title=title, as_=as_.value,
                          files_root=files_root, model_version=model_version)
     typer.echo(res.summary())
+    if as_ is AsKind.annotations and redis_url:
+        from shoeseg_app.stack.up import request_first_model_after_import
+
+        first = request_first_model_after_import(redis_url, res.project_id)
+        typer.echo(f"first model: {first['action']} {first.get('job_id') or ''}".rstrip())
     typer.echo(f"{url.rstrip('/')}/projects/{res.project_id}/data")
 
 
@@ -262,11 +270,9 @@ def export(
     accepted_only: bool = typer.Option(False, "--accepted-only", help="Only tasks with a non-cancelled annotation."),
 ) -> None:
     """Export a Label Studio project's polygons (latest non-cancelled annotation per task) to a file."""
-    from label_studio_sdk import LabelStudio
+    from via_tools.ls_api import accepted_annotations, connect, export_dataset
 
-    from via_tools.ls_api import accepted_annotations, export_dataset
-
-    client = LabelStudio(base_url=url, api_key=api_key)
+    client = connect(url, api_key)
     ds = accepted_annotations(client, project) if accepted_only else export_dataset(client, project, include_predictions=predictions)
     _save(ds, out, fmt.value)
     typer.echo(f"wrote {out} ({fmt.value}): {len(ds.images)} images, {ds.count_regions()} regions from project {project}")

@@ -75,7 +75,7 @@ def test_detect_format_refuses_other_documents(doc, message):
 
 
 def test_formats_table():
-    assert list(FORMATS) == ["via1", "via2", "via3", "csv", "coco", "ls"]
+    assert list(FORMATS) == ["via1", "via2", "via3", "csv", "coco", "ls", "yolo"]
     assert FORMATS["via1"] is via1 and FORMATS["via2"] is via2
     assert all(callable(FORMATS[n].read) and callable(FORMATS[n].write) for n in ("via1", "via2", "via3", "csv"))
 
@@ -111,8 +111,8 @@ def test_load_directory_is_an_error(tmp_path):
 def test_load_unknown_format_name(tmp_path):
     path = tmp_path / "a.json"
     path.write_text(json.dumps(_via1()))
-    with pytest.raises(AnnotationError, match="unknown format 'yolo'"):
-        load(path, fmt="yolo")
+    with pytest.raises(AnnotationError, match="unknown format 'pascal'"):
+        load(path, fmt="pascal")
 
 
 @pytest.mark.parametrize("fmt", ["via1", "via2", "via3", "csv"])
