@@ -29,6 +29,7 @@ library is imported here, so the web service reads its settings without loading 
 | ``SHOESEG_TRAIN_TIMEOUT`` / ``SHOESEG_PREDICT_TIMEOUT`` | ``7200`` / ``3600`` | rq job timeouts, seconds |
 | ``SHOESEG_RETRY_MAX`` / ``SHOESEG_RETRY_INTERVALS`` | ``3`` / ``10,60,300`` | retries after a transient failure |
 | ``SHOESEG_LEASE_TTL`` | ``60`` | seconds after which a training that stopped heart-beating counts as dead |
+| ``SHOESEG_GPUS_PER_JOB`` | ``1`` | processes (GPUs) per training job: above 1 the worker runs the training under torchrun |
 
 The backend's request limits (``SHOESEG_MAX_*``, ``SHOESEG_FETCH_*``, ``SHOESEG_BATCH_SIZE``,
 ``SHOESEG_DECODE_WORKERS``, ``SHOESEG_RESULT_CACHE_SIZE``, ``SHOESEG_RELOAD_INTERVAL_S``) are listed on
@@ -178,6 +179,8 @@ class Settings:
         keep_old_predictions: keep a task's predictions of superseded versions after the new ones are stored.
         promote_tolerance / val_modulo / predict_batch / train_timeout_s / predict_timeout_s / retry_max /
             retry_intervals_s / lease_ttl_s: the retraining loop (module table).
+        gpus_per_job: processes of one training job, one per GPU on CUDA (several gloo processes on CPU);
+            above 1 the worker runs ``torchrun --nproc-per-node gpus_per_job -m shoeseg_app train``.
 
     Example:
         >>> s = Settings.from_env({"SHOESEG_MODEL_DIR": "/srv/models", "SHOESEG_ALLOWED_HOSTS": "a.org, b.org"})
@@ -234,6 +237,7 @@ class Settings:
     retry_max: int = 3
     retry_intervals_s: tuple[int, ...] = field(default=(10, 60, 300))
     lease_ttl_s: int = 60
+    gpus_per_job: int = 1
 
     @property
     def auth_enabled(self) -> bool:
@@ -307,4 +311,5 @@ class Settings:
             retry_max=_int(env, "SHOESEG_RETRY_MAX", 3, minimum=0),
             retry_intervals_s=_ints(env, "SHOESEG_RETRY_INTERVALS", (10, 60, 300)),
             lease_ttl_s=_int(env, "SHOESEG_LEASE_TTL", 60, minimum=2),
+            gpus_per_job=_int(env, "SHOESEG_GPUS_PER_JOB", 1, minimum=1),
         )

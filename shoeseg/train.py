@@ -7,6 +7,10 @@ Losses are reported under detectron2's names: ``total_loss``, ``loss_cls``, ``lo
 
 A run directory holds ``model.pt`` (the checkpoint), ``metrics.jsonl`` (one row per log period),
 ``split.json`` (the images trained and validated on) and ``loss_curve.png``.
+
+Under torchrun (``WORLD_SIZE`` > 1) the same run is shared by several processes with DistributedDataParallel;
+``ims_per_batch`` stays the global batch and only rank 0 writes the run directory (see
+:mod:`shoeseg.distributed`).
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ class TrainConfig:
 
     Args:
         iters: iterations to run (``SOLVER.MAX_ITER``); the study ran 600.
-        ims_per_batch: images per iteration (``SOLVER.IMS_PER_BATCH``).
+        ims_per_batch: images per iteration (``SOLVER.IMS_PER_BATCH``), over all processes: under torchrun
+            each of N processes takes ``ims_per_batch / N`` (a multiple of N is required).
         base_lr: learning rate after warm-up (``SOLVER.BASE_LR``; 0.00025 as in detectron2's fine-tuning
             tutorial; training from random weights wants more).
         momentum / weight_decay: SGD settings (detectron2's defaults).
@@ -280,9 +285,13 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _infinite(loader):
+def _infinite(loader, sampler=None):
+    epoch = 0
     while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a DistributedSampler reshuffles each pass, the same way on every rank
         yield from loader
+        epoch += 1
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -305,8 +314,13 @@ def train(
     val_dataset: AnnotationSet | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     split: dict[str, Any] | None = None,
-) -> TrainResult:
+) -> TrainResult | None:
     """Trains a model and writes a run directory.
+
+    Under torchrun (``WORLD_SIZE`` > 1 in the environment) every process calls this with the same arguments:
+    they train one model together (DistributedDataParallel, ``config.ims_per_batch`` split over the
+    processes) and rank 0 alone writes the run directory, evaluates and returns the result
+    (:mod:`shoeseg.distributed`).
 
     Args:
         config: the recipe.
@@ -315,16 +329,17 @@ def train(
         out_dir: the run directory (created).
         val_dataset: evaluated at the end (COCO AP and losses); its metrics go into the checkpoint.
         progress: called every ``log_period`` iterations with ``{"iteration", "max_iter", "losses", "lr",
-            "eta_seconds"}`` (the worker stores it in the RQ job's meta).
+            "eta_seconds"}`` (the worker stores it in the RQ job's meta); on rank 0 only.
         split: the split to record in ``split.json`` (default: the file names of ``dataset`` and
             ``val_dataset``).
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult`; ``None`` on the ranks other than 0 of a run of several processes.
 
     Raises:
         FloatingPointError: a loss became NaN or infinite (the message names the iteration and losses).
-        ImageReadError / ValueError: missing images, bad annotations, no instances.
+        ImageReadError / ValueError: missing images, bad annotations, no instances, a global batch that the
+            processes cannot share evenly.
         WeightsUnavailableError: ``weights="coco"`` offline without a cached copy.
 
     Example:
@@ -333,8 +348,7 @@ def train(
         >>> result.checkpoint  # doctest: +SKIP
         PosixPath('runs/shoes/model.pt')
     """
-    from shoeseg.model import build_model, read_checkpoint_meta, save_checkpoint
-    from shoeseg.visualize import plot_losses
+    from shoeseg import distributed
 
     t_start = time.perf_counter()
     images_dir = Path(images_dir)
@@ -346,10 +360,38 @@ def train(
     _check_images(dataset, images_dir, what="training")
     if val_dataset is not None and len(val_dataset):
         _check_images(val_dataset, images_dir, what="validation")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    denv = distributed.DistEnv.from_env()
+    ims_per_process = distributed.per_process_batch(config.ims_per_batch, denv.world_size)
+    device = distributed.device_for(config.device, denv)
+    with distributed.process_group(denv, device):
+        return _train(config, denv=denv, device=device, ims_per_process=ims_per_process, dataset=dataset,
+                      images_dir=images_dir, run_dir=run_dir, val_dataset=val_dataset, progress=progress,
+                      split=split, t_start=t_start)
+
+
+def _train(
+    config: TrainConfig,
+    *,
+    denv,
+    device: torch.device,
+    ims_per_process: int,
+    dataset: AnnotationSet,
+    images_dir: Path,
+    run_dir: Path,
+    val_dataset: AnnotationSet | None,
+    progress: Callable[[dict[str, Any]], None] | None,
+    split: dict[str, Any] | None,
+    t_start: float,
+) -> TrainResult | None:
+    from shoeseg import distributed
+    from shoeseg.model import build_model, read_checkpoint_meta, save_checkpoint
+    from shoeseg.visualize import plot_losses
+
+    main = denv.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     _seed_all(config.seed)
-    device = resolve_device(config.device)
     configure_for_speed(device)
     use_amp = config.amp and device.type == "cuda"
 
@@ -362,22 +404,27 @@ def train(
         except ValueError:
             pass  # a plain state dict: no parent
     class_names = _class_names_for(dataset, parent_classes)
-    model = build_model(
-        num_classes=len(class_names),
-        weights=start_weights,
-        arch=None if config.init_from else config.arch,  # fine-tuning continues in the checkpoint's family
-        roi_batch_size_per_image=config.roi_batch_size_per_image,
-        min_size=config.min_size,
-        max_size=config.max_size,
-        rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
-        box_detections_per_img=config.box_detections_per_img,
-        int8_box_head=config.int8_box_head,
-        trainable_backbone_layers=config.trainable_backbone_layers,
-    )
+    with distributed.local_main_first(denv, device):  # one download of the starting weights per machine
+        model = build_model(
+            num_classes=len(class_names),
+            weights=start_weights,
+            arch=None if config.init_from else config.arch,  # fine-tuning continues in the checkpoint's family
+            roi_batch_size_per_image=config.roi_batch_size_per_image,
+            min_size=config.min_size,
+            max_size=config.max_size,
+            rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
+            box_detections_per_img=config.box_detections_per_img,
+            int8_box_head=config.int8_box_head,
+            trainable_backbone_layers=config.trainable_backbone_layers,
+        )
     start = model.shoeseg_start
     # The dataset's transforms resize (with scale jitter); the model must not undo it while training.
     model.transform._skip_resize = True
     model.to(device).train()
+    core = model
+    model = distributed.wrap(model, denv, device)  # DistributedDataParallel when several processes train
+    if denv.enabled:
+        _seed_all(config.seed + denv.rank)  # the same weights everywhere, each rank its own augmentation
 
     train_ds = with_copy_paste(ShoeDataset(dataset, images_dir=images_dir, class_names=class_names,
                                            transforms=train_transforms(
@@ -385,92 +432,124 @@ def train(
         flip=config.flip, photometric=config.photometric)), config.copy_paste)
     num_workers = config.num_workers
     if num_workers is None:
-        num_workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
-    gen = torch.Generator().manual_seed(config.seed)
+        num_workers = min(4, max(1, (os.cpu_count() or 1) // denv.world_size)) if device.type == "cuda" else 0
+    sampler = None
+    if denv.enabled:
+        # each rank its share of every (reshuffled) pass; the same order on every rank, given the same seed
+        sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=denv.world_size, rank=denv.rank,
+                                                      shuffle=True, seed=config.seed, drop_last=False)
+    gen = torch.Generator().manual_seed(config.seed + denv.rank)
     loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=config.ims_per_batch, shuffle=True, collate_fn=collate, num_workers=num_workers,
-        generator=gen, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+        train_ds, batch_size=ims_per_process, shuffle=sampler is None, sampler=sampler, collate_fn=collate,
+        num_workers=num_workers, generator=gen, pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    reduce = distributed.mean_over_processes(denv)
 
     split = split or {"train": [image_key(r) for r in dataset.images],
                       "val": [image_key(r) for r in val_dataset.images] if val_dataset is not None else []}
-    _write_json_atomic(run_dir / "split.json", split)
+    if main:
+        _write_json_atomic(run_dir / "split.json", split)
 
     metrics_path = run_dir / "metrics.jsonl"
     rows: list[dict[str, Any]] = []
     window: dict[str, list[float]] = {k: [] for k in LOSS_KEYS}
-    data_iter = _infinite(loader)
-    log.info("training %d iterations on %s: %d images, classes %s, %d ROIs/image, %d-%d px", config.iters,
-             device, len(train_ds), class_names, config.roi_batch_size_per_image, config.min_size, config.max_size)
+    data_iter = _infinite(loader, sampler)
+    if main:
+        log.info("training %d iterations on %s: %d images, classes %s, %d ROIs/image, %d-%d px", config.iters,
+                 device, len(train_ds), class_names, config.roi_batch_size_per_image, config.min_size,
+                 config.max_size)
+    if denv.enabled:
+        log.info("rank %d/%d on %s: %d of the %d images per iteration", denv.rank, denv.world_size, device,
+                 ims_per_process, config.ims_per_batch)
     bar = None
-    if config.progress_bar:
+    if config.progress_bar and main:
         from tqdm import tqdm
 
         bar = tqdm(total=config.iters, desc="train", unit="it", dynamic_ncols=True)
+    steps_done = images_seen = 0
     t_loop = time.perf_counter()
-    with open(metrics_path, "w", encoding="utf-8") as mfile:
-        try:
-            for it in range(config.iters):
-                t_data = time.perf_counter()
-                images, targets = next(data_iter)
-                images = [im.to(device, non_blocking=True) for im in images]
-                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-                data_time = time.perf_counter() - t_data
-                lr = optimizer.param_groups[0]["lr"]
-                try:
-                    losses = train_step(model, images, targets, optimizer=optimizer, scaler=scaler, params=params,
-                                        amp=use_amp, clip_grad_norm=config.clip_grad_norm)
-                except FloatingPointError as e:
-                    raise FloatingPointError(f"at iteration {it + 1}: {e}") from None
-                scheduler.step()
-                for k, v in losses.items():
-                    window[k].append(v)
-                if bar is not None:
-                    bar.update(1)
-                done = it + 1
-                if done % config.log_period == 0 or done == config.iters:
-                    elapsed = time.perf_counter() - t_loop
-                    eta = elapsed / done * (config.iters - done)
-                    med = {k: statistics.median(v) for k, v in window.items() if v}
-                    row = {"iteration": done, **med, "lr": lr, "data_time": data_time,
-                           "time": elapsed / done, "eta_seconds": eta}
-                    rows.append(row)
-                    mfile.write(json.dumps(row) + "\n")
-                    mfile.flush()
-                    log.info("iter %d/%d  %s  lr %.6g  eta %s", done, config.iters,
-                             "  ".join(f"{k} {v:.4f}" for k, v in med.items()), lr, _fmt_eta(eta))
-                    if bar is not None:
-                        bar.set_postfix(total_loss=f"{med['total_loss']:.3f}")
-                    if progress is not None:
-                        progress({"iteration": done, "max_iter": config.iters, "losses": med, "lr": lr,
-                                  "eta_seconds": eta})
-                    window = {k: [] for k in LOSS_KEYS}
-        finally:
+    mfile = open(metrics_path, "w", encoding="utf-8") if main else None
+    try:
+        for it in range(config.iters):
+            t_data = time.perf_counter()
+            images, targets = next(data_iter)
+            images = [im.to(device, non_blocking=True) for im in images]
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+            data_time = time.perf_counter() - t_data
+            lr = optimizer.param_groups[0]["lr"]
+            try:
+                losses = train_step(model, images, targets, optimizer=optimizer, scaler=scaler, params=params,
+                                    amp=use_amp, clip_grad_norm=config.clip_grad_norm, reduce=reduce)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"at iteration {it + 1}: {e}") from None
+            scheduler.step()
+            steps_done += 1
+            images_seen += len(images)
+            for k, v in losses.items():
+                window[k].append(v)
             if bar is not None:
-                bar.close()
+                bar.update(1)
+            done = it + 1
+            if main and (done % config.log_period == 0 or done == config.iters):
+                elapsed = time.perf_counter() - t_loop
+                eta = elapsed / done * (config.iters - done)
+                med = {k: statistics.median(v) for k, v in window.items() if v}
+                row = {"iteration": done, **med, "lr": lr, "data_time": data_time,
+                       "time": elapsed / done, "eta_seconds": eta}
+                rows.append(row)
+                mfile.write(json.dumps(row) + "\n")
+                mfile.flush()
+                log.info("iter %d/%d  %s  lr %.6g  eta %s", done, config.iters,
+                         "  ".join(f"{k} {v:.4f}" for k, v in med.items()), lr, _fmt_eta(eta))
+                if bar is not None:
+                    bar.set_postfix(total_loss=f"{med['total_loss']:.3f}")
+                if progress is not None:
+                    progress({"iteration": done, "max_iter": config.iters, "losses": med, "lr": lr,
+                              "eta_seconds": eta})
+                window = {k: [] for k in LOSS_KEYS}
+    finally:
+        if bar is not None:
+            bar.close()
+        if mfile is not None:
+            mfile.close()
     train_s = time.perf_counter() - t_loop
 
+    # every rank has stepped: the counts come back to rank 0 (an all-reduce, which is the barrier)
+    counts = distributed.per_rank(denv, device, [steps_done, images_seen])
+    if denv.enabled:
+        log.info("rank %d/%d: %d iterations, %d images in %.1f s", denv.rank, denv.world_size, steps_done,
+                 images_seen, train_s)
+        if not main:
+            return None
+
     plot_path = plot_losses(rows, run_dir / "loss_curve.png")
-    model.eval()
+    core.eval()
     final: dict[str, Any] = {"iterations": config.iters, "train_s": round(train_s, 2),
                              "train_losses": {k: rows[-1][k] for k in LOSS_KEYS if k in rows[-1]}}
+    if denv.enabled:
+        final["distributed"] = {
+            "world_size": denv.world_size, "backend": distributed.backend_for(device),
+            "ims_per_batch": config.ims_per_batch, "ims_per_process": ims_per_process,
+            "iterations_per_rank": [int(c[0]) for c in counts], "images_per_rank": [int(c[1]) for c in counts],
+        }
     eval_result = None
     if val_dataset is not None and len(val_dataset):
         from shoeseg.evaluate import evaluate
         from shoeseg.predict import Predictor
 
-        predictor = Predictor(model, class_names=class_names, device=device, score_thresh=0.05)
+        predictor = Predictor(core, class_names=class_names, device=device, score_thresh=0.05)
         eval_result = evaluate(predictor, val_dataset, images_dir=images_dir)
         final.update(eval_result.metrics)
         final["val_losses"] = eval_result.losses
         _write_json_atomic(run_dir / "eval.json", eval_result.to_json())
-    model.transform._skip_resize = False
+    core.transform._skip_resize = False
     ckpt_path = run_dir / "model.pt"
-    version = save_checkpoint(ckpt_path, model=model, class_names=class_names, config=config.to_dict(),
+    version = save_checkpoint(ckpt_path, model=core, class_names=class_names, config=config.to_dict(),
                               metrics=final, parent_version=parent_version,
                               extra={"split": split, "start": start.to_dict()})
     log.info("saved %s (version %s) after %.1f s", ckpt_path, version, time.perf_counter() - t_start)
@@ -489,13 +568,16 @@ def train_step(
     params: list[torch.nn.Parameter],
     amp: bool = False,
     clip_grad_norm: float | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """One optimisation step on a batch; returns the detectron2-named losses.
 
-    The loss values are read back once per step (one device synchronisation), after the update.
+    The loss values are read back once per step (one device synchronisation), after the update. With
+    ``reduce`` (several processes: :func:`shoeseg.distributed.mean_over_processes`) they are first averaged
+    over the processes, so that all of them report, and stop at, the same values.
 
     Raises:
-        FloatingPointError: a loss is NaN or infinite.
+        FloatingPointError: a loss is NaN or infinite (in any process, with ``reduce``).
     """
     device = images[0].device
     with autocast(device, enabled=amp):
@@ -508,7 +590,10 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
     scaler.step(optimizer)
     scaler.update()
-    values = torch.stack([v.detach().float() for v in loss_dict.values()]).tolist()
+    stacked = torch.stack([v.detach().float() for v in loss_dict.values()])
+    if reduce is not None:
+        stacked = reduce(stacked)
+    values = stacked.tolist()
     named = dict(zip(loss_dict, values, strict=True))
     if not all(math.isfinite(v) for v in values):
         raise FloatingPointError(f"loss became {sum(values)}: " + ", ".join(

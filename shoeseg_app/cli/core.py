@@ -111,6 +111,27 @@ def _resolve_model(model: str, registry: Path | None) -> Path:
     raise FileNotFoundError(f"model {model!r} is neither a checkpoint file nor a version in {reg.root}")
 
 
+def _config_from_file(path: Path, *, given: dict[str, Any]):
+    """A TrainConfig from a JSON of its fields; the recipe options may not be given beside it."""
+    from shoeseg.train import TrainConfig
+
+    clash = sorted(name for name, value in given.items() if value is not None)
+    if clash:
+        raise ValueError(f"--config {path} holds every training setting: leave out {', '.join(clash)}")
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON config ({e})") from e
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: expected a JSON object of training settings")
+    unknown = sorted(set(fields) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{path}: unknown training settings {unknown}")
+    if fields.get("steps") is not None:
+        fields["steps"] = tuple(fields["steps"])
+    return TrainConfig(**fields)
+
+
 def register(app: typer.Typer) -> None:
     """Adds this area's commands to the root app."""
 
@@ -142,23 +163,43 @@ def register(app: typer.Typer) -> None:
         val_frac: float = typer.Option(0.2, "--val-frac", help="Share of images to validate on."),
         log_period: int = typer.Option(20, "--log-period", help="Iterations between log lines / metrics rows."),
         clip_grad: float | None = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
+        config_file: Path | None = typer.Option(
+            None, "--config", help="Every training setting from this JSON of TrainConfig fields (as the worker "
+            "writes it for a torchrun launch), in place of --profile and the recipe options."),
+        result_file: Path | None = typer.Option(
+            None, "--result", help="Write the result (checkpoint, version, metrics) to this JSON (rank 0)."),
     ) -> None:
         """Trains Mask R-CNN from a recipe: --profile study is the study's (R50-FPN from COCO, 600 iterations,
         512 ROIs, 800 px); cpu trains lite2-fpn from ImageNet weights in about 10 minutes on 2 cores.
 
+        On several GPUs, under torchrun (--ims-per-batch is the global batch, split over the processes; rank 0
+        writes the run directory):  torchrun --standalone --nproc-per-node 4 -m shoeseg_app train ...
+
         Example: shoeseg train --data shoes/via_project.json --out runs/shoes --profile cpu
         """
         from shoeseg.data import subset
+        from shoeseg.distributed import DistEnv, result_to_json
         from shoeseg.model import coco_weights_cache_path, load_coco_state_dict
         from shoeseg.train import TrainConfig, split_dataset, train
 
-        config = TrainConfig.for_profile(
-            profile, device=device.value, arch=arch, iters=iters, ims_per_batch=ims_per_batch, base_lr=base_lr,
-            warmup_iters=warmup_iters, roi_batch_size_per_image=roi_batch, min_size=min_size, max_size=max_size,
-            weights=weights, copy_paste=copy_paste, init_from=str(init_from) if init_from else None,
-            log_period=log_period, seed=seed, clip_grad_norm=clip_grad,
-        )
-        if init_from is None and str(config.weights).lower() == "coco" and not coco_weights_cache_path().is_file():
+        rank = DistEnv.from_env()  # torchrun's RANK / LOCAL_RANK / WORLD_SIZE; one process without them
+        if config_file is not None:
+            config = _config_from_file(config_file, given={
+                "--profile": profile if profile != "auto" else None, "--arch": arch, "--iters": iters,
+                "--ims-per-batch": ims_per_batch, "--base-lr": base_lr, "--warmup-iters": warmup_iters,
+                "--roi-batch": roi_batch, "--min-size": min_size, "--max-size": max_size,
+                "--device": device.value if device is not Device.auto else None, "--weights": weights,
+                "--copy-paste": copy_paste, "--init-from": init_from, "--clip-grad": clip_grad})
+        else:
+            config = TrainConfig.for_profile(
+                profile, device=device.value, arch=arch, iters=iters, ims_per_batch=ims_per_batch, base_lr=base_lr,
+                warmup_iters=warmup_iters, roi_batch_size_per_image=roi_batch, min_size=min_size,
+                max_size=max_size, weights=weights, copy_paste=copy_paste,
+                init_from=str(init_from) if init_from else None, log_period=log_period, seed=seed,
+                clip_grad_norm=clip_grad,
+            )
+        if (config.init_from is None and str(config.weights).lower() == "coco" and rank.local_rank == 0
+                and not coco_weights_cache_path().is_file()):
             load_coco_state_dict()  # downloads into the torch.hub cache, or stops here offline
         images_dir = _images_dir_for(data, images)
         ds = _load_dataset(data, images_dir)
@@ -172,8 +213,14 @@ def register(app: typer.Typer) -> None:
         train_ds = subset(ds, parts["train"])
         val_ds = subset(ds, parts.get("val", [])) if parts.get("val") else None
         _use_all_cores()
-        typer.echo(f"training on {len(train_ds)} images, validating on {len(val_ds) if val_ds else 0} ({images_dir})")
+        if rank.is_main:
+            typer.echo(f"training on {len(train_ds)} images, validating on {len(val_ds) if val_ds else 0} "
+                       f"({images_dir})" + (f", {rank.world_size} processes" if rank.enabled else ""))
         result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=out, val_dataset=val_ds, split=parts)
+        if result is None:
+            return  # a rank other than 0 of a torchrun launch: rank 0 reports
+        if result_file is not None:
+            _write_json(result_file, result_to_json(result))
         typer.echo(f"\nmodel {result.checkpoint} (version {result.version}), {result.wall_s:.0f} s")
         typer.echo("final training losses (median of the last log period):")
         typer.echo(_loss_table(result.final_metrics["train_losses"]))
