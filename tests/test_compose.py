@@ -1,4 +1,5 @@
-"""docker-compose.yml: valid for the compose client, pinned images, health checks, a GPU for the worker."""
+"""docker-compose.yml: valid for the compose client, pinned images, health checks, GPUs for the training worker
+(SHOESEG_GPUS) and a CPU worker for predictions."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ yaml = pytest.importorskip("yaml")
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
-SERVICES = {"redis", "label-studio", "backend", "worker", "dashboard", "setup"}
+SERVICES = {"redis", "label-studio", "backend", "worker", "worker-predict", "dashboard", "setup"}
 
 
 def compose_command() -> list[str]:
@@ -29,9 +30,10 @@ def compose_command() -> list[str]:
     pytest.skip("no compose client here (neither `docker compose` nor `docker-compose`)")
 
 
-def run_config(env_file: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+def run_config(env_file: Path, tmp_path: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO", "SHOESEG", "VIA_", "IMAGES_"))}
     env["HOME"] = str(tmp_path)  # the client may write its config there
+    env.update(extra_env)
     return subprocess.run(
         [*compose_command(), "--project-directory", str(REPO), "-f", str(COMPOSE), "--env-file", str(env_file), "config"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
@@ -55,11 +57,20 @@ def check_structure(doc: dict) -> None:
         assert test and test[0] in ("CMD", "CMD-SHELL"), name
     assert "9090/health" in " ".join(services["backend"]["healthcheck"]["test"])
     assert "8080/health" in " ".join(services["label-studio"]["healthcheck"]["test"])
-    # the worker reserves one NVIDIA GPU
+    # the worker reserves SHOESEG_GPUS NVIDIA GPUs (1 by default) and trains on all of them in one job
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    # models and the one image cache shared by backend and worker; Label Studio's data in a volume
-    for name in ("backend", "worker"):
+    assert len(devices) == 1 and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert str(devices[0]["count"]) in ("${SHOESEG_GPUS:-1}", "1"), devices  # as written, or interpolated
+    assert str(services["worker"]["environment"]["SHOESEG_GPUS_PER_JOB"]) in ("${SHOESEG_GPUS:-1}", "1")
+    # a second worker, on CPU, takes only the prediction queue
+    predict = services["worker-predict"]
+    assert predict["image"] == services["backend"]["image"]
+    assert predict["command"] == ["shoeseg", "worker", "--queues", "shoeseg-predict"]
+    assert predict["environment"]["SHOESEG_DEVICE"] == "cpu" and "deploy" not in predict
+    assert predict["environment"]["REDIS_URL"] == services["worker"]["environment"]["REDIS_URL"]
+    assert predict["healthcheck"]["test"] == services["worker"]["healthcheck"]["test"]
+    # models and the one image cache shared by backend and workers; Label Studio's data in a volume
+    for name in ("backend", "worker", "worker-predict"):
         assert any(str(v).startswith("models:/models") or _target(v) == "/models" for v in services[name]["volumes"]), name
         assert any(str(v).startswith("image-cache:") or (isinstance(v, dict) and v.get("source") == "image-cache")
                    for v in services[name]["volumes"]), name
@@ -103,6 +114,14 @@ def test_docker_compose_config_accepts_the_file_with_the_example_env(tmp_path):
     env = doc["services"]["backend"]["environment"]
     assert env["LABEL_STUDIO_API_KEY"] == doc["services"]["label-studio"]["environment"]["LABEL_STUDIO_USER_TOKEN"]
     assert env["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_the_gpu_count_is_one_setting_for_the_reservation_and_the_training_processes(tmp_path):
+    res = run_config(ENV_EXAMPLE, tmp_path, SHOESEG_GPUS="4")
+    assert res.returncode == 0, res.stderr
+    worker = yaml.safe_load(res.stdout)["services"]["worker"]
+    assert str(worker["deploy"]["resources"]["reservations"]["devices"][0]["count"]) == "4"
+    assert str(worker["environment"]["SHOESEG_GPUS_PER_JOB"]) == "4"
 
 
 def test_docker_compose_config_names_a_missing_secret(tmp_path):
