@@ -14,6 +14,7 @@ COPY via_tools ./via_tools
 COPY shoeseg ./shoeseg
 COPY backend ./backend
 COPY worker ./worker
+COPY shoeseg_app ./shoeseg_app
 RUN pip install . \
  && useradd --create-home --uid 1000 shoeseg \
  && mkdir -p /models /cache \

@@ -69,6 +69,12 @@ def train_project(project_id: int, *, reason: str = "manual") -> dict:
     conn = job.connection if job is not None else None
     owned = job is not None and trigger.begin_training(conn, project_id, job.id,
                                                        lease_ttl_s=settings.lease_ttl_s)
+    if job is not None and not owned:
+        # Not the project's recorded job (rq re-running one the trigger has replaced): training it would run
+        # two trainings of one project at once.
+        recorded = trigger.training_state(conn, project_id).get("job_id")
+        log.warning("project %s: job %s is not the project's training (%s is): skipped", project_id, job.id, recorded)
+        return {"project": project_id, "skipped": f"job {job.id} was replaced by {recorded}", "promoted": False}
     progress = Progress(job)
     attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1
     progress.update(force=True, project=project_id, stage="starting", started_at=now(), error=None,

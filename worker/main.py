@@ -49,7 +49,6 @@ def run_worker(
     import redis
     from rq import Worker
 
-    from shoeseg import trigger
 
     settings = Settings.from_env()
     url = redis_url or settings.redis_url
@@ -61,8 +60,34 @@ def run_worker(
     conn = redis.Redis.from_url(url)
     conn.ping()
     if recover:
-        for r in trigger.recover_stale(conn, settings=settings):
-            log.warning("re-enqueued training of project %s as %s (%s)", r["project"], r["job_id"], r["reason"])
+        _recover(conn, settings)
+        if not burst:  # a worker that died mid-training elsewhere: its project trains again once the lease lapses
+            _start_recovery(url, settings, every_s=max(10.0, 2.0 * settings.lease_ttl_s))
     worker = Worker(list(queues), connection=conn, name=name)
     log.info("worker %s on %s, queues %s (burst=%s)", worker.name, url, ", ".join(queues), burst)
     return worker.work(burst=burst, with_scheduler=with_scheduler)
+
+
+def _recover(conn, settings: Settings) -> None:
+    from shoeseg import trigger
+
+    for r in trigger.recover_stale(conn, settings=settings):
+        log.warning("re-enqueued training of project %s as %s (%s)", r["project"], r["job_id"], r["reason"])
+
+
+def _start_recovery(url: str, settings: Settings, *, every_s: float) -> None:
+    """Checks every ``every_s`` for trainings whose worker died (one transaction per project; any worker may)."""
+    import threading
+
+    import redis
+
+    def loop() -> None:
+        conn = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        stop = threading.Event()
+        while not stop.wait(every_s):
+            try:
+                _recover(conn, settings)
+            except Exception:  # noqa: BLE001 - Redis away for a moment: the next round tries again
+                log.warning("checking for lost trainings failed", exc_info=True)
+
+    threading.Thread(target=loop, name="shoeseg-recovery", daemon=True).start()
