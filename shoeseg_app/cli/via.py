@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from via_tools.io import FORMATS
+
 via_app = typer.Typer(
     name="via",
     help="VGG Image Annotator (VIA 1/2/3, CSV), COCO, Label Studio and YOLO segmentation annotations: statistics, "
@@ -20,25 +22,9 @@ via_app = typer.Typer(
 )
 
 
-class OutFormat(str, Enum):
-    via1 = "via1"
-    via2 = "via2"
-    via3 = "via3"
-    csv = "csv"
-    coco = "coco"
-    ls = "ls"
-    yolo = "yolo"
-
-
-class InFormat(str, Enum):
-    auto = "auto"
-    via1 = "via1"
-    via2 = "via2"
-    via3 = "via3"
-    csv = "csv"
-    coco = "coco"
-    ls = "ls"
-    yolo = "yolo"
+#: The formats of via_tools' table (``via_tools.io.FORMATS``), as choices of ``--to`` / ``--format`` / ``--from``.
+OutFormat = Enum("OutFormat", {name: name for name in FORMATS}, type=str)
+InFormat = Enum("InFormat", {"auto": "auto", **{name: name for name in FORMATS}}, type=str)
 
 
 class YoloImages(str, Enum):
