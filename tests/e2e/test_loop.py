@@ -268,7 +268,9 @@ def test_new_annotations_lead_to_a_promoted_model_and_ordered_predictions(loop):
     predictor = Predictor.from_checkpoint(v.checkpoint, device="cpu")
     by_task = {tid: name for name, tid in loop.task_ids.items()}
     expected = score_images("least_confidence", predictor, [read_image(loop.images_dir / by_task[t]) for t in ordered])
-    assert [scores[t] for t in ordered] == pytest.approx(expected, abs=1e-4)
+    # Stored scores are rounded to 4 decimals, and the worker batched other images beside each one (another padded
+    # size, so detection scores move in the 4th decimal); a different strategy would differ by far more.
+    assert [scores[t] for t in ordered] == pytest.approx(expected, abs=5e-4)
 
 
 @pytest.mark.slow
