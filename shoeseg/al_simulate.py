@@ -89,6 +89,10 @@ class SimulationConfig:
         rounds: trainings per strategy and seed (round 0 trains on the ``start`` images).
         test_frac: fraction of the images held out for evaluation.
         split_seed: seeds the test split (fixed across seeds and strategies).
+        test_size: hold out at most this many images (``None``: ``test_frac`` of them); with ``pool_size``, what
+            makes a large dataset's simulation affordable on a CPU, where every round scores the whole pool.
+        pool_size: draw the pool from at most this many of the remaining images (``None``: all); the same images
+            for every seed and strategy.
         round_iters: iterations of every round after the first; ``None``: the worker's rule
             (:func:`shoeseg.schedule.round_iters` of ``train.iters`` and ``batch``).
         score_batch: images per forward pass when scoring the pool.
@@ -108,6 +112,8 @@ class SimulationConfig:
     rounds: int = 3
     test_frac: float = 0.3
     split_seed: int = 0
+    test_size: int | None = None
+    pool_size: int | None = None
     round_iters: int | None = None
     score_batch: int = 4
     prescale: bool = True
@@ -130,6 +136,9 @@ class SimulationConfig:
         for name in ("start", "batch", "rounds", "score_batch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("test_size", "pool_size"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1 (or None: no cap), got {getattr(self, name)}")
         if self.round_iters is not None and int(self.round_iters) < 1:
             raise ValueError(f"round_iters must be at least 1, got {self.round_iters}")
         if not 0.0 < self.test_frac < 1.0:
@@ -163,7 +172,8 @@ class SimulationConfig:
         for k in ("progress_bar", "log_period"):
             train.pop(k, None)
         fp = {"start": self.start, "batch": self.batch, "rounds": self.rounds, "test_frac": self.test_frac,
-              "split_seed": self.split_seed, "round_iters": self.round_iters, "prescale": self.prescale,
+              "split_seed": self.split_seed, "test_size": self.test_size, "pool_size": self.pool_size,
+              "round_iters": self.round_iters, "prescale": self.prescale,
               "train": train}
         return json.loads(json.dumps(fp))
 
@@ -181,8 +191,12 @@ class SimulationResult:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def split_pool(ds: AnnotationSet, *, test_frac: float, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+def split_pool(ds: AnnotationSet, *, test_frac: float, seed: int, test_size: int | None = None,
+               pool_size: int | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """A seeded ``(pool, test)`` split of the images that have at least one instance.
+
+    ``test_frac`` of them are held out, at most ``test_size``; the pool is the rest, at most ``pool_size`` of it
+    (both drawn from the same seeded shuffle, so a cap only drops images, it never moves one between the two).
 
     Example:
         >>> pool, test = split_pool(ds, test_frac=0.3, seed=0)  # doctest: +SKIP
@@ -198,6 +212,11 @@ def split_pool(ds: AnnotationSet, *, test_frac: float, seed: int) -> tuple[list[
     n_test = max(1, round(test_frac * len(images)))
     test = [images[i] for i in order[:n_test]]
     pool = [images[i] for i in order[n_test:]]
+    if test_size is not None and len(test) > test_size:
+        test = test[:int(test_size)]
+    if pool_size is not None and len(pool) > pool_size:
+        log.info("the pool keeps %d of its %d images (pool_size)", pool_size, len(pool))
+        pool = pool[:int(pool_size)]
     return pool, test
 
 
@@ -701,7 +720,8 @@ def run_simulation(
             dataset, images_dir=images_dir, out_dir=out_dir / f"images-{t.min_size}-{t.max_size}",
             min_size=t.min_size, max_size=t.max_size,
         )
-    pool, test = split_pool(dataset, test_frac=cfg.test_frac, seed=cfg.split_seed)
+    pool, test = split_pool(dataset, test_frac=cfg.test_frac, seed=cfg.split_seed, test_size=cfg.test_size,
+                            pool_size=cfg.pool_size)
     needed = cfg.start + cfg.batch * (cfg.rounds - 1)
     if needed > len(pool):
         raise ValueError(

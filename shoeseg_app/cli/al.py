@@ -109,6 +109,9 @@ def simulate(
     rounds: int = typer.Option(3, "--rounds", min=1, help="Trainings per strategy and seed."),
     test_frac: float = typer.Option(0.3, "--test-frac", help="Fraction of images held out for evaluation."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seeds the test split (fixed across seeds)."),
+    test_size: int = typer.Option(None, "--test-size", min=1, help="Hold out at most this many images."),
+    pool_size: int = typer.Option(None, "--pool-size", min=1,
+                                  help="Draw the pool from at most this many images (the same for every seed)."),
     profile: str = typer.Option("cpu", "--profile", help="Training recipe: cpu, study, gpu, or auto (from the device)."),
     iters: int = typer.Option(None, "--iters", min=1, help="Round 0's iterations (default: the profile's)."),
     round_iters: int = typer.Option(None, "--round-iters", min=1,
@@ -146,7 +149,8 @@ def simulate(
         )
         cfg = SimulationConfig(
             strategies=_strategies(strategy), seeds=_seeds(seeds), start=start, batch=batch, rounds=rounds,
-            test_frac=test_frac, split_seed=split_seed, round_iters=round_iters, keep_checkpoints=keep_checkpoints,
+            test_frac=test_frac, split_seed=split_seed, test_size=test_size, pool_size=pool_size,
+            round_iters=round_iters, keep_checkpoints=keep_checkpoints,
             train=train,
         )
     except ValueError as e:

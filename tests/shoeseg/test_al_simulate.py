@@ -70,6 +70,17 @@ def test_split_is_seeded_disjoint_and_skips_images_without_instances(tmp_path):
     assert [im.file_name for im in split_pool(ds, test_frac=0.25, seed=4)[1]] != [im.file_name for im in test]
 
 
+def test_split_caps_drop_images_without_moving_any_between_test_and_pool(tmp_path):
+    ds, _ = synthetic_shoes(tmp_path, n=20)
+    pool, test = split_pool(ds, test_frac=0.25, seed=3)
+    small_pool, small_test = split_pool(ds, test_frac=0.25, seed=3, test_size=3, pool_size=6)
+    assert [im.file_name for im in small_test] == [im.file_name for im in test[:3]]
+    assert [im.file_name for im in small_pool] == [im.file_name for im in pool[:6]]
+    # caps larger than the split change nothing
+    big_pool, big_test = split_pool(ds, test_frac=0.25, seed=3, test_size=100, pool_size=100)
+    assert [im.file_name for im in big_pool] == [im.file_name for im in pool] and len(big_test) == 5
+
+
 def test_prescale_resizes_images_and_polygons_together(tmp_path):
     ds, images_dir = synthetic_shoes(tmp_path, n=2, size=(200, 100))
     small, small_dir = prescale_dataset(ds, images_dir=images_dir, out_dir=tmp_path / "small", min_size=50, max_size=80)
