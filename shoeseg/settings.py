@@ -6,14 +6,15 @@ library is imported here, so the web service reads its settings without loading 
 
 | variable | default | meaning |
 | --- | --- | --- |
-| ``SHOESEG_MODEL_DIR`` | ``models`` | model registry root |
+| ``SHOESEG_MODEL_DIR`` | ``models`` | model registry root: a folder, or ``s3://bucket/prefix`` (``shoeseg.registry``) |
 | ``SHOESEG_CACHE_DIR`` | ``.cache/shoeseg`` | the one image cache (Label Studio uploads), backend and worker |
 | ``REDIS_URL`` | none | Redis of the training queue (none: the backend answers 503 to training events) |
 | ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` | none | the one Label Studio server trusted, and its key |
 | ``LABEL_STUDIO_HOST`` | none | the URL that server announces in ``/setup`` when it differs from ``LABEL_STUDIO_URL`` |
 | ``SHOESEG_DEVICE`` | ``auto`` | ``auto``, ``cpu`` or ``cuda`` |
 | ``SHOESEG_IMAGE_ROOT`` | none | local directory images may be read from |
-| ``SHOESEG_ALLOWED_HOSTS`` | none | hosts plain image URLs and other ``/setup`` servers may name |
+| ``SHOESEG_ALLOWED_HOSTS`` | none | hosts plain image URLs, presigned-URL redirects and other ``/setup`` servers may name |
+| ``SHOESEG_S3_BUCKETS`` | none | buckets whose ``s3://`` image URIs are read with this machine's own AWS credentials |
 | ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | none | HTTP basic auth of the backend |
 | ``SHOESEG_INSECURE`` | ``false`` | serve off loopback without basic auth |
 | ``SHOESEG_MIN_NEW_ANNOTATIONS`` (or ``MIN_NEW_ANNOTATIONS``) | ``10`` | new annotations that start a training |
@@ -67,6 +68,36 @@ def _split_hosts(value: str | None) -> tuple[str, ...]:
                 "*.domain:port (no scheme, path or user)"
             )
     return hosts
+
+
+def _split_buckets(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    buckets = tuple(b.strip() for b in value.split(",") if b.strip())
+    for b in buckets:
+        if "/" in b or ":" in b or " " in b or b in (".", ".."):
+            raise SettingsError(
+                f"environment variable SHOESEG_S3_BUCKETS has {b!r}: expected bucket names (no s3://, key or path)"
+            )
+    return buckets
+
+
+def registry_root(value: str | os.PathLike[str] | None, name: str = "SHOESEG_MODEL_DIR") -> Path | str:
+    """A registry root as the registry takes it: ``s3://bucket/prefix`` kept as text (``Path`` would fold its
+    ``//``), anything else a ``Path``.
+
+    Example:
+        >>> registry_root("s3://shoes/models"), registry_root("/srv/models")
+        ('s3://shoes/models', PosixPath('/srv/models'))
+    """
+    text = os.fspath(value) if value is not None else ""
+    if not text:
+        return Path("models")
+    if text.lower().startswith("s3:"):
+        if not text.startswith("s3://") or not text[len("s3://"):].partition("/")[0]:
+            raise SettingsError(f"environment variable {name}={text!r} is not s3://bucket/prefix")
+        return text.rstrip("/")
+    return Path(text)
 
 
 def _url(env: Mapping[str, str], name: str) -> str | None:
@@ -147,7 +178,8 @@ class Settings:
     """Everything ShoeSeg can be configured with (see the module's table for the variables).
 
     Args:
-        model_dir: root of the model registry.
+        model_dir: root of the model registry: a ``Path``, or the text ``s3://bucket/prefix``
+            (:func:`registry_root`).
         cache_dir: the image cache of the backend and the worker (downloaded Label Studio uploads);
             ``None``: no disk cache.
         redis_url: Redis of the queues.
@@ -157,6 +189,9 @@ class Settings:
         image_root: local directory images may be read from.
         allowed_hosts: hosts that plain http(s) image URLs may point at, and other Label Studio servers
             ``/setup`` may name: ``host`` (ports 80 and 443 only), ``host:port``, ``*.domain`` or ``*.domain:port``.
+            Label Studio's redirects to presigned S3 URLs are followed only to these hosts.
+        s3_buckets: buckets whose ``s3://`` image URIs this process reads with its own AWS credentials
+            (``SHOESEG_S3_BUCKETS``; empty: none, such URIs are then resolved through Label Studio).
         device: ``auto``, ``cpu`` or ``cuda``.
         basic_auth_user / basic_auth_pass: require HTTP basic auth when both are set.
         insecure: allow serving on a non-loopback address without basic auth.
@@ -192,7 +227,7 @@ class Settings:
         shoeseg.settings.SettingsError: environment variable SHOESEG_MIN_NEW_ANNOTATIONS='zero' is not an integer
     """
 
-    model_dir: Path = Path("models")
+    model_dir: Path | str = Path("models")
     cache_dir: Path | None = None
     redis_url: str | None = None
     label_studio_url: str | None = None
@@ -200,6 +235,7 @@ class Settings:
     label_studio_host: str | None = None
     image_root: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
+    s3_buckets: tuple[str, ...] = ()
     device: str = "auto"
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
@@ -268,7 +304,7 @@ class Settings:
         cache_dir = env.get("SHOESEG_CACHE_DIR")
         min_new = "SHOESEG_MIN_NEW_ANNOTATIONS" if env.get("SHOESEG_MIN_NEW_ANNOTATIONS") else "MIN_NEW_ANNOTATIONS"
         return cls(
-            model_dir=Path(env.get("SHOESEG_MODEL_DIR") or "models"),
+            model_dir=registry_root(env.get("SHOESEG_MODEL_DIR") or "models"),
             cache_dir=Path(cache_dir or ".cache/shoeseg"),
             redis_url=env.get("REDIS_URL") or None,
             label_studio_url=_url(env, "LABEL_STUDIO_URL"),
@@ -276,6 +312,7 @@ class Settings:
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
             image_root=Path(image_root) if image_root else None,
             allowed_hosts=_split_hosts(env.get("SHOESEG_ALLOWED_HOSTS")),
+            s3_buckets=_split_buckets(env.get("SHOESEG_S3_BUCKETS")),
             device=_choice(env, "SHOESEG_DEVICE", "auto", DEVICES),
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
