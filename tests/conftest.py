@@ -1,8 +1,9 @@
-"""Fixtures shared by every test: paths to ../shared (skipping when absent) and a real Redis."""
+"""Fixtures shared by every test: paths to ../shared (skipping when absent), a real Redis and a real S3 server."""
 
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,24 @@ def redis_conn(redis_server):
         conn.flushdb()
     except redis.ConnectionError:
         pass
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server as a real process on a loopback port, for the whole run (:mod:`tests.s3_server`)."""
+    pytest.importorskip("moto.moto_server.werkzeug_app", reason="moto[server] is not installed (the dev extra)")
+    from tests.s3_server import S3Server
+
+    server = S3Server(log_path=tmp_path_factory.mktemp("s3") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process's AWS variables pointed at the test server (only for this test); returns the server."""
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
