@@ -2,7 +2,8 @@
 
 :class:`ModelCache` checks the registry's ``current`` pointer (one small file read) at most every
 ``reload_interval_s`` and loads a newly promoted version in the request that notices it, while other requests
-keep using the old one.
+keep using the old one. On an S3 registry the check is one small LIST request, and a version's checkpoint is
+downloaded once per machine (``<SHOESEG_CACHE_DIR>/models/<sha256>.pt``, see :mod:`shoeseg.registry`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ModelCache:
         from shoeseg.registry import ModelRegistry
 
         self.settings = settings
-        self.registry = ModelRegistry(settings.model_dir)
+        self.registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
         self.metrics = metrics
         self._loader = loader or self._load_predictor
         self._loaded: LoadedModel | None = None
@@ -83,13 +84,15 @@ class ModelCache:
         With no model held, the load happens here (callers wait for it); otherwise in a background thread
         while the old version keeps serving, and it is swapped in when ready.
         """
+        from shoeseg.registry import RegistryError
+
         if not self._lock.acquire(blocking=block):
             return
         try:
             self._last_check = time.monotonic()
             try:
                 wanted = self.registry.current_version_id()
-            except OSError as e:
+            except (OSError, RegistryError) as e:  # RegistryError: an S3 registry that cannot be read
                 self._reason = f"cannot read the model registry at {self.settings.model_dir}: {e}"
                 log.error(self._reason)
                 return

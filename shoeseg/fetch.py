@@ -8,6 +8,12 @@ Where an image may come from:
   or ``Bearer <access>`` for a personal access token, refreshed again on expiry or 401).
 * plain ``http(s)`` URLs: only from the hosts in ``SHOESEG_ALLOWED_HOSTS`` (exact names, or ``*.domain``);
   redirects are followed only to allowed hosts; no credentials are sent to them.
+* ``s3://bucket/key`` URIs (what Label Studio's S3 source storage puts in the tasks it sends the backend):
+  read with this machine's own AWS credentials (:mod:`shoeseg.s3`) when the bucket is in ``SHOESEG_S3_BUCKETS``;
+  otherwise asked of Label Studio (``/tasks/<id>/presign/?fileuri=<base64 URI>``, with its token), which
+  answers with the bytes (a storage with "presign" off) or a redirect to a presigned URL of the S3 endpoint,
+  followed only when that host is in ``SHOESEG_ALLOWED_HOSTS`` and without the Label Studio token. The AWS
+  credentials go only to the S3 endpoint, the token only to Label Studio.
 * local paths and ``file://`` URLs: only under ``SHOESEG_IMAGE_ROOT`` (symbolic links resolved first).
 * ``data:image/...;base64,`` URIs.
 
@@ -330,8 +336,10 @@ class ImageFetcher:
             return self._download(url, task_id=task_id, headers={}, allowed_origin=None), url
         if scheme == "file":
             return self._from_local(unquote(parts.path), url, task_id=task_id), url
+        if scheme == "s3":
+            return self._from_s3(url, task_id=task_id, access=access), url
         if scheme:
-            raise self._error(task_id, url, f"has an unsupported scheme {scheme!r} (http, https, file, data)")
+            raise self._error(task_id, url, f"has an unsupported scheme {scheme!r} (http, https, s3, file, data)")
         if url.startswith(LS_PREFIXES):
             if not access.hostname:
                 raise self._error(
@@ -372,6 +380,32 @@ class ImageFetcher:
         if size > self.settings.max_image_bytes:
             raise self._error(task_id, url, f"is {size} bytes, over the {self.settings.max_image_bytes} byte limit")
         return resolved.read_bytes()
+
+    # -- S3 --------------------------------------------------------------------------------------
+    def _from_s3(self, url: str, *, task_id, access: LabelStudioAccess) -> bytes:
+        """An ``s3://`` URI: read directly (allowed bucket) or through Label Studio's presign endpoint."""
+        from shoeseg.s3 import S3Error, parse_s3_uri, read_object
+
+        try:
+            bucket, key = parse_s3_uri(url)
+        except ValueError as e:
+            raise self._error(task_id, url, f"is not a usable S3 URI ({e})") from e
+        if bucket in self.settings.s3_buckets:
+            try:
+                return read_object(bucket, key, max_bytes=self.settings.max_image_bytes,
+                                   timeout_s=self.settings.fetch_timeout_s)
+            except S3Error as e:
+                raise self._error(task_id, url, f"cannot be read from S3: {e}") from e
+        if access.hostname and task_id is not None and str(task_id).isdigit():
+            fileuri = base64.urlsafe_b64encode(url.encode()).decode()
+            resolve = urljoin(access.hostname.rstrip("/") + "/", f"tasks/{task_id}/presign/?fileuri={fileuri}")
+            return self._from_label_studio(resolve, task_id=task_id, access=access, shown=url)
+        raise self._error(
+            task_id, url,
+            f"is in bucket {bucket!r}, which is not in SHOESEG_S3_BUCKETS (buckets this backend reads with its own "
+            "AWS credentials), and no Label Studio is known to resolve it (connect the backend from Label Studio "
+            "or set LABEL_STUDIO_URL)",
+        )
 
     # -- Label Studio ----------------------------------------------------------------------------
     def _cache_file(self, url: str) -> Path | None:
@@ -457,13 +491,19 @@ class ImageFetcher:
                     if has_userinfo(target):
                         raise self._error(task_id, shown or url, "redirects to a URL with a user or password")
                     if tscheme not in ("http", "https") or not (same_ls or host_allowed(thost, tport, self.settings.allowed_hosts)):
-                        raise self._error(task_id, shown or url, f"redirects to {target!r}, which is not an allowed host")
+                        # the query is left out of the message: a presigned URL's signature is a credential
+                        shown_target = urlsplit(target)._replace(query="", fragment="").geturl()
+                        raise self._error(task_id, shown or url,
+                                          f"redirects to {shown_target!r}, which is not an allowed host (add "
+                                          f"{thost}:{tport} to SHOESEG_ALLOWED_HOSTS to follow it, e.g. to the S3 "
+                                          "endpoint of Label Studio's presigned URLs)")
                     current = target
                     continue
-                if r.status_code in (401, 403) and allowed_origin is not None:
-                    raise _Unauthorized(r.status_code)
+                if r.status_code in (401, 403) and allowed_origin is not None and origin(current) == allowed_origin:
+                    raise _Unauthorized(r.status_code)  # (a refusal after a redirect is the other host's, not LS's)
                 if r.status_code != 200:
-                    raise self._error(task_id, shown or url, f"cannot be downloaded (HTTP {r.status_code})")
+                    where = "" if current == url else f" from {origin(current)[1]}:{origin(current)[2]} (redirected there)"
+                    raise self._error(task_id, shown or url, f"cannot be downloaded{where} (HTTP {r.status_code})")
                 declared = r.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limit:
                     raise self._error(task_id, shown or url, f"is {declared} bytes, over the {limit} byte limit")

@@ -212,7 +212,7 @@ def request_first_model(conn: redis.Redis, project_id: int | str, *, settings: S
 
     settings = settings or Settings.from_env()
     project_id = _project(project_id)
-    if ModelRegistry(settings.model_dir).current_version_id() is not None:
+    if ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir).current_version_id() is not None:
         return {"action": "has_model", "project": project_id, "job_id": None}
     fresh = conn.set(first_model_key(project_id), _now(), nx=True, ex=max(1, int(min_interval_s)))
     if not fresh and not force:

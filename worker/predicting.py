@@ -45,7 +45,7 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     from via_tools.ls_config import parse_label_config
 
     t0 = time.perf_counter()
-    registry = ModelRegistry(settings.model_dir)
+    registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
     current = registry.current_version_id()
     if current != version and not force:
         log.info("project %s: %s is no longer current (%s): not predicting", project_id, version, current)

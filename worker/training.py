@@ -117,7 +117,7 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
     if not ds.images:
         log.info("project %s has no accepted annotation: nothing to train", project_id)
         return {"project": project_id, "skipped": "no accepted annotation in the project", "promoted": False}
-    registry = ModelRegistry(settings.model_dir)
+    registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
     current = registry.current()
     if reason == FIRST_MODEL_REASON and current is None and len(ds.images) < settings.min_new_annotations:
         why = (f"{len(ds.images)} accepted annotation(s); the first model waits for {settings.min_new_annotations} "

@@ -93,8 +93,11 @@ def _loss_table(losses: dict[str, float]) -> str:
     return "  ".join(f"{k:>12}" for k in keys) + "\n" + "  ".join(f"{losses[k]:12.4f}" for k in keys)
 
 
-def _resolve_model(model: str, registry: Path | None) -> Path:
-    """A checkpoint path, or a registry version id / ``current``."""
+REGISTRY_HELP = "Registry root: a folder or s3://bucket/prefix (default $SHOESEG_MODEL_DIR)."
+
+
+def _resolve_model(model: str, registry: str | None) -> Path:
+    """A checkpoint path, or a registry version id / ``current`` (on S3 downloaded to the cache once)."""
     p = Path(model)
     if p.is_file():
         return p
@@ -106,6 +109,13 @@ def _resolve_model(model: str, registry: Path | None) -> Path:
         if cur is None:
             raise FileNotFoundError(f"no model is promoted in {reg.root}")
         return cur.checkpoint
+    if reg.versions_dir is None:  # S3
+        from shoeseg.registry import RegistryError
+
+        try:
+            return reg.get(model).checkpoint
+        except RegistryError as e:
+            raise FileNotFoundError(f"model {model!r} is neither a checkpoint file nor a usable version: {e}") from e
     if reg.versions_dir.is_dir() and (reg.versions_dir / model).is_dir():
         return reg.get(model).checkpoint
     raise FileNotFoundError(f"model {model!r} is neither a checkpoint file nor a version in {reg.root}")
@@ -239,7 +249,7 @@ def register(app: typer.Typer) -> None:
                                                help="split.json (default: the checkpoint's, else beside it)."),
         out: Path | None = typer.Option(None, "--out", help="JSON results (default: eval-<split>.json beside the model)."),
         device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
-        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+        registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """COCO box and mask AP / AP50 / AP75 and the loss table on a part of the split.
 
@@ -288,7 +298,7 @@ def register(app: typer.Typer) -> None:
         tolerance: float = typer.Option(1.0, "--tolerance", help="Polygon simplification tolerance in pixels."),
         device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
         batch_size: int = typer.Option(2, "--batch-size", help="Images per forward pass."),
-        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+        registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Finds shoes: polygons as JSON and VIA, and optionally overlays and in-painting masks.
 
@@ -354,7 +364,7 @@ def register(app: typer.Typer) -> None:
     @models_app.command("list")
     @_clean_errors
     def models_list(
-        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+        registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Lists registered versions (the promoted one marked with *)."""
@@ -380,7 +390,7 @@ def register(app: typer.Typer) -> None:
     def models_register(
         checkpoint: Path = typer.Argument(..., help="A model.pt written by `shoeseg train`."),
         promote: bool = typer.Option(False, "--promote", help="Also make it the current version."),
-        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+        registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Adds a checkpoint to the registry as a candidate (its metrics and parent come with it)."""
         from shoeseg.registry import ModelRegistry
@@ -395,7 +405,7 @@ def register(app: typer.Typer) -> None:
     @_clean_errors
     def models_promote(
         version: str = typer.Argument(..., help="The version id to serve."),
-        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+        registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Makes a version the current one (atomic pointer swap)."""
         from shoeseg.registry import ModelRegistry
@@ -406,7 +416,7 @@ def register(app: typer.Typer) -> None:
     @models_app.command("rollback")
     @_clean_errors
     def models_rollback(
-        registry: Path | None = typer.Option(None, "--registry", help="Registry root (default $SHOESEG_MODEL_DIR)."),
+        registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Goes back to the previously promoted version (else the current one's parent)."""
         from shoeseg.registry import ModelRegistry

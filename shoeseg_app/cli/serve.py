@@ -41,8 +41,9 @@ def register(app: typer.Typer) -> None:
     def serve(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0 for every interface)."),
         port: int = typer.Option(9090, "--port", help="TCP port."),
-        model_dir: Path | None = typer.Option(
-            None, "--model-dir", help="Model registry root (default: $SHOESEG_MODEL_DIR or ./models)."
+        model_dir: str | None = typer.Option(
+            None, "--model-dir",
+            help="Model registry root: a folder or s3://bucket/prefix (default: $SHOESEG_MODEL_DIR or ./models).",
         ),
         device: str | None = typer.Option(None, "--device", help="auto, cpu or cuda (default: $SHOESEG_DEVICE)."),
         image_root: Path | None = typer.Option(
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
         from shoeseg.settings import Settings
 
         overrides = {
-            "SHOESEG_MODEL_DIR": str(model_dir) if model_dir else None,
+            "SHOESEG_MODEL_DIR": model_dir or None,
             "SHOESEG_DEVICE": device,
             "SHOESEG_IMAGE_ROOT": str(image_root) if image_root else None,
         }
@@ -82,8 +83,9 @@ def register(app: typer.Typer) -> None:
         if problem:
             raise typer.BadParameter(problem, param_hint="--host")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per image download is too much
+        models = settings.model_dir if isinstance(settings.model_dir, str) else settings.model_dir.resolve()
         typer.echo(
-            f"ShoeSeg ML backend on http://{host}:{port} (models: {settings.model_dir.resolve()}, "
+            f"ShoeSeg ML backend on http://{host}:{port} (models: {models}, "
             f"device: {settings.device})"
         )
         uvicorn.run(

@@ -158,10 +158,17 @@ def test_unreachable_host(fetcher_for):
         fetcher_for(allowed_hosts=(f"127.0.0.1:{port}",)).fetch(url, task_id=5, access=None)
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/a.jpg", "gs://b/x.png", "ftp://h/a.jpg"])
+@pytest.mark.parametrize("url", ["gs://b/x.png", "ftp://h/a.jpg"])
 def test_unsupported_schemes(fetcher_for, url):
     with pytest.raises(ImageFetchError, match="unsupported scheme"):
         fetcher_for().fetch(url, task_id=1, access=None)
+
+
+def test_s3_uris_of_buckets_not_allowed_and_without_label_studio_are_refused(fetcher_for):
+    # (reading allowed buckets and resolving through Label Studio: tests/backend/test_s3_images.py)
+    with pytest.raises(ImageFetchError, match="task 1: image 's3://bucket/a.jpg' is in bucket 'bucket', which is not "
+                                              "in SHOESEG_S3_BUCKETS.*no Label Studio"):
+        fetcher_for().fetch("s3://bucket/a.jpg", task_id=1, access=None)
 
 
 @pytest.mark.parametrize("url", [None, "", "   ", 42])
