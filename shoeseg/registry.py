@@ -422,9 +422,13 @@ class _S3Store:
         return f"s3://{self.bucket}/{key}"
 
     def _client(self):
-        from shoeseg.s3 import client
+        from shoeseg.s3 import client, client_errors, explain
 
-        return client()
+        try:
+            return client()
+        except client_errors() as e:  # e.g. half the credentials in the environment
+            raise RegistryError(f"model registry {self.location}: "
+                                f"{explain(e, bucket=self.bucket, action='connect to')}") from e
 
     def _fail(self, e: BaseException, key: str | None, action: str) -> RegistryError:
         from shoeseg.s3 import explain

@@ -177,11 +177,12 @@ def read_object(bucket: str, key: str, *, max_bytes: int, timeout_s: float) -> b
         >>> read_object("shoes", "images/1.jpg", max_bytes=30 << 20, timeout_s=20)[:3]  # doctest: +SKIP
         b'\\xff\\xd8\\xff'
     """
-    c = client(read_timeout_s=timeout_s)
     where = s3_uri(bucket, key)
     if not key or key.endswith("/"):
         raise S3Error(f"{where} names no object (a key is needed after the bucket)", code="NoKey")
+    c = None
     try:
+        c = client(read_timeout_s=timeout_s)
         head = c.head_object(Bucket=bucket, Key=key)
         size = int(head.get("ContentLength") or 0)
         if size > max_bytes:
