@@ -92,13 +92,10 @@ class S3Server:
         raise TimeoutError(f"the moto S3 server did not answer on {self.endpoint} in {timeout_s:g} s")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait(timeout=10)
+        from shoeseg.processes import stop_process_group
+
+        if self._proc is not None:
+            stop_process_group(self._proc, timeout_s=10)
 
     def client(self):
         """A boto3 client of this server (for the tests' own setup, independent of the environment)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -14,6 +13,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from shoeseg.losses import LOSS_KEYS
+from shoeseg.processes import stop_process_group
 from shoeseg.settings import Settings
 from shoeseg.trigger import FIRST_MODEL_REASON, ON_FAILURE, PREDICT_JOB, PREDICT_QUEUE
 from via_tools.ls_api import LabelStudioUnavailable, connect, is_transient
@@ -302,13 +302,7 @@ def train_in_processes(config, nproc: int, *, dataset, images_dir: Path, out_dir
                     break
                 time.sleep(poll_s)
         finally:
-            if proc.poll() is None:  # the job is being stopped: stop the training with it
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_process_group(proc, timeout_s=30)  # the job is being stopped: stop the training with it
     if proc.returncode != 0 or not result_path.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise RuntimeError(f"training in {nproc} processes exited with {proc.returncode}: " + "\n".join(tail))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from shoeseg.processes import stop_process_group
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LS_VENV = Path(".ls-venv")
@@ -154,18 +156,8 @@ class LabelStudioServer:
     def stop(self) -> None:
         if self._proc is None or self._proc.poll() is not None:
             return
-        import signal
-
         log.info("stopping Label Studio (pid %d)", self._proc.pid)
-        try:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            self._proc.wait(timeout=20)
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            try:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._proc.wait(timeout=10)
+        stop_process_group(self._proc, timeout_s=20)
 
     def client(self):
         """A ``label_studio_sdk.LabelStudio`` client logged in with the admin's token."""

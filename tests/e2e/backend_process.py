@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from shoeseg.processes import stop_process_group
 from shoeseg_app.stack.labelstudio import free_port
 from tests.backend.conftest import jpeg_bytes
 from via_tools.labelstudio import labeling_config
@@ -57,13 +57,7 @@ def start_backend(tmp_dir: Path, *, registry_root: Path, env: dict | None = None
 
 
 def stop_backend(backend: BackendProcess) -> None:
-    if backend.proc.poll() is None:
-        os.killpg(backend.proc.pid, signal.SIGTERM)
-        try:
-            backend.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(backend.proc.pid, signal.SIGKILL)
-            backend.proc.wait(timeout=10)
+    stop_process_group(backend.proc, timeout_s=20)
 
 
 @dataclass
