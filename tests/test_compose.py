@@ -176,3 +176,32 @@ def test_backend_is_published_on_loopback_and_needs_basic_auth():
     assert all(str(p).startswith("127.0.0.1:") for p in backend["ports"]), backend["ports"]
     env = COMPOSE.read_text()
     assert "BASIC_AUTH_PASS: ${BASIC_AUTH_PASS:?" in env  # compose refuses to start without it
+
+
+S3_KEYS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+           "SHOESEG_S3_BUCKETS", "SHOESEG_ALLOWED_HOSTS")
+
+
+def test_the_s3_settings_pass_through_from_env_and_are_left_out_when_unset(tmp_path):
+    res = run_config(ENV_EXAMPLE, tmp_path)
+    assert res.returncode == 0, res.stderr
+    services = yaml.safe_load(res.stdout)["services"]
+    for name in ("backend", "worker", "worker-predict"):
+        env = services[name]["environment"]
+        assert env["SHOESEG_MODEL_DIR"] == "/models", name  # the volume by default
+        assert all(env.get(k) is None for k in S3_KEYS), {k: env.get(k) for k in S3_KEYS}  # unset in the container
+
+    env_file = tmp_path / "s3.env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "SHOESEG_MODEL_DIR=s3://models-bucket/shoes\n"
+                        "AWS_ENDPOINT_URL=http://minio.internal:9000\nAWS_ACCESS_KEY_ID=key\n"
+                        "SHOESEG_S3_BUCKETS=photos\nSHOESEG_ALLOWED_HOSTS=minio.internal:9000\n")
+    res = run_config(env_file, tmp_path)
+    assert res.returncode == 0, res.stderr
+    services = yaml.safe_load(res.stdout)["services"]
+    for name in ("backend", "worker", "worker-predict"):
+        env = services[name]["environment"]
+        assert env["SHOESEG_MODEL_DIR"] == "s3://models-bucket/shoes", name
+        assert env["AWS_ENDPOINT_URL"] == "http://minio.internal:9000" and env["AWS_ACCESS_KEY_ID"] == "key"
+        assert env["SHOESEG_S3_BUCKETS"] == "photos" and env["SHOESEG_ALLOWED_HOSTS"] == "minio.internal:9000"
+    # Label Studio itself gets none of the workers' credentials
+    assert not any(k.startswith("AWS_") for k in services["label-studio"]["environment"])
