@@ -13,7 +13,7 @@ import httpx
 
 from shoeseg.processes import stop_process_group
 from shoeseg_app.stack.labelstudio import free_port
-from tests.backend.conftest import jpeg_bytes
+from tests.backend.conftest import jpeg_bytes, make_checkpoint
 from via_tools.labelstudio import labeling_config
 
 BIN = Path(sys.executable).parent
@@ -28,6 +28,15 @@ class BackendProcess:
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+
+def fill_registry(reg, tmp_dir: Path):
+    """Registers test-v1 (a model biased to find three shoes per image) and test-v2 (one), promotes test-v1."""
+    for version, logit, n, seed in (("test-v1", 4.0, 3, 1), ("test-v2", 1.0, 1, 2)):
+        ckpt = make_checkpoint(tmp_dir / f"{version}.pt", version=version, fg_logit=logit, detections=n, seed=seed)
+        reg.register(ckpt, metrics={"segm_AP": 0.0}, parent=None, meta={})
+    reg.promote("test-v1")
+    return reg
 
 
 def start_backend(tmp_dir: Path, *, registry_root: Path, env: dict | None = None) -> BackendProcess:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoeseg_app.stack.labelstudio import LabelStudioServer, find_label_studio
-from tests.backend.conftest import make_checkpoint
-from tests.e2e.backend_process import create_preannotated_project, start_backend, stop_backend
+from tests.e2e.backend_process import create_preannotated_project, fill_registry, start_backend, stop_backend
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +37,7 @@ def backend_registry(tmp_path_factory):
     from shoeseg.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("e2e-backend")
-    reg = ModelRegistry(root / "models")
-    for version, logit, n, seed in (("test-v1", 4.0, 3, 1), ("test-v2", 1.0, 1, 2)):
-        ckpt = make_checkpoint(root / f"{version}.pt", version=version, fg_logit=logit, detections=n, seed=seed)
-        reg.register(ckpt, metrics={"segm_AP": 0.0}, parent=None, meta={})
-    reg.promote("test-v1")
-    return reg
+    return fill_registry(ModelRegistry(root / "models"), root)
 
 
 @pytest.fixture(scope="session")

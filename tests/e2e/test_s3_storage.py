@@ -26,8 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.backend.conftest import jpeg_bytes, make_checkpoint
-from tests.e2e.backend_process import BIN, start_backend, stop_backend
+from tests.backend.conftest import jpeg_bytes
+from tests.e2e.backend_process import BIN, fill_registry, start_backend, stop_backend
 from via_tools.labelstudio import labeling_config
 
 pytestmark = pytest.mark.e2e
@@ -69,12 +69,7 @@ def s3_registry(s3_server, buckets, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("s3-models")
     with aws_environ(s3_server):
-        reg = ModelRegistry(f"s3://{buckets[0]}/models", cache_dir=root / "uploader-cache")
-        for version, logit, n, seed in (("test-v1", 4.0, 3, 1), ("test-v2", 1.0, 1, 2)):
-            ckpt = make_checkpoint(root / f"{version}.pt", version=version, fg_logit=logit, detections=n, seed=seed)
-            reg.register(ckpt, metrics={"segm_AP": 0.0}, parent=None, meta={})
-        reg.promote("test-v1")
-    return reg
+        return fill_registry(ModelRegistry(f"s3://{buckets[0]}/models", cache_dir=root / "uploader-cache"), root)
 
 
 @pytest.fixture(scope="module")
