@@ -9,7 +9,8 @@ nothing of them is used for training or model selection). Printed, side by side:
 * at the serving size: `Predictor.predict` (polygons included) and the bare `model(images)` forward, ms per
   image (median), and the overhead of ours over the bare forward;
 * for one model (``BENCH_QUALITY_SERVING``, default lite0), the serving settings: proposals kept after NMS
-  and detections per image, and dynamic int8 on the box head's linear layers, each with its mask AP.
+  and detections per image, dynamic int8 on the box head's linear layers, test-time flip augmentation and a
+  test size 25 % above the trained one, each with its AP and time.
 
 Run: `python -m bench quality` (about 1 hour on 2 cores); `python -m bench.bench_quality --serving CKPT` prints
 the serving table of an existing checkpoint; `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
@@ -37,8 +38,15 @@ CONFIGS = {
     "lite2-cp": {"arch": "lite2-fpn", "weights": "imagenet", "copy_paste": 0.5},
     "lite2-448": {"arch": "lite2-fpn", "weights": "imagenet", "min_size": 448, "max_size": 768},
 }
-SERVING = [  # (proposals after NMS, detections per image, int8 box head)
-    (1000, 100, False), (300, 50, False), (100, 20, False), (300, 50, True), (100, 20, True),
+SERVING = [  # (proposals after NMS, detections per image, int8 box head, flip TTA, test size / trained size)
+    (1000, 100, False, False, 1.0), (300, 50, False, False, 1.0), (100, 20, False, False, 1.0),
+    (300, 50, True, False, 1.0), (100, 20, True, False, 1.0),
+    (100, 20, True, True, 1.0), (100, 20, True, False, 1.25), (100, 20, True, True, 1.25),
+]
+#: ``BENCH_QUALITY_SERVING_ROWS=flip``: only the rows that compare flip TTA and the test size (and the defaults).
+SERVING_FLIP = [
+    (1000, 100, False, False, 1.0), (100, 20, True, False, 1.0), (100, 20, True, True, 1.0),
+    (100, 20, True, False, 1.25), (100, 20, True, True, 1.25),
 ]
 
 
@@ -124,21 +132,39 @@ def serving_rows(checkpoint: Path, held, images_dir: Path, arrays) -> list[dict]
     from shoeseg.predict import Predictor
 
     rows = []
-    for proposals, detections, int8 in SERVING:
+    chosen = SERVING_FLIP if os.environ.get("BENCH_QUALITY_SERVING_ROWS") == "flip" else SERVING
+    for proposals, detections, int8, flip_tta, size_scale in chosen:
         ckpt = load_checkpoint(checkpoint)  # float32 whatever the checkpoint's own serving choice
-        predictor = Predictor(ckpt.model, class_names=ckpt.class_names, device="cpu", score_thresh=0.05)
+        predictor = Predictor(ckpt.model, class_names=ckpt.class_names, device="cpu", score_thresh=0.05,
+                              flip_tta=flip_tta)
         m = predictor.model
         m.rpn._post_nms_top_n["testing"] = proposals
         m.roi_heads.detections_per_img = detections
+        m.transform.min_size = (round(m.transform.min_size[-1] * size_scale),)
+        m.transform.max_size = round(m.transform.max_size * size_scale)
         if int8:
             m.roi_heads.box_head = torch.ao.quantization.quantize_dynamic(
                 m.roi_heads.box_head, {torch.nn.Linear}, dtype=torch.qint8)
-        ap = evaluate(predictor, held, images_dir=images_dir).metrics.get("segm_AP")
+        metrics = evaluate(predictor, held, images_dir=images_dir, with_losses=False).metrics
         predictor.score_thresh = 0.5
-        ours_ms, _ = _timed_predict(predictor, arrays)
-        rows.append({"proposals": proposals, "detections": detections, "int8_box_head": int8, "segm_AP": ap,
+        # the serving path decodes images to fit the model's input size
+        sized = arrays if size_scale == 1.0 else _serving_arrays(held, images_dir, predictor.input_fit)
+        ours_ms, _ = _timed_predict(predictor, sized)
+        rows.append({"proposals": proposals, "detections": detections, "int8_box_head": int8,
+                     "flip_tta": flip_tta, "min_size": m.transform.min_size[-1], "segm_AP": metrics.get("segm_AP"),
+                     "segm_AP50": metrics.get("segm_AP50"), "bbox_AP": metrics.get("bbox_AP"),
                      "predict_ms": ours_ms})
     return rows
+
+
+def _print_serving(rows: list[dict]) -> None:
+    print("| proposals after NMS | detections/img | int8 box head | flip TTA | test size | mask AP | mask AP50 "
+          "| box AP | predict ms/img |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['proposals']} | {r['detections']} | {'yes' if r['int8_box_head'] else 'no'} | "
+              f"{'yes' if r.get('flip_tta') else 'no'} | {r.get('min_size', '-')} | {_fmt(r['segm_AP'])} | "
+              f"{_fmt(r.get('segm_AP50'))} | {_fmt(r.get('bbox_AP'))} | {r['predict_ms']:.0f} |")
 
 
 def _fmt(v, spec: str = ".3f") -> str:
@@ -173,12 +199,8 @@ def main() -> None:
               f"{r['predict_ms']:.0f} | {r['forward_ms']:.0f} | {overhead:+.1f} % | {r['peak_rss_mb']:.0f} |")
     for r in rows:
         if r.get("serving"):
-            print(f"\nServing settings, {r['config']} ({r['arch']}), mask AP on the held-out images:")
-            print("| proposals after NMS | detections/img | int8 box head | mask AP | predict ms/img |")
-            print("|---|---|---|---|---|")
-            for s in r["serving"]:
-                print(f"| {s['proposals']} | {s['detections']} | {'yes' if s['int8_box_head'] else 'no'} | "
-                      f"{_fmt(s['segm_AP'])} | {s['predict_ms']:.0f} |")
+            print(f"\nServing settings, {r['config']} ({r['arch']}), on the held-out images:")
+            _print_serving(r["serving"])
     print(f"\nruns and checkpoints in {out_dir}")
 
 
@@ -200,11 +222,7 @@ def serving_only(checkpoint: Path) -> None:
     ours_ms, bare_ms = _timed_predict(serve, arrays)
     print(f"{checkpoint}: predict {ours_ms:.0f} ms/img, bare forward {bare_ms:.0f} ms/img "
           f"({(ours_ms - bare_ms) / bare_ms * 100:+.1f} %)")
-    print("| proposals after NMS | detections/img | int8 box head | mask AP | predict ms/img |")
-    print("|---|---|---|---|---|")
-    for r in serving_rows(checkpoint, held, images_dir, arrays):
-        print(f"| {r['proposals']} | {r['detections']} | {'yes' if r['int8_box_head'] else 'no'} | "
-              f"{_fmt(r['segm_AP'])} | {r['predict_ms']:.0f} |")
+    _print_serving(serving_rows(checkpoint, held, images_dir, arrays))
 
 
 if __name__ == "__main__":

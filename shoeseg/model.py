@@ -86,6 +86,7 @@ class ModelConfig:
         trainable_backbone_layers: ResNet stages trained (0-5) for ``r50-fpn``; Lite stages (0-7) for Lite.
         int8_box_head: serve with the box head's linear layers in dynamic int8 on the CPU (a serving choice:
             training and the stored weights stay float32; see :class:`shoeseg.predict.Predictor`).
+        flip_tta: serve with test-time flip augmentation (a serving choice, see :class:`shoeseg.predict.Predictor`).
     """
 
     num_classes: int
@@ -100,6 +101,7 @@ class ModelConfig:
     box_detections_per_img: int = 100
     rpn_post_nms_top_n_test: int = 1000
     int8_box_head: bool = False
+    flip_tta: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -332,6 +334,7 @@ def build_model(
     box_detections_per_img: int = 100,
     rpn_post_nms_top_n_test: int = 1000,
     int8_box_head: bool = False,
+    flip_tta: bool = False,
     trainable_backbone_layers: int | None = None,
     progress: bool = True,
 ) -> nn.Module:
@@ -349,6 +352,7 @@ def build_model(
         box_detections_per_img: at most this many detections per image.
         rpn_post_nms_top_n_test: proposals per image scored by the box head at inference.
         int8_box_head: record that the model is to be served with a dynamic-int8 box head on the CPU.
+        flip_tta: record that the model is to be served with test-time flip augmentation.
         trainable_backbone_layers: backbone stages trained (ResNet 0-5; Lite 0-7); default all from random
             weights, 3 ResNet stages from COCO, 6 Lite stages (stem and first stage frozen) from ImageNet.
         progress: show a download progress bar.
@@ -375,6 +379,7 @@ def build_model(
         box_detections_per_img=box_detections_per_img,
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         int8_box_head=int8_box_head,
+        flip_tta=flip_tta,
     )
     start = resolve_start(arch=arch, weights=weights)
     if start.weights is None:

@@ -96,6 +96,7 @@ class Predictor:
         tolerance_px: polygon simplification tolerance.
         min_area_px: mask parts smaller than this become no polygon.
         batch_size: images per forward pass.
+        flip_tta: test-time flip augmentation (:meth:`forward_raw`): about twice the compute.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("models/versions/v1/model.pt")  # doctest: +SKIP
@@ -115,6 +116,7 @@ class Predictor:
         tolerance_px: float = 1.0,
         min_area_px: float = 16.0,
         batch_size: int = 2,
+        flip_tta: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         configure_for_speed(self.device)
@@ -126,6 +128,7 @@ class Predictor:
         self.tolerance_px = float(tolerance_px)
         self.min_area_px = float(min_area_px)
         self.batch_size = max(1, int(batch_size))
+        self.flip_tta = bool(flip_tta)
         self._lock = threading.Lock()
         n_out = model.roi_heads.box_predictor.cls_score.out_features - 1
         if n_out != len(self.class_names):
@@ -133,10 +136,12 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, device: str | torch.device = "auto", score_thresh: float = 0.5, **kwargs: Any
+        cls, path: str | Path, *, device: str | torch.device = "auto", score_thresh: float = 0.5,
+        flip_tta: bool | None = None, **kwargs: Any
     ) -> Predictor:
         """Loads a checkpoint (``weights_only=True``) into a predictor, with the checkpoint's serving settings
-        (a dynamic-int8 box head on the CPU when it asks for one).
+        (a dynamic-int8 box head on the CPU when it asks for one; flip TTA as it records, unless ``flip_tta``
+        is given).
 
         Example:
             >>> Predictor.from_checkpoint("runs/shoes/model.pt", device="cpu").class_names  # doctest: +SKIP
@@ -146,7 +151,8 @@ class Predictor:
 
         ckpt = load_checkpoint(path)
         p = cls(ckpt.model, class_names=ckpt.class_names, model_version=ckpt.version, device=device,
-                score_thresh=score_thresh, **kwargs)
+                score_thresh=score_thresh, flip_tta=ckpt.model_config.flip_tta if flip_tta is None else flip_tta,
+                **kwargs)
         if ckpt.model_config.int8_box_head and p.device.type == "cpu":
             p.model.roi_heads.box_head = _int8_linear(p.model.roi_heads.box_head)
         p.checkpoint_path = Path(path)
@@ -165,25 +171,68 @@ class Predictor:
 
     # -- batched prediction -------------------------------------------------------------------------
 
-    def forward_raw(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None) -> list[dict[str, torch.Tensor]]:
-        """The model's own outputs for a batch (boxes, labels, scores, soft masks at image size), on CPU."""
+    def forward_raw(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None,
+                    flip_tta: bool | None = None) -> list[dict[str, torch.Tensor]]:
+        """The model's outputs for a batch (boxes, labels, scores, soft masks at image size).
+
+        With flip TTA (``flip_tta``, default the predictor's) each image also runs mirrored (see
+        :meth:`_forward_flip_tta`).
+        """
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
+        tta = self.flip_tta if flip_tta is None else bool(flip_tta)
         tensors = [image_to_tensor(im, self.device, where=f"image {i}") for i, im in enumerate(images)]
         roi_heads = self.model.roi_heads
         with self._lock, torch.inference_mode(), autocast(self.device):
             saved = roi_heads.score_thresh
             roi_heads.score_thresh = thresh
             try:
-                return self.model(tensors)
+                return self._forward_flip_tta(tensors) if tta else self.model(tensors)
             finally:
                 roi_heads.score_thresh = saved
 
-    def predict(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None) -> list[list[Detection]]:
+    def _forward_flip_tta(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Test-time flip augmentation, as detectron2's ``GeneralizedRCNNWithTTA`` does it for Mask R-CNN.
+
+        Each image and its mirror image go through the backbone, the RPN and the box head together; the mirror
+        image's detections are flipped back, the union is reduced by the box head's own class-wise NMS and
+        detection cap, and each kept box's mask is the mean of the mask head's probabilities on both views.
+        """
+        from torchvision.models.detection.roi_heads import maskrcnn_inference
+        from torchvision.ops import batched_nms
+
+        model, rh, n = self.model, self.model.roi_heads, len(tensors)
+        original_sizes = [tuple(t.shape[-2:]) for t in tensors]
+        batch, _ = model.transform(tensors + [t.flip(-1) for t in tensors])
+        sizes = batch.image_sizes
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        box_feats = rh.box_head(rh.box_roi_pool(features, proposals, sizes))
+        boxes, scores, labels = rh.postprocess_detections(*rh.box_predictor(box_feats), proposals, sizes)
+
+        def mirror(b: torch.Tensor, width: int) -> torch.Tensor:
+            return torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1)
+
+        kept = []
+        for i in range(n):
+            both = torch.cat([boxes[i], mirror(boxes[n + i], sizes[n + i][1])])
+            both_scores, both_labels = torch.cat([scores[i], scores[n + i]]), torch.cat([labels[i], labels[n + i]])
+            keep = batched_nms(both, both_scores, both_labels, rh.nms_thresh)[: rh.detections_per_img]
+            kept.append((both[keep], both_scores[keep], both_labels[keep]))
+        mask_boxes = [b for b, _, _ in kept] + [mirror(b, sizes[i][1]) for i, (b, _, _) in enumerate(kept)]
+        mask_logits = rh.mask_predictor(rh.mask_head(rh.mask_roi_pool(features, mask_boxes, sizes)))
+        probs = maskrcnn_inference(mask_logits, [lab for _, _, lab in kept] * 2)
+        results = [{"boxes": b, "scores": sc, "labels": lab, "masks": (probs[i] + probs[n + i].flip(-1)) / 2}
+                   for i, (b, sc, lab) in enumerate(kept)]
+        return model.transform.postprocess(results, sizes[:n], original_sizes)
+
+    def predict(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None,
+                flip_tta: bool | None = None) -> list[list[Detection]]:
         """Detects shoes in RGB uint8 ``(H, W, 3)`` images.
 
         Args:
             images: the images; they are run ``batch_size`` at a time.
             score_thresh: overrides the predictor's threshold for this call.
+            flip_tta: overrides the predictor's test-time flip augmentation for this call.
 
         Returns:
             One list per image of detections, highest score first. Detections whose mask is empty after
@@ -194,7 +243,7 @@ class Predictor:
         results: list[list[Detection]] = []
         for start in range(0, len(images), self.batch_size):
             batch = list(images[start : start + self.batch_size])
-            outputs = self.forward_raw(batch, score_thresh=score_thresh)
+            outputs = self.forward_raw(batch, score_thresh=score_thresh, flip_tta=flip_tta)
             for out, image in zip(outputs, batch, strict=True):
                 results.append(self._to_detections(out, image.shape[0], image.shape[1]))
         return results
@@ -307,7 +356,8 @@ class Predictor:
             >>> plain, mirrored = predictor.predict_with_flip([image])  # doctest: +SKIP
         """
         flipped = [np.ascontiguousarray(np.asarray(im)[:, ::-1]) for im in images]
-        both = self.predict(list(images) + flipped, score_thresh=score_thresh)
+        # without flip TTA, which would make the two views agree by construction
+        both = self.predict(list(images) + flipped, score_thresh=score_thresh, flip_tta=False)
         n = len(images)
         back: list[list[Detection]] = []
         for dets, im in zip(both[n:], images, strict=True):

@@ -71,7 +71,8 @@ class TrainConfig:
             else the ImageNet-pretrained lite2-fpn), ``coco``, ``imagenet``, ``none`` or a path.
         arch: the model family (``r50-fpn``, ``lite0-fpn``, ``lite2-fpn``); ``None``: what ``weights`` implies.
         copy_paste: probability of Simple Copy-Paste per training image (0: off).
-        rpn_post_nms_top_n_test / box_detections_per_img / int8_box_head: serving settings stored in the checkpoint.
+        rpn_post_nms_top_n_test / box_detections_per_img / int8_box_head / flip_tta: serving settings stored in
+            the checkpoint.
         init_from: a ShoeSeg checkpoint to fine-tune (its version becomes the parent version).
         log_period: iterations between log lines and ``metrics.jsonl`` rows (``window`` medians).
         seed: seeds Python, NumPy and torch (data order, augmentation, sampling).
@@ -105,6 +106,7 @@ class TrainConfig:
     rpn_post_nms_top_n_test: int = 1000
     box_detections_per_img: int = 100
     int8_box_head: bool = False
+    flip_tta: bool = False
     init_from: str | None = None
     log_period: int = 20
     seed: int = 0
@@ -415,6 +417,7 @@ def _train(
             rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
             box_detections_per_img=config.box_detections_per_img,
             int8_box_head=config.int8_box_head,
+            flip_tta=config.flip_tta,
             trainable_backbone_layers=config.trainable_backbone_layers,
         )
     start = model.shoeseg_start

@@ -130,3 +130,47 @@ def test_overlay_and_inpainting_masks(tmp_path):
     rows = [{"iteration": i, "total_loss": 3.0 / i, "loss_mask": 1.0 / i} for i in range(1, 6)]
     png = plot_losses(rows, tmp_path / "loss.png")
     assert Image.open(png).size[0] > 100
+
+
+
+def _mirrored_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+def test_flip_tta_is_mirror_equivariant_and_keeps_the_detection_cap(predictor, images):
+    tta = Predictor(predictor.model, class_names=predictor.class_names, device="cpu", score_thresh=0.0, flip_tta=True)
+    mirrored = [np.ascontiguousarray(im[:, ::-1]) for im in images]
+    width = images[0].shape[1]
+    for a, b in zip(tta.forward_raw(images), tta.forward_raw(mirrored), strict=True):
+        assert 0 < len(a["scores"]) <= predictor.model.roi_heads.detections_per_img
+        assert a["masks"].shape[-2:] == images[0].shape[:2]
+        # an image and its mirror image run the same two views, so each result is the other's mirrored
+        order_a, order_b = a["scores"].argsort(), b["scores"].argsort()
+        assert torch.allclose(a["scores"][order_a], b["scores"][order_b])
+        assert torch.allclose(_mirrored_boxes(a["boxes"][order_a], width), b["boxes"][order_b], atol=1e-3)
+        # the mean of both views' mask probabilities (pasting rounds box edges, so compare on the whole)
+        diff = (a["masks"][order_a] - b["masks"][order_b].flip(-1)).abs()
+        assert diff.mean() < 0.02, diff.mean()
+    # this random model on its own is not mirror-equivariant: the property is the TTA's
+    plain_a, plain_b = predictor.forward_raw(images[:1])[0], predictor.forward_raw(mirrored[:1])[0]
+    assert len(plain_a["scores"]) != len(plain_b["scores"]) or not torch.allclose(
+        _mirrored_boxes(plain_a["boxes"][plain_a["scores"].argsort()], width),
+        plain_b["boxes"][plain_b["scores"].argsort()], atol=1e-3)
+    # detections from TTA go through the same polygons as any other
+    dets = tta.predict(images)
+    assert all(d.polygons and d.mask.shape == images[0].shape[:2] for per in dets for d in per)
+
+
+def test_flip_tta_is_a_serving_setting_of_the_checkpoint(tmp_path, predictor, images):
+    torch.manual_seed(0)
+    model = build_model(num_classes=1, weights=None, min_size=64, max_size=96, box_detections_per_img=8,
+                        flip_tta=True)
+    save_checkpoint(tmp_path / "tta.pt", model=model, class_names=["shoe"])
+    assert Predictor.from_checkpoint(tmp_path / "tta.pt", device="cpu").flip_tta is True
+    assert Predictor.from_checkpoint(tmp_path / "tta.pt", device="cpu", flip_tta=False).flip_tta is False
+    assert predictor.flip_tta is False  # checkpoints without the setting serve as before
+    # flip-consistency scoring compares the plain views, whatever the serving setting
+    tta = Predictor(predictor.model, class_names=predictor.class_names, device="cpu", score_thresh=0.0, flip_tta=True)
+    for (a, b), (c, d) in zip(zip(*tta.predict_with_flip(images)), zip(*predictor.predict_with_flip(images)),
+                              strict=True):
+        assert [x.score for x in a] == [x.score for x in c] and [x.score for x in b] == [x.score for x in d]
