@@ -171,6 +171,6 @@ def test_flip_tta_is_a_serving_setting_of_the_checkpoint(tmp_path, predictor, im
     assert predictor.flip_tta is False  # checkpoints without the setting serve as before
     # flip-consistency scoring compares the plain views, whatever the serving setting
     tta = Predictor(predictor.model, class_names=predictor.class_names, device="cpu", score_thresh=0.0, flip_tta=True)
-    for (a, b), (c, d) in zip(zip(*tta.predict_with_flip(images)), zip(*predictor.predict_with_flip(images)),
-                              strict=True):
+    with_tta, plain = tta.predict_with_flip(images), predictor.predict_with_flip(images)
+    for (a, b), (c, d) in zip(zip(*with_tta, strict=True), zip(*plain, strict=True), strict=True):
         assert [x.score for x in a] == [x.score for x in c] and [x.score for x in b] == [x.score for x in d]
