@@ -207,7 +207,7 @@ class ShoeSegModel:
             return f"unavailable ({e})"
 
     def health(self) -> dict[str, Any]:
-        loaded = self.models.current()
+        loaded = self.models.current(wait=False)  # a first model loads in the background meanwhile
         return {
             "status": "UP",
             "model_version": loaded.version if loaded else NO_MODEL_VERSION,

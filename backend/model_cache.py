@@ -72,17 +72,21 @@ class ModelCache:
         """Why no model is served (``None`` when one is)."""
         return None if self._loaded is not None else self._reason
 
-    def current(self) -> LoadedModel | None:
-        """The model to serve now; checks the registry pointer when ``reload_interval_s`` has passed."""
+    def current(self, *, wait: bool = True) -> LoadedModel | None:
+        """The model to serve now; checks the registry pointer when ``reload_interval_s`` has passed.
+
+        With ``wait=False`` (``/health``) a first model is loaded in the background instead of in this call,
+        so that a liveness check never waits for a checkpoint to load; ``reason`` says it is loading.
+        """
         if time.monotonic() - self._last_check >= self.settings.reload_interval_s:
-            self.refresh(block=self._loaded is None)
+            self.refresh(block=self._loaded is None and wait, background=not wait)
         return self._loaded
 
-    def refresh(self, *, block: bool = True) -> None:
+    def refresh(self, *, block: bool = True, background: bool = False) -> None:
         """Checks the registry pointer; loads a newly promoted version.
 
-        With no model held, the load happens here (callers wait for it); otherwise in a background thread
-        while the old version keeps serving, and it is swapped in when ready.
+        With no model held, the load happens here (callers wait for it) unless ``background``; otherwise in
+        a background thread while the old version keeps serving, and it is swapped in when ready.
         """
         from shoeseg.registry import RegistryError
 
@@ -110,9 +114,11 @@ class ModelCache:
                 return
             if wanted in self._failed or wanted == self._loading:
                 return
-            if self._loaded is None:
+            if self._loaded is None and not background:
                 self._load(wanted)
             else:
+                if self._loaded is None:
+                    self._reason = f"loading model version {wanted}"
                 self._loading = wanted
                 threading.Thread(target=self._load_in_background, args=(wanted,), daemon=True,
                                  name=f"shoeseg-load-{wanted}").start()
