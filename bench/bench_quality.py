@@ -37,6 +37,10 @@ CONFIGS = {
     "lite2": {"arch": "lite2-fpn", "weights": "imagenet"},
     "lite2-cp": {"arch": "lite2-fpn", "weights": "imagenet", "copy_paste": 0.5},
     "lite2-448": {"arch": "lite2-fpn", "weights": "imagenet", "min_size": 448, "max_size": 768},
+    "lite2-400": {"arch": "lite2-fpn", "weights": "imagenet", "iters": 400},
+    "lite2-ema": {"arch": "lite2-fpn", "weights": "imagenet", "ema_decay": 0.99},
+    "lite2-adamw": {"arch": "lite2-fpn", "weights": "imagenet", "optimizer": "adamw", "base_lr": 2e-4,
+                    "weight_decay": 0.05},
 }
 SERVING = [  # (proposals after NMS, detections per image, int8 box head, flip TTA, test size / trained size)
     (1000, 100, False, False, 1.0), (300, 50, False, False, 1.0), (100, 20, False, False, 1.0),
@@ -103,8 +107,10 @@ def run_one(name: str, out_dir: Path) -> dict:
     images_dir = SHOES / "images"
     ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
     split = split_dataset(ds, seed=0)
-    iters = int(os.environ.get("BENCH_QUALITY_ITERS") or 0) or None
-    cfg = TrainConfig.for_profile("cpu", device="cpu", iters=iters, progress_bar=False, **CONFIGS[name])
+    settings = dict(CONFIGS[name])
+    if os.environ.get("BENCH_QUALITY_ITERS"):
+        settings["iters"] = int(os.environ["BENCH_QUALITY_ITERS"])
+    cfg = TrainConfig.for_profile("cpu", device="cpu", progress_bar=False, **settings)
     result = train(cfg, dataset=subset(ds, split["train"]), images_dir=images_dir, out_dir=out_dir / name, split=split)
     held = _held_out(ds, split)
     predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu", score_thresh=0.05)
@@ -114,6 +120,7 @@ def run_one(name: str, out_dir: Path) -> dict:
     ours_ms, bare_ms = _timed_predict(serve, arrays)
     row = {
         "config": name, "arch": cfg.arch, "weights": cfg.weights, "copy_paste": cfg.copy_paste, "iters": cfg.iters,
+        "optimizer": f"{cfg.optimizer} {cfg.base_lr:g}", "ema_decay": cfg.ema_decay,
         "segm_AP": metrics.get("segm_AP"), "segm_AP50": metrics.get("segm_AP50"), "bbox_AP": metrics.get("bbox_AP"),
         "train_min": result.final_metrics["train_s"] / 60, "s_per_iter": result.final_metrics["train_s"] / cfg.iters,
         "predict_ms": ours_ms, "forward_ms": bare_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -189,12 +196,13 @@ def main() -> None:
         (out_dir / "quality.json").write_text(json.dumps(rows, indent=1))
     print(f"\nShoeSeg model families on {SHOES.name} (held-out: val + test of the seed-0 split, "
           f"{rows[0]['held_out_images'] if rows else '?'} images), cpu profile, CPU {os.cpu_count()} cores")
-    print("| config | start | copy-paste | mask AP | mask AP50 | box AP | train min | s/it | "
+    print("| config | start | copy-paste | iterations | optimizer | EMA | mask AP | mask AP50 | box AP | train min | s/it | "
           "predict ms/img | bare forward ms/img | overhead | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         overhead = (r["predict_ms"] - r["forward_ms"]) / r["forward_ms"] * 100
-        print(f"| {r['config']} | {r['arch']} {r['weights']} | {r['copy_paste']:g} | {_fmt(r['segm_AP'])} | "
+        print(f"| {r['config']} | {r['arch']} {r['weights']} | {r['copy_paste']:g} | {r['iters']} | "
+              f"{r.get('optimizer', 'sgd')} | {r.get('ema_decay') or '-'} | {_fmt(r['segm_AP'])} | "
               f"{_fmt(r['segm_AP50'])} | {_fmt(r['bbox_AP'])} | {r['train_min']:.1f} | {r['s_per_iter']:.2f} | "
               f"{r['predict_ms']:.0f} | {r['forward_ms']:.0f} | {overhead:+.1f} % | {r['peak_rss_mb']:.0f} |")
     for r in rows:

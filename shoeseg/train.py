@@ -47,6 +47,9 @@ from via_tools.model import AnnotationSet
 
 log = logging.getLogger(__name__)
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass
 class TrainConfig:
     """Training settings, named after detectron2's config keys.
@@ -57,7 +60,12 @@ class TrainConfig:
             each of N processes takes ``ims_per_batch / N`` (a multiple of N is required).
         base_lr: learning rate after warm-up (``SOLVER.BASE_LR``; 0.00025 as in detectron2's fine-tuning
             tutorial; training from random weights wants more).
-        momentum / weight_decay: SGD settings (detectron2's defaults).
+        optimizer: ``sgd`` (detectron2's) or ``adamw`` (decoupled weight decay; wants a base_lr near 1e-4).
+        momentum / weight_decay: SGD's momentum (AdamW's beta1 stays 0.9) and the weight decay (detectron2's
+            defaults for SGD).
+        ema_decay: keep an exponential moving average of the weights (decay per iteration, ramped up over
+            the first iterations as ``min(decay, (1 + t) / (10 + t))``) and save and evaluate it instead
+            of the last weights; 0 disables.
         warmup_iters / warmup_factor: linear warm-up from ``base_lr * warmup_factor``.
         steps: iterations at which the learning rate is multiplied by ``gamma`` (``SOLVER.STEPS``); ``None``
             means 75% and 90% of ``iters``.
@@ -87,8 +95,10 @@ class TrainConfig:
     iters: int = 600
     ims_per_batch: int = 2
     base_lr: float = 0.00025
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    ema_decay: float = 0.0
     warmup_iters: int = 100
     warmup_factor: float = 0.001
     steps: tuple[int, ...] | None = None
@@ -127,6 +137,11 @@ class TrainConfig:
             raise ValueError(f"min_size/max_size must satisfy 8 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
         if self.roi_batch_size_per_image < 1:
             raise ValueError(f"roi_batch_size_per_image must be at least 1, got {self.roi_batch_size_per_image}")
+        self.optimizer = str(self.optimizer).lower()
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 <= self.copy_paste <= 1.0:
             raise ValueError(f"copy_paste must be a probability in 0..1, got {self.copy_paste}")
         if self.steps is not None:
@@ -448,7 +463,8 @@ def _train(
         persistent_workers=num_workers > 0,
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, params)
+    ema = WeightAverage(core, config.ema_decay) if config.ema_decay else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     reduce = distributed.mean_over_processes(denv)
@@ -491,6 +507,8 @@ def _train(
             except FloatingPointError as e:
                 raise FloatingPointError(f"at iteration {it + 1}: {e}") from None
             scheduler.step()
+            if ema is not None:
+                ema.update()
             steps_done += 1
             images_seen += len(images)
             for k, v in losses.items():
@@ -531,6 +549,9 @@ def _train(
             return None
 
     plot_path = plot_losses(rows, run_dir / "loss_curve.png")
+    if ema is not None:
+        ema.copy_to_model()
+        log.info("evaluating and saving the moving average of the weights (decay %g)", config.ema_decay)
     core.eval()
     final: dict[str, Any] = {"iterations": config.iters, "train_s": round(train_s, 2),
                              "train_losses": {k: rows[-1][k] for k in LOSS_KEYS if k in rows[-1]}}
@@ -559,6 +580,42 @@ def _train(
     return TrainResult(checkpoint=ckpt_path, metrics=rows, run_dir=run_dir, version=version, class_names=class_names,
                        eval=eval_result, loss_plot=plot_path, wall_s=time.perf_counter() - t_start,
                        final_metrics=final)
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimizer ``config.optimizer`` names, at ``config.base_lr``."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.base_lr, betas=(config.momentum, 0.999),
+                                 weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's trainable weights (Polyak averaging).
+
+    After each optimiser step, ``update()`` moves the average towards the current weights by ``1 - d`` where
+    ``d = min(decay, (1 + t) / (10 + t))`` at update ``t``: early updates weigh more, so that the average
+    does not keep the random initial heads. ``copy_to_model()`` writes the average into the model. Frozen
+    parameters and buffers (frozen batch norm) do not change during training and are not averaged.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self._live = [p for p in model.parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone().float() for p in self._live]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        self.updates += 1
+        for s, p in zip(self.shadow, self._live, strict=True):
+            s.lerp_(p.detach().float(), 1.0 - d)
+
+    @torch.no_grad()
+    def copy_to_model(self) -> None:
+        for s, p in zip(self.shadow, self._live, strict=True):
+            p.copy_(s.to(p.dtype))
 
 
 def train_step(

@@ -173,6 +173,9 @@ def register(app: typer.Typer) -> None:
         val_frac: float = typer.Option(0.2, "--val-frac", help="Share of images to validate on."),
         log_period: int = typer.Option(20, "--log-period", help="Iterations between log lines / metrics rows."),
         clip_grad: float | None = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
+        optimizer: str | None = typer.Option(None, "--optimizer", help="sgd (detectron2's) or adamw."),
+        ema_decay: float | None = typer.Option(
+            None, "--ema-decay", help="Save a moving average of the weights with this decay per iteration (0: off)."),
         config_file: Path | None = typer.Option(
             None, "--config", help="Every training setting from this JSON of TrainConfig fields (as the worker "
             "writes it for a torchrun launch), in place of --profile and the recipe options."),
@@ -199,14 +202,15 @@ def register(app: typer.Typer) -> None:
                 "--ims-per-batch": ims_per_batch, "--base-lr": base_lr, "--warmup-iters": warmup_iters,
                 "--roi-batch": roi_batch, "--min-size": min_size, "--max-size": max_size,
                 "--device": device.value if device is not Device.auto else None, "--weights": weights,
-                "--copy-paste": copy_paste, "--init-from": init_from, "--clip-grad": clip_grad})
+                "--copy-paste": copy_paste, "--init-from": init_from, "--clip-grad": clip_grad,
+                "--optimizer": optimizer, "--ema-decay": ema_decay})
         else:
             config = TrainConfig.for_profile(
                 profile, device=device.value, arch=arch, iters=iters, ims_per_batch=ims_per_batch, base_lr=base_lr,
                 warmup_iters=warmup_iters, roi_batch_size_per_image=roi_batch, min_size=min_size,
                 max_size=max_size, weights=weights, copy_paste=copy_paste,
                 init_from=str(init_from) if init_from else None, log_period=log_period, seed=seed,
-                clip_grad_norm=clip_grad,
+                clip_grad_norm=clip_grad, optimizer=optimizer, ema_decay=ema_decay,
             )
         if (config.init_from is None and str(config.weights).lower() == "coco" and rank.local_rank == 0
                 and not coco_weights_cache_path().is_file()):

@@ -132,3 +132,71 @@ def test_a_model_overfitted_on_two_images_finds_their_shoes_again(tmp_path):
             # even among 75-89 detections at score 0.5, stays at 0.39 or below (3 seeds tried), so
             # passing needs real learning.
             assert best >= 0.5, (rec.file_name, region.region_id, best)
+
+
+def test_weight_average_follows_the_formula_and_skips_frozen_parameters():
+    import torch
+
+    from shoeseg.train import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    net[0].weight.requires_grad_(False)
+    frozen = net[0].weight.detach().clone()
+    start = net[1].weight.detach().clone()
+    ema = WeightAverage(net, decay=0.5)
+    with torch.no_grad():
+        net[1].weight.add_(1.0)
+        net[0].weight.add_(7.0)  # frozen: never averaged, whatever happens to it
+    ema.update()  # update 0: d = min(0.5, 1/10) = 0.1, the average moves 90 % of the way
+    with torch.no_grad():
+        net[1].weight.add_(1.0)
+    ema.update()  # update 1: d = min(0.5, 2/11)
+    d1 = 2 / 11
+    expected = ((start * 0.1 + (start + 1) * 0.9) * d1 + (start + 2) * (1 - d1))
+    ema.copy_to_model()
+    assert torch.allclose(net[1].weight, expected)
+    assert torch.equal(net[0].weight, frozen + 7.0)
+
+
+def test_optimizer_and_average_settings_are_checked_and_used(tmp_path, monkeypatch):
+    import torch
+
+    from shoeseg import train as train_mod
+    from shoeseg.train import make_optimizer
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(make_optimizer(TrainConfig(optimizer="AdamW", base_lr=1e-4), p), torch.optim.AdamW)
+    assert isinstance(make_optimizer(TrainConfig(), p), torch.optim.SGD)
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        TrainConfig(optimizer="lamb")
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+    averages = []
+    real_init = train_mod.WeightAverage.__init__
+
+    def keep(self, *args, **kwargs):  # the real class, remembered so that its average can be compared
+        real_init(self, *args, **kwargs)
+        averages.append(self)
+
+    last_step = []
+    real_copy = train_mod.WeightAverage.copy_to_model
+
+    def copy(self):
+        last_step.append([p.detach().clone() for p in self._live])
+        real_copy(self)
+
+    monkeypatch.setattr(train_mod.WeightAverage, "__init__", keep)
+    monkeypatch.setattr(train_mod.WeightAverage, "copy_to_model", copy)
+    ds = make_shoe_dataset(tmp_path / "images", n_images=2, size_px=(64, 80), seed=11)
+    cfg = TrainConfig(iters=6, log_period=3, seed=1, **{**TINY, "base_lr": 1e-3}, optimizer="adamw", ema_decay=0.9)
+    result = train(cfg, dataset=ds, images_dir=tmp_path / "images", out_dir=tmp_path / "run")
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.config["optimizer"] == "adamw" and ckpt.config["ema_decay"] == 0.9
+    (ema,) = averages
+    assert ema.updates == 6
+    saved = [p for p in ckpt.model.parameters() if p.requires_grad]
+    assert len(saved) == len(ema.shadow)
+    assert all(torch.equal(a, b) for a, b in zip(saved, ema.shadow, strict=True))  # the average was saved
+    # and it is not the last step's weights, which the real copy replaced
+    assert any(not torch.equal(a, b) for a, b in zip(last_step[0], ema.shadow, strict=True))
