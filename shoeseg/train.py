@@ -1,7 +1,8 @@
 """Training Mask R-CNN R50-FPN with the study's recipe (detectron2 vocabulary).
 
 The recipe: 600 iterations (``MAX_ITER``), 2 images per batch (``IMS_PER_BATCH``), 512 ROIs per image
-(``ROI_HEADS.BATCH_SIZE_PER_IMAGE``), SGD with momentum, a linear warm-up and step decay of the learning rate.
+(``ROI_HEADS.BATCH_SIZE_PER_IMAGE``), SGD with momentum (or AdamW), a linear warm-up and step decay of the
+learning rate.
 Losses are reported under detectron2's names: ``total_loss``, ``loss_cls``, ``loss_box_reg``, ``loss_mask``,
 ``loss_rpn_cls``, ``loss_rpn_loc``.
 
@@ -208,8 +209,9 @@ class TrainConfig:
 PROFILES: dict[str, dict[str, Any]] = {
     "study": {"weights": "coco", "arch": "r50-fpn", "iters": 600, "ims_per_batch": 2, "base_lr": 0.00025,
               "roi_batch_size_per_image": 512, "min_size": 800, "max_size": 1333, "amp": True},
-    "cpu": {"weights": "auto", "arch": "lite2-fpn", "iters": 250, "ims_per_batch": 2, "base_lr": 0.005,
-            "warmup_iters": 50, "roi_batch_size_per_image": 128, "min_size": 384, "max_size": 640,
+    "cpu": {"weights": "auto", "arch": "lite2-fpn", "iters": 200, "ims_per_batch": 2, "optimizer": "adamw",
+            "base_lr": 2e-4, "weight_decay": 0.05, "warmup_iters": 50, "roi_batch_size_per_image": 128,
+            "min_size": 384, "max_size": 640,
             "scale_jitter": 1 / 6, "clip_grad_norm": 5.0, "rpn_post_nms_top_n_test": 100,
             "box_detections_per_img": 20, "int8_box_head": True, "amp": False},
     "gpu": {"weights": "auto", "iters": 600, "ims_per_batch": 4, "base_lr": 0.005, "warmup_iters": 100,

@@ -117,7 +117,8 @@ def test_a_checkpoint_of_an_unknown_family_names_it(tmp_path):
 def test_profiles_fill_defaults_and_flags_override():
     cpu = TrainConfig.for_profile("cpu")
     assert (cpu.arch, cpu.weights, cpu.iters, cpu.roi_batch_size_per_image, cpu.clip_grad_norm) == (
-        "lite2-fpn", "auto", 250, 128, 5.0)
+        "lite2-fpn", "auto", 200, 128, 5.0)
+    assert (cpu.optimizer, cpu.base_lr, cpu.weight_decay) == ("adamw", 2e-4, 0.05)
     assert (cpu.rpn_post_nms_top_n_test, cpu.box_detections_per_img, cpu.int8_box_head) == (100, 20, True)
     study = TrainConfig.for_profile("study")
     assert (study.arch, study.weights, study.iters, study.roi_batch_size_per_image, study.min_size) == (

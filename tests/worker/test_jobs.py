@@ -277,7 +277,7 @@ def test_a_fine_tuning_round_is_sized_to_what_is_new(monkeypatch):
 
     settings = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_DEVICE": "cpu"})
     first = _train_config(settings, weights="none", init_from=None, seed=0, new=30)
-    assert first.iters == 250  # the first model: the profile's full schedule
+    assert first.iters == 200  # the first model: the profile's full schedule
     assert _train_config(settings, weights=None, init_from="m.pt", seed=0, new=5).iters == 40  # the floor
     round_30 = _train_config(settings, weights=None, init_from="m.pt", seed=0, new=30)
     assert round_30.iters == 120 and round_30.warmup_iters <= 24 and round_30.init_from == "m.pt"
