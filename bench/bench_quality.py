@@ -1,9 +1,10 @@
 """Quality per model family on real shoes: what each start reaches on a CPU, and what serving costs.
 
 On `../shared/datasets/shoes` (76 photos, 150 polygons), the split of `shoeseg train` with seed 0 (70 % train,
-20 % val, 10 % test): each configuration trains with the `cpu` profile (250 iterations of 2 images, 128 ROIs,
-320-448 px) in a child process of its own, and is evaluated on the held-out images (val and test together:
-nothing of them is used for training or model selection). Printed, side by side:
+20 % val, 10 % test): each configuration trains with the `cpu` profile (AdamW, 200 iterations of 2 images,
+128 ROIs, 320-448 px), changed as its entry in CONFIGS says, in a child process of its own, and is evaluated
+on the held-out images (val and test together: nothing of them is used for training or model selection).
+Printed, side by side:
 
 * mask AP / AP50 and box AP (pycocotools), train minutes, s/iteration, peak RSS of the training process;
 * at the serving size: `Predictor.predict` (polygons included) and the bare `model(images)` forward, ms per

@@ -183,7 +183,7 @@ def register(app: typer.Typer) -> None:
             None, "--result", help="Write the result (checkpoint, version, metrics) to this JSON (rank 0)."),
     ) -> None:
         """Trains Mask R-CNN from a recipe: --profile study is the study's (R50-FPN from COCO, 600 iterations,
-        512 ROIs, 800 px); cpu trains lite2-fpn from ImageNet weights in about 10 minutes on 2 cores.
+        512 ROIs, 800 px); cpu trains lite2-fpn from ImageNet weights (AdamW, 200 iterations) in 8-14 minutes on 2 cores.
 
         On several GPUs, under torchrun (--ims-per-batch is the global batch, split over the processes; rank 0
         writes the run directory):  torchrun --standalone --nproc-per-node 4 -m shoeseg_app train ...
