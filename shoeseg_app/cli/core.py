@@ -173,7 +173,8 @@ def register(app: typer.Typer) -> None:
         val_frac: float = typer.Option(0.2, "--val-frac", help="Share of images to validate on."),
         log_period: int = typer.Option(20, "--log-period", help="Iterations between log lines / metrics rows."),
         clip_grad: float | None = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
-        optimizer: str | None = typer.Option(None, "--optimizer", help="sgd (detectron2's) or adamw."),
+        optimizer: str | None = typer.Option(None, "--optimizer", help="sgd (detectron2's) or adamw (the cpu profile's); "
+                                              "give --base-lr with it when changing it."),
         ema_decay: float | None = typer.Option(
             None, "--ema-decay", help="Save a moving average of the weights with this decay per iteration (0: off)."),
         config_file: Path | None = typer.Option(
@@ -183,7 +184,8 @@ def register(app: typer.Typer) -> None:
             None, "--result", help="Write the result (checkpoint, version, metrics) to this JSON (rank 0)."),
     ) -> None:
         """Trains Mask R-CNN from a recipe: --profile study is the study's (R50-FPN from COCO, 600 iterations,
-        512 ROIs, 800 px); cpu trains lite2-fpn from ImageNet weights (AdamW, 200 iterations) in 8-14 minutes on 2 cores.
+        512 ROIs, 800 px); cpu trains lite2-fpn from ImageNet weights (AdamW, 200 iterations) in about 14 minutes on
+        the slower 2-core machines measured.
 
         On several GPUs, under torchrun (--ims-per-batch is the global batch, split over the processes; rank 0
         writes the run directory):  torchrun --standalone --nproc-per-node 4 -m shoeseg_app train ...
