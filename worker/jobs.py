@@ -111,7 +111,8 @@ def predict_project(project_id: int, *, version: str, strategy: str | None = Non
         force: predict even when ``version`` is no longer the current one.
 
     Returns:
-        ``{"project", "version", "strategy", "tasks", "pushed", "already_there", "seconds"}``, or
+        ``{"project", "version", "strategy", "tasks", "pushed", "already_there", "seconds", "stage_seconds"}``
+        (``worker.predicting.run_prediction``), or
         ``{"skipped": ...}`` when a newer version was promoted meanwhile (its own job pushes).
 
     Raises:

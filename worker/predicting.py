@@ -23,6 +23,10 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
                    progress: Progress) -> dict:
     """Predicts the project's tasks that hold no prediction of ``version`` yet, and stores them in Label Studio.
 
+    The summary's ``stage_seconds`` splits the time: ``setup`` (the project, its tasks, the model loaded),
+    ``images`` (fetched and decoded), ``model`` (forward and polygons), ``store`` (regions written and stored
+    in Label Studio), ``finish`` (the project's model version set, superseded predictions removed).
+
     Images go through the backend's path: the shared fetcher and cache (:mod:`shoeseg.fetch`), decoded at the
     model's input size, and the one writer (:mod:`shoeseg.predictions`), so a task reads the same whichever
     service predicted it.
@@ -66,9 +70,11 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     access = configured_access(settings)
     fit = predictor.input_fit
     pushed = failed = 0
+    stage_s = {"setup": time.perf_counter() - t0, "images": 0.0, "model": 0.0, "store": 0.0}
     try:
         for start in range(0, len(todo), settings.predict_batch):
             batch = todo[start:start + settings.predict_batch]
+            t_stage = time.perf_counter()
             views = []  # (task, image name, array, full size) of every image the tasks show
             for t in batch:
                 for image in config.images.values():
@@ -86,6 +92,8 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
                         continue
                     views.append((t, image.name, array, full_wh))
             arrays = [v[2] for v in views]
+            t_model = time.perf_counter()
+            stage_s["images"] += t_model - t_stage
             if writer.needs_flip:
                 dets, back = predictor.predict_with_flip(arrays, score_thresh=writer.candidate_thresh)
             else:
@@ -96,9 +104,12 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
                 per_task.setdefault(int(t["id"]), []).append(writer.write(
                     d, image_name=name, width_px=full_w, height_px=full_h, scale_xy=(full_w / w, full_h / h),
                     flipped=b, task_id=t["id"]))
+            t_store = time.perf_counter()
+            stage_s["model"] += t_store - t_model
             items = [as_ls(combine(p), task_id=task_id, model_version=version) for task_id, p in per_task.items()]
             pushed += call(f"store predictions in project {project_id}", push_predictions, client, project_id,
                            items, model_version=version)
+            stage_s["store"] += time.perf_counter() - t_store
             progress.update(tasks_done=already + pushed)
     finally:
         fetcher.close()
@@ -111,8 +122,10 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
                if p.get("model_version") in ours and p.get("id") is not None]
         removed = call(f"remove superseded predictions in project {project_id}", delete_predictions, client, old)
     seconds = time.perf_counter() - t0
+    stage_s["finish"] = seconds - sum(stage_s.values())
     log.info("project %s: %d predictions of %s stored (%d already there, %d images unreadable, %d superseded "
-             "removed) in %.1f s", project_id, pushed, version, already, failed, removed, seconds)
+             "removed) in %.1f s: %s", project_id, pushed, version, already, failed, removed, seconds,
+             ", ".join(f"{k} {v:.1f} s" for k, v in stage_s.items()))
     return {"project": project_id, "version": version, "strategy": strategy, "tasks": len(tasks),
             "pushed": pushed, "already_there": already, "failed_images": failed, "removed": removed,
-            "seconds": round(seconds, 3)}
+            "seconds": round(seconds, 3), "stage_seconds": {k: round(v, 3) for k, v in stage_s.items()}}

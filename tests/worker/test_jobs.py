@@ -225,6 +225,9 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     assert [p["task"] for p in fake_ls.pushed] == [101, 103, 105, 100, 102, 104]  # unlabelled first
     assert {p["model_version"] for p in fake_ls.pushed} == {version.version}
     assert fake_ls.model_version == version.version
+    stages = pjob.return_value()["stage_seconds"]  # where the push's time went, summing to its seconds
+    assert list(stages) == ["setup", "images", "model", "store", "finish"] and min(stages.values()) >= 0
+    assert abs(sum(stages.values()) - pjob.return_value()["seconds"]) < 0.01
     # the backend's /predict writes the same result and the same task score for the same task and model
     assert_backend_agrees(fake_ls, loop_env, version.version)
 
