@@ -25,7 +25,8 @@ b. the 10 held-back annotations are created through the SDK (``client.annotation
 c. mask AP, AP50 and box AP of each version on the held-out split (val+test, 23 images), with
    ``Predictor.from_checkpoint(ckpt, device="cpu", score_thresh=0.05)`` and :func:`shoeseg.evaluate.evaluate`;
 d. the push throughput of the last promoted version on the 76 tasks, images fetched from Label Studio and
-   cached (target >= 0.9 of the bare forward).
+   cached (target >= 0.9 of the bare forward, timed before and after the pushes and averaged), with the
+   push's ``stage_seconds`` (setup, images, model, store, finish).
 
 One markdown table with the targets is printed and written, with a JSON of every value, to ``--out``
 (``loop-shoes.md`` / ``loop-shoes.json``; ``loop-shoes-tiny.*`` with ``--tiny``).
@@ -222,8 +223,7 @@ def push_throughput(client, pid: int, version: str, registry, image_paths: list[
     bare_s = sum(bare_runs) / len(bare_runs)
     bare_rate = len(tensors) / bare_s
     rows = [["bare batched model forward (torchvision Mask R-CNN; mean of a run before and one after)",
-             str(len(tensors)), f"{bare_s:.2f}",
-             f"{bare_rate:.2f}", "1.00"]]
+             str(len(tensors)), f"{bare_s:.2f}", f"{bare_rate:.2f}", "1.00"]]
     rates = {"bare_tasks_per_s": round(bare_rate, 3), "bare_runs_s": [round(b, 2) for b in bare_runs]}
     for label, (secs, n, stages) in timings.items():
         rate = n / secs
