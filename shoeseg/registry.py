@@ -661,7 +661,7 @@ class ModelRegistry:
 
     Args:
         root: the registry directory (created when missing) or ``s3://bucket/prefix``; ``None`` reads
-            ``SHOESEG_MODEL_DIR`` (default ``./models``).
+            ``SHOESEG_MODEL_DIR`` (or its alias ``MODEL_DIR``; default ``./models``).
         cache_dir: where checkpoints downloaded from S3 are kept (``<cache_dir>/models/<sha256>.pt``); ``None``
             reads ``SHOESEG_CACHE_DIR`` (default ``.cache/shoeseg``). A local registry does not use it.
 
@@ -677,7 +677,9 @@ class ModelRegistry:
     def __init__(self, root: str | os.PathLike[str] | None = None, *, cache_dir: str | os.PathLike[str] | None = None
                  ) -> None:
         if root is None:
-            root = os.environ.get("SHOESEG_MODEL_DIR") or "models"
+            from shoeseg.settings import model_dir_text
+
+            root = model_dir_text() or "models"
         self.versions_dir: Path | None = None
         self.pointer_path: Path | None = None
         self.history_path: Path | None = None

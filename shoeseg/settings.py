@@ -6,7 +6,7 @@ library is imported here, so the web service reads its settings without loading 
 
 | variable | default | meaning |
 | --- | --- | --- |
-| ``SHOESEG_MODEL_DIR`` | ``models`` | model registry root: a folder, or ``s3://bucket/prefix`` (``shoeseg.registry``) |
+| ``SHOESEG_MODEL_DIR`` (or ``MODEL_DIR``) | ``models`` | model registry root: a folder, or ``s3://bucket/prefix`` (``shoeseg.registry``) |
 | ``SHOESEG_CACHE_DIR`` | ``.cache/shoeseg`` | the one image cache (Label Studio uploads), backend and worker |
 | ``REDIS_URL`` | none | Redis of the training queue (none: the backend answers 503 to training events) |
 | ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` | none | the one Label Studio server trusted, and its key |
@@ -23,8 +23,14 @@ library is imported here, so the web service reads its settings without loading 
 | ``SHOESEG_PROFILE`` | ``auto`` | training recipe (``shoeseg.train.PROFILES``) |
 | ``SHOESEG_TRAIN_ITERS``, ``SHOESEG_IMS_PER_BATCH``, ``SHOESEG_BASE_LR``, ``SHOESEG_ROI_BATCH``, ``SHOESEG_MIN_SIZE``, ``SHOESEG_MAX_SIZE`` | the profile's | training overrides |
 | ``SHOESEG_INIT_WEIGHTS`` | ``auto`` | first model: ``auto``, ``none``, ``coco``, ``imagenet`` or a checkpoint path |
-| ``SHOESEG_PROMOTE_TOLERANCE`` | ``0.01`` | promotion when new segm AP >= current - tolerance |
-| ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the fixed validation subset when its hash % modulo == 0 |
+| ``SHOESEG_PROMOTE_TOLERANCE`` | ``0.01`` | the gate refuses a version whose mean per-image mask AP is below the current one's by more |
+| ``SHOESEG_GATE_CONFIDENCE`` | ``0.9`` | the gate's bootstrap interval (``shoeseg.gate``): refused when the whole interval is below 0 |
+| ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the validation subset when its hash % modulo == 0 ... |
+| ``SHOESEG_VAL_MAX`` | ``30`` | ... and among the ``SHOESEG_VAL_MAX`` such tasks of lowest hash (the rest train) |
+| ``SHOESEG_IDLE_TRAINING`` | ``true`` | keep improving the current version while the project has no other job (``worker.improving``) |
+| ``SHOESEG_IDLE_CHUNK_ITERS`` | ``60`` | iterations of one idle-time chunk (each chunk that passes the gate is a version) |
+| ``SHOESEG_IDLE_MAX_ITERS`` | ``600`` | idle-time iterations per project on one set of labels; new labels start a new budget |
+| ``SHOESEG_IDLE_NICE`` / ``SHOESEG_IDLE_THREADS`` | ``10`` / ``0`` | idle chunks run at this niceness, with this many torch threads (0: torch's default) |
 | ``SHOESEG_PREDICT_BATCH`` | ``8`` | images per prediction batch of the worker |
 | ``SHOESEG_KEEP_OLD_PREDICTIONS`` | ``false`` | keep a task's predictions of superseded versions (default: removed once the new ones are stored) |
 | ``SHOESEG_TRAIN_TIMEOUT`` / ``SHOESEG_PREDICT_TIMEOUT`` | ``7200`` / ``3600`` | rq job timeouts, seconds |
@@ -39,6 +45,7 @@ The backend's request limits (``SHOESEG_MAX_*``, ``SHOESEG_FETCH_*``, ``SHOESEG_
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -80,6 +87,28 @@ def _split_buckets(value: str | None) -> tuple[str, ...]:
                 f"environment variable SHOESEG_S3_BUCKETS has {b!r}: expected bucket names (no s3://, key or path)"
             )
     return buckets
+
+
+_log = logging.getLogger(__name__)
+_model_dir_warned: set[tuple[str, str]] = set()
+
+
+def model_dir_text(env: Mapping[str, str] | None = None) -> str | None:
+    """The registry root the environment names: ``SHOESEG_MODEL_DIR``, else ``MODEL_DIR`` (the name
+    label-studio-ml-backend's examples use); ``None`` when neither is set.
+
+    When both are set, ``SHOESEG_MODEL_DIR`` wins and one warning per process says so.
+
+    Example:
+        >>> model_dir_text({"MODEL_DIR": "/data/models"})
+        '/data/models'
+    """
+    env = os.environ if env is None else env
+    ours, alias = env.get("SHOESEG_MODEL_DIR") or None, env.get("MODEL_DIR") or None
+    if ours and alias and (ours, alias) not in _model_dir_warned:
+        _model_dir_warned.add((ours, alias))
+        _log.warning("both SHOESEG_MODEL_DIR=%s and MODEL_DIR=%s are set: using SHOESEG_MODEL_DIR", ours, alias)
+    return ours or alias
 
 
 def registry_root(value: str | os.PathLike[str] | None, name: str = "SHOESEG_MODEL_DIR") -> Path | str:
@@ -212,6 +241,9 @@ class Settings:
             worker's training recipe and its overrides (:meth:`train_overrides`).
         init_weights: the first model's start when the registry is empty.
         keep_old_predictions: keep a task's predictions of superseded versions after the new ones are stored.
+        gate_confidence / val_max: the promotion gate (:mod:`shoeseg.gate`) and the validation subset's cap.
+        idle_training / idle_chunk_iters / idle_max_iters / idle_nice / idle_threads: training in idle time
+            (``worker.improving``).
         promote_tolerance / val_modulo / predict_batch / train_timeout_s / predict_timeout_s / retry_max /
             retry_intervals_s / lease_ttl_s: the retraining loop (module table).
         gpus_per_job: processes of one training job, one per GPU on CUDA (several gloo processes on CPU);
@@ -274,6 +306,13 @@ class Settings:
     retry_intervals_s: tuple[int, ...] = field(default=(10, 60, 300))
     lease_ttl_s: int = 60
     gpus_per_job: int = 1
+    gate_confidence: float = 0.9
+    val_max: int = 30
+    idle_training: bool = True
+    idle_chunk_iters: int = 60
+    idle_max_iters: int = 600
+    idle_nice: int = 10
+    idle_threads: int = 0
 
     @property
     def auth_enabled(self) -> bool:
@@ -304,7 +343,8 @@ class Settings:
         cache_dir = env.get("SHOESEG_CACHE_DIR")
         min_new = "SHOESEG_MIN_NEW_ANNOTATIONS" if env.get("SHOESEG_MIN_NEW_ANNOTATIONS") else "MIN_NEW_ANNOTATIONS"
         return cls(
-            model_dir=registry_root(env.get("SHOESEG_MODEL_DIR") or "models"),
+            model_dir=registry_root(model_dir_text(env) or "models",
+                                    "SHOESEG_MODEL_DIR" if env.get("SHOESEG_MODEL_DIR") else "MODEL_DIR"),
             cache_dir=Path(cache_dir or ".cache/shoeseg"),
             redis_url=env.get("REDIS_URL") or None,
             label_studio_url=_url(env, "LABEL_STUDIO_URL"),
@@ -349,4 +389,11 @@ class Settings:
             retry_intervals_s=_ints(env, "SHOESEG_RETRY_INTERVALS", (10, 60, 300)),
             lease_ttl_s=_int(env, "SHOESEG_LEASE_TTL", 60, minimum=2),
             gpus_per_job=_int(env, "SHOESEG_GPUS_PER_JOB", 1, minimum=1),
+            gate_confidence=_float(env, "SHOESEG_GATE_CONFIDENCE", 0.9, lo=0.5, hi=0.999),
+            val_max=_int(env, "SHOESEG_VAL_MAX", 30, minimum=1),
+            idle_training=_bool(env, "SHOESEG_IDLE_TRAINING", True),
+            idle_chunk_iters=_int(env, "SHOESEG_IDLE_CHUNK_ITERS", 60, minimum=1),
+            idle_max_iters=_int(env, "SHOESEG_IDLE_MAX_ITERS", 600, minimum=0),
+            idle_nice=_int(env, "SHOESEG_IDLE_NICE", 10, minimum=0),
+            idle_threads=_int(env, "SHOESEG_IDLE_THREADS", 0, minimum=0),
         )

@@ -81,7 +81,9 @@ class StackConfig:
         if self.images is not None and not Path(self.images).is_dir():
             raise FileNotFoundError(f"images folder {self.images} does not exist")
         if self.model_dir is None:
-            self.model_dir = Path(os.environ.get("SHOESEG_MODEL_DIR") or "models")
+            from shoeseg.settings import model_dir_text
+
+            self.model_dir = Path(model_dir_text() or "models")
         self.model_dir = Path(self.model_dir).resolve()
         if self.redis_url is None:
             self.redis_url = os.environ.get("REDIS_URL") or None
