@@ -429,3 +429,70 @@ def recover_stale(conn: redis.Redis, *, settings: Settings | None = None) -> lis
             if result["action"] == "queued":
                 recovered.append(result)
     return recovered
+
+
+# --- pushing a version's predictions ---------------------------------------------------------------------
+
+def push_job_id(project_id: int | str, version: str) -> str:
+    """The id of the job that pushes ``version``'s predictions to a project: ``predict-<project>-<version>``."""
+    return f"predict-{_project(project_id)}-{version}"
+
+
+def request_push(conn: redis.Redis, project_id: int | str, version: str, *, settings: Settings,
+                 reason: str | None = None, meta: dict | None = None) -> str:
+    """Queues the push of ``version``'s predictions to every task of a project (``worker.jobs.predict_project``).
+
+    Called after a promotion (the training job) and by ``shoeseg models promote|rollback``, so that the tasks
+    show the served version's pre-labels. The job stores them, sets the project's model version and removes
+    the predictions of the registry's other versions; annotations are never touched. When the project's push
+    of this version is already waiting or running, that job is the answer and nothing is queued.
+
+    Args:
+        conn: Redis connection of the queues.
+        project_id: Label Studio project id.
+        version: the registry version whose predictions are pushed.
+        settings: the job timeout and retry policy.
+        reason: why (the job's description and ``meta["reason"]``).
+        meta: more ``job.meta`` entries (e.g. ``{"trained_by": job.id}``).
+
+    Returns:
+        The job id, :func:`push_job_id`.
+
+    Raises:
+        redis.ConnectionError: Redis is unreachable.
+
+    Example:
+        >>> request_push(redis.Redis(), 3, "20250101-120000-3fa2c1", settings=Settings.from_env(),
+        ...              reason="rollback")  # doctest: +SKIP
+        'predict-3-20250101-120000-3fa2c1'
+    """
+    project_id = _project(project_id)
+    job_id = push_job_id(project_id, version)
+    status = _text(conn.hget(Job.key_for(job_id), "status"))
+    if status in _LIVE:
+        log.info("project %s: the push of %s is already %s (%s)", project_id, version, status, job_id)
+        return job_id
+    if status is not None:  # an earlier push of this version, ended: out of rq's registries before it runs again
+        try:
+            Job.fetch(job_id, connection=conn).delete()
+        except Exception:  # noqa: BLE001 - expired meanwhile
+            pass
+    retry = Retry(max=settings.retry_max, interval=list(settings.retry_intervals_s)) if settings.retry_max else None
+    job_meta = {"project": project_id, "version": version, "requested_at": _now(), **(meta or {})}
+    if reason:
+        job_meta["reason"] = reason
+    Queue(PREDICT_QUEUE, connection=conn).enqueue_call(
+        PREDICT_JOB,
+        args=(project_id,),
+        kwargs={"version": version},
+        job_id=job_id,
+        timeout=settings.predict_timeout_s,
+        result_ttl=7 * 86400,
+        failure_ttl=30 * 86400,
+        description=f"predict project {project_id} with {version}" + (f": {reason}" if reason else ""),
+        meta=job_meta,
+        retry=retry,
+        on_failure=Callback(ON_FAILURE),
+    )
+    log.info("project %s: queued %s (%s)", project_id, job_id, reason or "push")
+    return job_id

@@ -121,6 +121,41 @@ def _resolve_model(model: str, registry: str | None) -> Path:
     raise FileNotFoundError(f"model {model!r} is neither a checkpoint file nor a version in {reg.root}")
 
 
+def version_projects(version) -> list[int]:
+    """The Label Studio projects a registry version was trained for (``meta["project"]``, ``meta["projects"]``)."""
+    meta = version.meta or {}
+    found = [meta.get("project"), *(meta.get("projects") or [])]
+    return sorted({int(p) for p in found if isinstance(p, int | str) and str(p).isdigit() and int(p) > 0})
+
+
+def _push_served(version, *, reason: str) -> None:
+    """Queues the push of ``version``'s predictions to every task of its projects (needs ``REDIS_URL``)."""
+    from shoeseg.settings import Settings
+    from shoeseg.trigger import request_push
+
+    projects = version_projects(version)
+    if not projects:
+        typer.echo(f"{version.version} names no Label Studio project: no predictions to push")
+        return
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        typer.echo(f"REDIS_URL is not set: no push queued; the tasks of project(s) "
+                   f"{', '.join(map(str, projects))} keep their current pre-labels")
+        return
+    import redis
+
+    conn = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    try:
+        for project in projects:
+            job_id = request_push(conn, project, version.version, settings=settings, reason=reason)
+            typer.echo(f"project {project}: queued {job_id} (the tasks get {version.version}'s pre-labels)")
+    except redis.RedisError as e:
+        raise ValueError(f"{version.version} is current, but Redis at {settings.redis_url} does not answer ({e}): "
+                         "no push queued") from e
+    finally:
+        conn.close()
+
+
 def _config_from_file(path: Path, *, given: dict[str, Any]):
     """A TrainConfig from a JSON of its fields; the recipe options may not be given beside it."""
     from shoeseg.train import TrainConfig
@@ -418,6 +453,7 @@ def register(app: typer.Typer) -> None:
 
         v = ModelRegistry(registry).promote(version)
         typer.echo(f"current model: {v.version}")
+        _push_served(v, reason="promotion (`shoeseg models promote`)")
 
     @models_app.command("rollback")
     @_clean_errors
@@ -429,3 +465,4 @@ def register(app: typer.Typer) -> None:
 
         v = ModelRegistry(registry).rollback()
         typer.echo(f"current model: {v.version}")
+        _push_served(v, reason="rollback (`shoeseg models rollback`)")

@@ -1,0 +1,100 @@
+"""Pre-labels follow the served version: ``shoeseg.trigger.request_push`` and `shoeseg models promote|rollback`,
+against a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+from rq import Queue
+from rq.job import Job, JobStatus
+from typer.testing import CliRunner
+
+from shoeseg import trigger
+from shoeseg.settings import Settings
+from shoeseg.trigger import ON_FAILURE, PREDICT_JOB, PREDICT_QUEUE
+from shoeseg_app.cli import app
+
+runner = CliRunner()
+SETTINGS = Settings(predict_timeout_s=123, retry_max=2, retry_intervals_s=(1, 5))
+
+
+def _queued(conn) -> list[str]:
+    return Queue(PREDICT_QUEUE, connection=conn).get_job_ids()
+
+
+def test_the_push_is_the_workers_predict_job_with_its_options(redis_conn):
+    job_id = trigger.request_push(redis_conn, 7, "v-2", settings=SETTINGS, reason="rollback", meta={"by": "me"})
+    assert job_id == "predict-7-v-2" == trigger.push_job_id("7", "v-2")
+    assert _queued(redis_conn) == [job_id]
+    job = Job.fetch(job_id, connection=redis_conn)
+    assert job.func_name == PREDICT_JOB
+    assert job.args == (7,) and job.kwargs == {"version": "v-2"}
+    assert (job.timeout, job.result_ttl, job.failure_ttl) == (123, 7 * 86400, 30 * 86400)
+    assert (job.retries_left, job.retry_intervals) == (2, [1, 5])
+    assert job._failure_callback_name == ON_FAILURE
+    assert job.meta["project"] == 7 and job.meta["version"] == "v-2" and job.meta["reason"] == "rollback"
+    assert job.meta["by"] == "me" and job.meta["requested_at"]
+    assert "rollback" in job.description
+
+
+def test_a_waiting_push_is_not_queued_twice_and_an_ended_one_runs_again(redis_conn):
+    first = trigger.request_push(redis_conn, 3, "v-1", settings=SETTINGS)
+    assert trigger.request_push(redis_conn, 3, "v-1", settings=SETTINGS) == first
+    assert _queued(redis_conn) == [first]
+    # the push ran and ended; a later rollback to v-1 pushes again
+    job = Job.fetch(first, connection=redis_conn)
+    Queue(PREDICT_QUEUE, connection=redis_conn).remove(job)
+    job.set_status(JobStatus.FINISHED)
+    assert trigger.request_push(redis_conn, 3, "v-1", settings=SETTINGS) == first
+    assert _queued(redis_conn) == [first]
+    assert Job.fetch(first, connection=redis_conn).get_status() == JobStatus.QUEUED
+    # another project, another job
+    assert trigger.request_push(redis_conn, 4, "v-1", settings=SETTINGS) == "predict-4-v-1"
+
+
+@pytest.fixture
+def registry(tmp_path):
+    from shoeseg.registry import ModelRegistry
+    from tests.backend.conftest import make_checkpoint
+
+    reg = ModelRegistry(tmp_path / "models")
+    for version, projects in (("cli-v1", {"project": 5}), ("cli-v2", {"project": 5, "projects": [6]})):
+        ckpt = make_checkpoint(tmp_path / f"{version}.pt", version=version, fg_logit=1.0, detections=1, seed=1)
+        reg.register(ckpt, metrics={"segm_AP": 0.1}, meta=projects)
+    reg.promote("cli-v1")
+    return reg
+
+
+def _redis_url(conn) -> str:
+    kw = conn.connection_pool.connection_kwargs
+    return f"redis://{kw['host']}:{kw['port']}/{kw['db']}"
+
+
+def test_promote_and_rollback_queue_the_served_versions_push_for_each_of_its_projects(registry, redis_conn,
+                                                                                         monkeypatch):
+    monkeypatch.setenv("REDIS_URL", _redis_url(redis_conn))
+    r = runner.invoke(app, ["models", "promote", "cli-v2", "--registry", str(registry.root)])
+    assert r.exit_code == 0, r.output
+    assert "current model: cli-v2" in r.output and "queued predict-5-cli-v2" in r.output
+    assert sorted(_queued(redis_conn)) == ["predict-5-cli-v2", "predict-6-cli-v2"]
+    r = runner.invoke(app, ["models", "rollback", "--registry", str(registry.root)])
+    assert r.exit_code == 0, r.output
+    assert "current model: cli-v1" in r.output
+    assert sorted(_queued(redis_conn)) == ["predict-5-cli-v1", "predict-5-cli-v2", "predict-6-cli-v2"]
+    assert "rollback" in Job.fetch("predict-5-cli-v1", connection=redis_conn).meta["reason"]
+
+
+def test_without_redis_url_the_cli_says_no_push_was_queued(registry, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    r = runner.invoke(app, ["models", "promote", "cli-v2", "--registry", str(registry.root)])
+    assert r.exit_code == 0, r.output
+    assert "REDIS_URL is not set: no push queued" in r.output and "5, 6" in r.output
+
+
+def test_redis_down_says_the_promotion_happened_and_no_push_was_queued(registry, monkeypatch):
+    from shoeseg_app.stack.labelstudio import free_port
+
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    r = runner.invoke(app, ["models", "promote", "cli-v2", "--registry", str(registry.root)])
+    assert r.exit_code == 2
+    assert "cli-v2 is current, but Redis" in r.output and "no push queued" in r.output
+    assert registry.current_version_id() == "cli-v2"
