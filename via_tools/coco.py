@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_type
 from via_tools.images import ImageReadError, image_size_wh
 from via_tools.model import AnnotationSet, ImageRecord, Region, is_finite_number
 from via_tools.options import ReadOptions, WriteOptions
@@ -97,7 +97,7 @@ def rle_decode(rle: dict[str, Any], *, where: str) -> np.ndarray:
             raise AnnotationError(f"{where}: RLE 'counts' must be non-negative integers")
         runs = counts
     else:
-        raise AnnotationError(f"{where}: RLE 'counts' must be a list or a string, got {type(counts).__name__}")
+        raise AnnotationError(f"{where}: RLE 'counts' must be a list or a string, got {json_type(counts)}")
     total = sum(runs)
     if total != h * w:
         raise AnnotationError(f"{where}: RLE runs cover {total} pixels, the {w}x{h} mask has {h * w}")
@@ -227,13 +227,13 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     """
     report = report if report is not None else Report(source=source)
     if not isinstance(doc, dict):
-        raise AnnotationError(f"{source}: a COCO file is a JSON object, got {type(doc).__name__}")
+        raise AnnotationError(f"{source}: a COCO file is a JSON object, got {json_type(doc)}")
     for key in ("images", "categories"):
         if not isinstance(doc.get(key), list):
-            raise AnnotationError(f"{source}: COCO '{key}' must be a list, got {type(doc.get(key)).__name__}")
+            raise AnnotationError(f"{source}: COCO '{key}' must be a list, got {json_type(doc.get(key))}")
     anns = doc.get("annotations", [])
     if not isinstance(anns, list):
-        raise AnnotationError(f"{source}: COCO 'annotations' must be a list, got {type(anns).__name__}")
+        raise AnnotationError(f"{source}: COCO 'annotations' must be a list, got {json_type(anns)}")
 
     # categories
     cat_name: dict[str, str] = {}
@@ -259,7 +259,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     for k, im in enumerate(doc["images"]):
         where = f"{source}: image #{k}"
         if not isinstance(im, dict):
-            raise AnnotationError(f"{where}: an image entry must be an object, got {type(im).__name__}")
+            raise AnnotationError(f"{where}: an image entry must be an object, got {json_type(im)}")
         if "id" not in im or not isinstance(im.get("file_name"), str) or not im["file_name"]:
             raise AnnotationError(f"{where}: an image needs an 'id' and a 'file_name', got keys {sorted(im)}")
         where = f"{source}: image {im['file_name']!r}"
@@ -290,7 +290,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     seen_ann: set[str] = set()
     for k, a in enumerate(anns):
         if not isinstance(a, dict):
-            raise AnnotationError(f"{source}: annotation #{k} must be an object, got {type(a).__name__}")
+            raise AnnotationError(f"{source}: annotation #{k} must be an object, got {json_type(a)}")
         aid = _id_str(a["id"], what="annotation id", where=f"{source}: annotation #{k}") if "id" in a else None
         where = f"{source}: annotation {a['id'] if aid is not None else '#' + str(k)}"
         if aid is not None:
@@ -367,7 +367,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
 
 def _flat_to_polygon(flat: Any, *, where: str) -> np.ndarray:
     if not isinstance(flat, list):
-        raise AnnotationError(f"{where}: a polygon must be a flat list [x0, y0, x1, y1, ...], got {type(flat).__name__}")
+        raise AnnotationError(f"{where}: a polygon must be a flat list [x0, y0, x1, y1, ...], got {json_type(flat)}")
     if len(flat) % 2:
         raise AnnotationError(f"{where}: polygon has an odd number of coordinates ({len(flat)})")
     if len(flat) < 6:

@@ -9,16 +9,16 @@ Example:
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_type
 from via_tools.files import atomic_write_text
 from via_tools.images import ImageReadError, image_size_wh
+from via_tools.jsontext import MAX_FILE_BYTES, dump_json, parse_json
 from via_tools.model import AnnotationSet
 from via_tools.options import ReadOptions, WriteOptions
 from via_tools.perf import gc_paused
@@ -68,20 +68,15 @@ def _format_module(fmt: str) -> ModuleType:
     return FORMATS[fmt]
 
 
-def _parse_json(text: str, *, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{source}: line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from e
-    except RecursionError as e:
-        raise AnnotationError(f"{source}: JSON nested too deeply to read") from e
-
-
 def _looks_like_ls_task(t: Any) -> bool:
     return isinstance(t, dict) and ("data" in t or "annotations" in t or "predictions" in t)
 
 
-def detect_format(doc_or_text: Any, *, source: str) -> str:
+#: Most images read from one file.
+MAX_IMAGES = 1_000_000
+
+
+def detect_format(doc_or_text: Any, *, source: str, report: Report | None = None) -> str:
     """Names the format of a parsed document (or of text: CSV, or JSON that is parsed first).
 
     ``via1``: a dict of image entries with ``regions`` as objects (or 1.x ``fileref`` /
@@ -107,13 +102,13 @@ def detect_format(doc_or_text: Any, *, source: str) -> str:
         stripped = doc.lstrip("\ufeff \t\r\n")
         if not stripped.startswith(("{", "[")):
             raise AnnotationError(f"{source}: neither JSON nor a VIA CSV export (starts with {stripped[:40]!r})")
-        doc = _parse_json(stripped, source=source)
+        doc = parse_json(stripped, where=source, report=report)
     if isinstance(doc, list):
         if all(_looks_like_ls_task(t) for t in doc[:50]):
             return "ls"
         raise AnnotationError(f"{source}: a JSON list that is not a list of Label Studio tasks")
     if not isinstance(doc, dict):
-        raise AnnotationError(f"{source}: a JSON {type(doc).__name__} is no annotation format")
+        raise AnnotationError(f"{source}: a JSON {json_type(doc)} is no annotation format")
     if "_via_img_metadata" in doc:
         return "via2"
     if all(k in doc for k in ("project", "file", "view", "metadata")):
@@ -170,11 +165,16 @@ def load(
         fmt = "yolo"
     if fmt in _FOLDER_FORMATS:
         ds = FORMATS[fmt].read(p, source=source, options=options, report=report)
+        _check_count(ds, source=source)
         if options.images_dir is not None:
             _check_images(ds, Path(options.images_dir), source=source, report=report)
         report.log()
         return ds
     try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise AnnotationError(f"{source}: {size} bytes, larger than the limit of {MAX_FILE_BYTES} bytes "
+                                  "for an annotation file")
         data = p.read_bytes()
     except FileNotFoundError as e:
         raise AnnotationError(f"{source}: no such file") from e
@@ -192,16 +192,22 @@ def load(
         doc: Any = text
     else:
         with gc_paused():
-            doc = _parse_json(text, source=source)
+            doc = parse_json(text, where=source, report=report)
         if fmt is None:
             fmt = detect_format(doc, source=source)
     module = _format_module(fmt)
     with gc_paused():
         ds = module.read(doc, source=source, options=options, report=report)
+    _check_count(ds, source=source)
     if options.images_dir is not None:
         _check_images(ds, Path(options.images_dir), source=source, report=report)
     report.log()
     return ds
+
+
+def _check_count(ds: AnnotationSet, *, source: str) -> None:
+    if len(ds.images) > MAX_IMAGES:
+        raise AnnotationError(f"{source}: {len(ds.images)} images, more than the limit of {MAX_IMAGES} per file")
 
 
 def _check_images(ds: AnnotationSet, images_dir: Path, *, source: str, report: Report) -> None:
@@ -252,5 +258,5 @@ def save(ds: AnnotationSet, path: str | Path, *, fmt: str, options: WriteOptions
         return FORMATS[fmt].save(ds, p, options=options)
     with gc_paused():
         doc = _format_module(fmt).write(ds, options=options)
-        text = doc if isinstance(doc, str) else json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+        text = doc if isinstance(doc, str) else dump_json(doc, where=str(p))
     return atomic_write_text(p, text, fsync=True)

@@ -25,7 +25,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_type
 from via_tools.images import ImageReadError, image_size_wh
 from via_tools.model import DEFAULT_LABEL, AnnotationSet, ImageRecord, Region, as_polygon, is_finite_number
 from via_tools.options import ReadOptions, WriteOptions
@@ -229,7 +229,7 @@ def ls_result_to_region(result: dict[str, Any], *, where: str = "", default_labe
         [[0.0, 0.0], [50.0, 0.0], [50.0, 25.0]]
     """
     if not isinstance(result, dict):
-        raise AnnotationError(f"{where}: a result must be an object, got {type(result).__name__}")
+        raise AnnotationError(f"{where}: a result must be an object, got {json_type(result)}")
     rtype = result.get("type")
     rid = result.get("id")
     where = f"{where}: result {rid}" if rid is not None else where
@@ -310,7 +310,7 @@ def task_to_image(
 ) -> tuple[ImageRecord, list[tuple[np.ndarray, ...]]]:
     """One task to an :class:`ImageRecord` (regions not yet sanitized) — shared by files and the server client."""
     if not isinstance(task, dict):
-        raise AnnotationError(f"{where}: a task must be an object, got {type(task).__name__}")
+        raise AnnotationError(f"{where}: a task must be an object, got {json_type(task)}")
     tid = task.get("id")
     if tid is not None:
         where = f"{where}: task {tid}"
@@ -386,7 +386,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     if isinstance(doc, dict):
         doc = [doc]
     if not isinstance(doc, list):
-        raise AnnotationError(f"{source}: Label Studio tasks are a JSON list, got {type(doc).__name__}")
+        raise AnnotationError(f"{source}: Label Studio tasks are a JSON list, got {json_type(doc)}")
     images: list[ImageRecord] = []
     pending = []
     for k, task in enumerate(doc):

@@ -31,8 +31,79 @@ PASSIVE_SHAPES = frozenset({"polyline", "point"})
 DEFAULT_LABEL = "shoe"
 
 
-def as_polygon(points: Any, *, where: str = "") -> np.ndarray:
+#: Largest coordinate magnitude in pixels: far beyond any image, and small enough that every area and box
+#: computed from coordinates stays a finite number.
+MAX_COORDINATE_PX = 1e9
+#: Most points in one region (a polygon part, a polyline).
+MAX_POINTS = 100_000
+
+
+def bad_points(points: np.ndarray) -> np.ndarray:
+    """Indices of the rows of an ``(N, 2)`` array that are not finite or beyond :data:`MAX_COORDINATE_PX`."""
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(~(np.abs(points) <= MAX_COORDINATE_PX).all(axis=1))
+
+
+def point_error(where: str, what: str, k: int, point: Any) -> AnnotationError:
+    """The error for point ``k`` of a shape that :func:`bad_points` refused."""
+    from via_tools.jsontext import number_text
+
+    x, y = (number_text(v) for v in point)
+    if np.isfinite(np.asarray(point, dtype=np.float64)).all():
+        return AnnotationError(f"{where}: {what} point {k} is ({x}, {y}), beyond \u00b1{MAX_COORDINATE_PX:.0e} px "
+                               "(the coordinate limit)")
+    return AnnotationError(f"{where}: {what} point {k} is ({x}, {y}), not a finite number")
+
+
+def check_points(points: np.ndarray, *, where: str, what: str = "polygon") -> np.ndarray:
+    """Returns ``points`` (a float ``(N, 2)`` array) when every coordinate is finite and within the limit.
+
+    The one geometry check of via_tools: readers apply it before and after coordinates become pixels,
+    and writers before they write.
+
+    Raises:
+        AnnotationError: naming ``where``, the shape and the first bad point; or more than :data:`MAX_POINTS`.
+
+    Example:
+        >>> check_points(np.array([[0.0, 1.0], [1e300, 2.0]]), where="a.json: region 3")
+        Traceback (most recent call last):
+        ...
+        via_tools.errors.AnnotationError: a.json: region 3: polygon point 1 is (1e+300, 2), beyond ±1e+09 px (the coordinate limit)
+    """
+    if len(points) > MAX_POINTS:
+        raise AnnotationError(f"{where}: {what} has {len(points)} points, more than the limit of {MAX_POINTS}")
+    bad = bad_points(points)
+    if bad.size:
+        raise point_error(where, what, int(bad[0]), points[bad[0]])
+    return points
+
+
+def as_points(points: Any, *, where: str = "", what: str = "polygon", minimum: int = 3) -> np.ndarray:
     """Returns ``points`` as a float64 ``(N, 2)`` array, raising :class:`AnnotationError` when it is not one.
+
+    Args:
+        points: a sequence of ``(x, y)`` pairs or an ``(N, 2)`` array, in pixels.
+        where: names the file, image and region for the error message.
+        what: the shape's name in messages.
+        minimum: fewest points.
+
+    Example:
+        >>> as_points([(0, 0), (4, 0)], what="polyline", minimum=2).shape
+        (2, 2)
+    """
+    try:
+        arr = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise AnnotationError(f"{where}: {what} points must be an array of [x, y] pairs of numbers") from None
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise AnnotationError(f"{where}: {what} points must be an array of [x, y] pairs of numbers")
+    if arr.shape[0] < minimum:
+        raise AnnotationError(f"{where}: {what} has {arr.shape[0]} points, at least {minimum} are needed")
+    return check_points(arr, where=where, what=what)
+
+
+def as_polygon(points: Any, *, where: str = "") -> np.ndarray:
+    """Returns ``points`` as a float64 ``(N, 2)`` polygon (at least 3 finite points within the coordinate limit).
 
     Args:
         points: a sequence of ``(x, y)`` pairs or an ``(N, 2)`` array, in pixels.
@@ -42,17 +113,7 @@ def as_polygon(points: Any, *, where: str = "") -> np.ndarray:
         >>> as_polygon([(0, 0), (4, 0), (4, 3)]).shape
         (3, 2)
     """
-    try:
-        arr = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError) as e:
-        raise AnnotationError(f"{where}: polygon points are not numbers: {e}") from e
-    if arr.ndim != 2 or arr.shape[1] != 2:
-        raise AnnotationError(f"{where}: polygon must be a list of (x, y) pairs, got shape {arr.shape}")
-    if arr.shape[0] < 3:
-        raise AnnotationError(f"{where}: polygon has {arr.shape[0]} points, at least 3 are needed")
-    if not np.isfinite(arr).all():
-        raise AnnotationError(f"{where}: polygon has NaN or infinite coordinates")
-    return arr
+    return as_points(points, where=where)
 
 
 @dataclass(eq=False)
@@ -221,4 +282,10 @@ def polygons_close(a: Iterable[np.ndarray], b: Iterable[np.ndarray], *, tol_px: 
 
 
 def is_finite_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """True for a JSON number that a 64-bit float holds (not a boolean, NaN, infinite or a huge integer)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False

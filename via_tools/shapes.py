@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import shapely
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_text, json_type
+from via_tools.model import MAX_POINTS, bad_points, check_points, point_error
 from via_tools.report import Report
 
 #: Points used to sample a circle or an ellipse into a polygon.
@@ -31,6 +32,9 @@ _UNIT_CIRCLE = np.stack(
 )
 
 
+_NONE = object()
+
+
 def _number(shape: dict, key: str, *, where: str, positive: bool = False, required: bool = True) -> float | None:
     v = shape.get(key)
     if v is None and not required:
@@ -38,33 +42,33 @@ def _number(shape: dict, key: str, *, where: str, positive: bool = False, requir
     if v is None:
         raise AnnotationError(f"{where}: {shape.get('name')} shape has no '{key}'")
     if isinstance(v, bool) or not isinstance(v, int | float):
-        raise AnnotationError(f"{where}: {shape.get('name')} '{key}' must be a number, got {v!r}")
+        raise AnnotationError(f"{where}: {shape.get('name')} '{key}' must be a number, got {json_text(v)}")
     try:
         f = float(v)
     except OverflowError:
         f = math.inf
     if not math.isfinite(f):
-        raise AnnotationError(f"{where}: {shape.get('name')} '{key}' is {v!r:.40}, not a finite number")
+        raise AnnotationError(f"{where}: {shape.get('name')} '{key}' is {json_text(v)}, not a finite number")
     if positive and f <= 0:
-        raise AnnotationError(f"{where}: {shape.get('name')} '{key}' must be positive, got {v!r}")
+        raise AnnotationError(f"{where}: {shape.get('name')} '{key}' must be positive, got {json_text(v)}")
     return f
 
 
 def _coords(shape: dict, key: str, *, where: str) -> np.ndarray:
     v = shape.get(key)
+    name = shape.get("name")
     if not isinstance(v, list):
-        raise AnnotationError(f"{where}: polygon '{key}' must be a list of numbers, got {type(v).__name__}")
+        raise AnnotationError(f"{where}: {name} '{key}' must be an array of numbers, got {json_type(v)}")
     try:
         arr = np.asarray(v) if v else np.zeros(0)
     except (ValueError, TypeError, OverflowError):
         arr = np.zeros((0, 0))
     if arr.ndim != 1 or arr.dtype.kind not in "iuf":
-        bad = next((p for p in v if isinstance(p, bool) or not isinstance(p, int | float)), "a value out of range")
-        raise AnnotationError(f"{where}: polygon '{key}' must hold numbers only, got {bad!r}")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        raise AnnotationError(f"{where}: polygon '{key}' holds NaN or infinite values")
-    return arr
+        bad = next((p for p in v if isinstance(p, bool) or not isinstance(p, int | float)), _NONE)
+        if bad is _NONE:
+            raise AnnotationError(f"{where}: {name} '{key}' holds a number too large for a 64-bit float")
+        raise AnnotationError(f"{where}: {name} '{key}' must hold numbers only, got {json_text(bad)}")
+    return arr.astype(np.float64, copy=False)
 
 
 def shape_to_polygons(shape: Any, *, where: str) -> tuple[np.ndarray, ...]:
@@ -88,44 +92,49 @@ def shape_to_polygons(shape: Any, *, where: str) -> tuple[np.ndarray, ...]:
         [[0.0, 0.0], [4.0, 0.0], [4.0, 2.0], [0.0, 2.0]]
     """
     if not isinstance(shape, dict):
-        raise AnnotationError(f"{where}: shape_attributes must be an object, got {type(shape).__name__}")
+        raise AnnotationError(f"{where}: shape_attributes must be an object, got {json_type(shape)}")
     name = shape.get("name")
-    if name == "polygon":
+    if name in ("polygon", "polyline"):
         xs = _coords(shape, "all_points_x", where=where)
         ys = _coords(shape, "all_points_y", where=where)
         if xs.shape != ys.shape:
             raise AnnotationError(
-                f"{where}: polygon all_points_x has {xs.size} values but all_points_y has {ys.size}"
+                f"{where}: {name} all_points_x has {xs.size} values but all_points_y has {ys.size}"
             )
-        if xs.size < 3:
-            raise AnnotationError(f"{where}: polygon has {xs.size} points, at least 3 are needed")
-        return (np.stack([xs, ys], axis=1),)
-    if name == "rect":
-        x = _number(shape, "x", where=where)
-        y = _number(shape, "y", where=where)
-        w = _number(shape, "width", where=where)
-        h = _number(shape, "height", where=where)
-        return (np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64),)
-    if name == "circle":
-        cx = _number(shape, "cx", where=where)
-        cy = _number(shape, "cy", where=where)
-        r = _number(shape, "r", where=where, positive=True)
-        return (_UNIT_CIRCLE * r + (cx, cy),)
-    if name == "ellipse":
-        cx = _number(shape, "cx", where=where)
-        cy = _number(shape, "cy", where=where)
-        rx = _number(shape, "rx", where=where, positive=True)
-        ry = _number(shape, "ry", where=where, positive=True)
-        theta = _number(shape, "theta", where=where, required=False) or 0.0
-        pts = _UNIT_CIRCLE * (rx, ry)
-        c, s = math.cos(theta), math.sin(theta)
-        rot = np.array([[c, s], [-s, c]])
-        return (pts @ rot + (cx, cy),)
-    if name in ("polyline", "point"):
+        minimum = 3 if name == "polygon" else 2
+        if xs.size < minimum:
+            raise AnnotationError(f"{where}: {name} has {xs.size} points, at least {minimum} are needed")
+        points = check_points(np.stack([xs, ys], axis=1), where=where, what=name)
+        return (points,) if name == "polygon" else ()
+    if name == "point":
+        check_points(np.array([[_number(shape, "cx", where=where), _number(shape, "cy", where=where)]]),
+                     where=where, what=name)
         return ()
-    if isinstance(name, str):
-        raise AnnotationError(f"{where}: unknown shape {name!r} (known: {', '.join(sorted(VIA_SHAPE_NAMES))})")
-    raise AnnotationError(f"{where}: shape_attributes has no shape name (got name={name!r})")
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow here and are refused below
+        if name == "rect":
+            x = _number(shape, "x", where=where)
+            y = _number(shape, "y", where=where)
+            w = _number(shape, "width", where=where)
+            h = _number(shape, "height", where=where)
+            points = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float64)
+        elif name == "circle":
+            cx = _number(shape, "cx", where=where)
+            cy = _number(shape, "cy", where=where)
+            r = _number(shape, "r", where=where, positive=True)
+            points = _UNIT_CIRCLE * r + (cx, cy)
+        elif name == "ellipse":
+            cx = _number(shape, "cx", where=where)
+            cy = _number(shape, "cy", where=where)
+            rx = _number(shape, "rx", where=where, positive=True)
+            ry = _number(shape, "ry", where=where, positive=True)
+            theta = _number(shape, "theta", where=where, required=False) or 0.0
+            c, s = math.cos(theta), math.sin(theta)
+            points = (_UNIT_CIRCLE * (rx, ry)) @ np.array([[c, s], [-s, c]]) + (cx, cy)
+        elif isinstance(name, str):
+            raise AnnotationError(f"{where}: unknown shape {name!r} (known: {', '.join(sorted(VIA_SHAPE_NAMES))})")
+        else:
+            raise AnnotationError(f"{where}: shape_attributes has no shape name (got name={name!r})")
+    return (check_points(points, where=where, what=name),)
 
 
 def _number_out(v: float) -> int | float:
@@ -206,6 +215,15 @@ def sanitize_many(
     pts = np.concatenate(polys)
     poly_of_pt = np.repeat(np.arange(len(polys)), lengths)
     owner_arr = np.asarray(owner, dtype=np.int64)
+
+    # 0. the one geometry check: finite, within the coordinate limit, not too many points
+    bad = bad_points(pts)
+    if bad.size:
+        k = int(poly_of_pt[bad[0]])
+        raise point_error(items[owner[k]][3], "polygon", int(bad[0] - (np.cumsum(lengths)[k] - lengths[k])), pts[bad[0]])
+    if lengths.max() > MAX_POINTS:
+        k = int(np.argmax(lengths))
+        check_points(polys[k], where=items[owner[k]][3])
 
     # 1. clip to the image where the size is known
     w_item = np.array([np.inf if w is None else float(w) for _, w, _, _ in items])

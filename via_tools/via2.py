@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_type
 from via_tools.model import AnnotationSet
 from via_tools.options import ReadOptions, WriteOptions
 from via_tools.report import Report
@@ -65,7 +65,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     """
     report = report if report is not None else Report(source=source)
     if not isinstance(doc, dict):
-        raise AnnotationError(f"{source}: a VIA 2.x file must be a JSON object, got {type(doc).__name__}")
+        raise AnnotationError(f"{source}: a VIA 2.x file must be a JSON object, got {json_type(doc)}")
     if not is_project(doc):
         images = read_entries(doc, version=2, source=source, options=options, report=report,
                               what="a VIA 2.x annotation export")
@@ -76,7 +76,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
                             "via2_top": {k: v for k, v in doc.items() if k != "_via_img_metadata"}}
     ids = doc.get("_via_image_id_list")
     if ids is not None and not isinstance(ids, list):
-        raise AnnotationError(f"{source}: _via_image_id_list must be a list, got {type(ids).__name__}")
+        raise AnnotationError(f"{source}: _via_image_id_list must be a list, got {json_type(ids)}")
     return AnnotationSet(images=images, source_format=NAME, meta=meta)
 
 

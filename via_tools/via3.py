@@ -35,7 +35,7 @@ import math
 import time
 from typing import Any
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_type
 from via_tools.model import AnnotationSet, ImageRecord, Region
 from via_tools.options import ReadOptions, WriteOptions
 from via_tools.report import Report
@@ -200,7 +200,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     files, views, metadata = doc["file"], doc["view"], doc["metadata"]
     for what, v in (("file", files), ("view", views), ("metadata", metadata)):
         if not isinstance(v, dict):
-            raise AnnotationError(f"{source}: '{what}' must be an object, got {type(v).__name__}")
+            raise AnnotationError(f"{source}: '{what}' must be an object, got {json_type(v)}")
     defs = _attribute_defs(doc.get("attribute"))
     label_ids = [aid for aid, a in defs.items() if a.get("aname") == options.label_attr]
 
@@ -226,7 +226,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     for mid, m in metadata.items():
         where = f"{source}: metadata {mid!r}"
         if not isinstance(m, dict):
-            raise AnnotationError(f"{where}: must be an object, got {type(m).__name__}")
+            raise AnnotationError(f"{where}: must be an object, got {json_type(m)}")
         vid = m.get("vid")
         image = images.get(vid) if isinstance(vid, str) else None
         if image is None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_type
 from via_tools.model import AnnotationSet, ImageRecord, Region
 from via_tools.options import ReadOptions, WriteOptions
 from via_tools.report import Report
@@ -158,13 +158,13 @@ def read_region(
 ) -> None:
     """Reads one VIA region dict into ``pending``."""
     if not isinstance(r, dict):
-        raise AnnotationError(f"{where}: a region must be an object, got {type(r).__name__}")
+        raise AnnotationError(f"{where}: a region must be an object, got {json_type(r)}")
     shape = r.get("shape_attributes")
     if shape is None:
         raise AnnotationError(f"{where}: region has no shape_attributes")
     attrs = r.get("region_attributes", {})
     if not isinstance(attrs, dict):
-        raise AnnotationError(f"{where}: region_attributes must be an object, got {type(attrs).__name__}")
+        raise AnnotationError(f"{where}: region_attributes must be an object, got {json_type(attrs)}")
     xs = shape.get("all_points_x") if isinstance(shape, dict) and shape.get("name") == "polygon" else None
     ys = shape.get("all_points_y") if xs is not None else None
     fast = type(xs) is list and type(ys) is list and len(xs) == len(ys) >= 3
@@ -193,14 +193,14 @@ def read_image_entry(
 ) -> ImageRecord:
     """Reads one VIA 1.x / 2.x image entry (``version`` says which layout is standard)."""
     if not isinstance(v, dict):
-        raise AnnotationError(f"{source}: image {key!r}: entry must be an object, got {type(v).__name__}")
+        raise AnnotationError(f"{source}: image {key!r}: entry must be an object, got {json_type(v)}")
     name = v.get("filename")
     if not isinstance(name, str):
         raise AnnotationError(f"{source}: image {key!r}: 'filename' must be a string, got {name!r:.60}")
     here = f"{source}: image {name!r}"
     fattrs = v.get("file_attributes", {})
     if not isinstance(fattrs, dict):
-        raise AnnotationError(f"{here}: file_attributes must be an object, got {type(fattrs).__name__}")
+        raise AnnotationError(f"{here}: file_attributes must be an object, got {json_type(fattrs)}")
     regions = v.get("regions", [])
     raw_size = v.get("size", -1)
     extra: dict[str, Any] = {}
@@ -228,7 +228,7 @@ def read_image_entry(
             extra["via_regions"] = "list"
         items = ((str(i), r) for i, r in enumerate(regions))
     else:
-        raise AnnotationError(f"{here}: 'regions' must be a list or an object, got {type(regions).__name__}")
+        raise AnnotationError(f"{here}: 'regions' must be a list or an object, got {json_type(regions)}")
     for rid, r in items:
         read_region(r, image=image, region_id=rid, where=f"{here}: region {rid}", options=options,
                     report=report, pending=pending)
@@ -240,7 +240,7 @@ def read_entries(
 ) -> list[ImageRecord]:
     """Reads a ``{key: image entry}`` dict of VIA 1.x / 2.x images."""
     if not isinstance(entries, dict):
-        raise AnnotationError(f"{source}: {what} must be an object keyed by image, got {type(entries).__name__}")
+        raise AnnotationError(f"{source}: {what} must be an object keyed by image, got {json_type(entries)}")
     pending = PendingRegions()
     images = [
         read_image_entry(k, v, version=version, source=source, options=options, report=report, pending=pending)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from typing import Any
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_type
+from via_tools.jsontext import dump_json, parse_json
 from via_tools.model import AnnotationSet, ImageRecord
 from via_tools.options import ReadOptions, WriteOptions
 from via_tools.report import Report
@@ -46,20 +46,20 @@ def _repair_undefined(cell: str) -> str:
 
 def _json_cell(cell: str, *, what: str, where: str, report: Report, raw: dict[str, str]) -> Any:
     try:
-        return json.loads(cell)
-    except json.JSONDecodeError as e:
+        return parse_json(cell, where=f"{where}: {what}", report=report)
+    except AnnotationError as e:
         err = e
     fixed = _repair_undefined(cell)
     if fixed != cell:
         try:
-            value = json.loads(fixed)
-        except json.JSONDecodeError:
+            value = parse_json(fixed, where=f"{where}: {what}", report=report)
+        except AnnotationError:
             pass
         else:
             report.warn("CSV cells with bare 'undefined' read as null", f"{where}: {what}")
             raw[what] = cell
             return value
-    raise AnnotationError(f"{where}: {what} is not valid JSON ({err.msg} at character {err.pos}): {cell[:80]!r}")
+    raise err
 
 
 def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report: Report | None = None) -> AnnotationSet:
@@ -83,7 +83,7 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     """
     report = report if report is not None else Report(source=source)
     if not isinstance(doc, str):
-        raise AnnotationError(f"{source}: a VIA CSV export must be text, got {type(doc).__name__}")
+        raise AnnotationError(f"{source}: a VIA CSV export must be text, got {json_type(doc)}")
     text = doc.lstrip("\ufeff")
     newline = "\r\n" if text.split("\n", 1)[0].endswith("\r") else "\n"
     if not is_csv_text(text):
@@ -150,14 +150,14 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
     return AnnotationSet(images=list(images.values()), source_format=NAME, meta=meta)
 
 
-def _cell(value: Any, raw: dict[str, str] | None, what: str) -> str:
+def _cell(value: Any, raw: dict[str, str] | None, what: str, *, where: str) -> str:
     if raw and what in raw:
         try:
-            if json.loads(_repair_undefined(raw[what])) == value:
+            if parse_json(_repair_undefined(raw[what]), where=where) == value:
                 return '"' + raw[what].replace('"', '""') + '"'
-        except json.JSONDecodeError:
+        except AnnotationError:
             pass
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = dump_json(value, where=f"{where}: {what}")
     return '"' + text.replace('"', '""') + '"'
 
 
@@ -183,7 +183,7 @@ def write(ds: AnnotationSet, *, options: WriteOptions = WriteOptions()) -> str:
         where = f"image {image.file_name!r}"
         raw_img = image.extra.get("csv_raw_cells")
         prefix = ",".join([_plain(image.file_name), str(size_out(image)),
-                           _cell(image.file_attributes, raw_img, "file_attributes")])
+                           _cell(image.file_attributes, raw_img, "file_attributes", where=where)])
         regions = regions_for_write(image, options=options, where=where)
         if not regions:
             lines.append(prefix + ',0,0,"{}","{}"')
@@ -192,8 +192,9 @@ def write(ds: AnnotationSet, *, options: WriteOptions = WriteOptions()) -> str:
         for i, (rid, d) in enumerate(regions):
             src = by_id.get(rid)
             raw = src.extra.get("csv_raw_cells") if src is not None else None
+            here = f"{where}: region {rid if rid is not None else i}"
             lines.append(",".join([prefix, str(len(regions)), _plain(rid if rid is not None else str(i)),
-                                   _cell(d["shape_attributes"], raw, "region_shape_attributes"),
-                                   _cell(d["region_attributes"], raw, "region_attributes")]))
+                                   _cell(d["shape_attributes"], raw, "region_shape_attributes", where=here),
+                                   _cell(d["region_attributes"], raw, "region_attributes", where=here)]))
     newline = meta.get("csv_newline", "\n")
     return newline.join(lines) + (newline if meta.get("csv_final_newline") else "")

@@ -210,7 +210,7 @@ def test_rle_written_by_our_writer_reads_with_pycocotools_to_the_same_mask(compr
     ("O", "compressed RLE decodes to a negative run length"),  # "O" (0x1f + 48): -1
     ([1, -1, 6], "RLE 'counts' must be non-negative integers"),
     ([1, True, 4], "RLE 'counts' must be non-negative integers"),
-    ({"a": 1}, "RLE 'counts' must be a list or a string, got dict"),
+    ({"a": 1}, "RLE 'counts' must be a list or a string, got object"),
 ])
 def test_damaged_rle_counts_are_refused_with_the_annotation_named(counts, message):
     with pytest.raises(AnnotationError, match="^" + re.escape("img 'a.jpg': annotation 3: " + message)):

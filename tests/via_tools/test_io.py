@@ -62,7 +62,7 @@ def test_detect_format(doc, fmt):
     ("doc", "message"),
     [
         ([1, 2], "not a list of Label Studio tasks"),
-        (3, "a JSON int is no annotation format"),
+        (3, "a JSON number is no annotation format"),
         ({"name": "x", "version": 2}, "not a recognised annotation file (top-level keys: name, version)"),
         ("hello", "neither JSON nor a VIA CSV export"),
         ('{"a": ', "line 1 column 7: not valid JSON"),

@@ -53,8 +53,8 @@ def test_bare_undefined_cells_are_read_counted_and_written_back():
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ('a.jpg,1,"{}",1,0,"{""name"":""rect""","{}"', "row 2: image 'a.jpg': region 0: region_shape_attributes is not valid JSON"),
-        ('a.jpg,1,"{}",1,0,"{}","{""a"":nope}"', "row 2: image 'a.jpg': region 0: region_attributes is not valid JSON"),
+        ('a.jpg,1,"{}",1,0,"{""name"":""rect""","{}"', "row 2: image 'a.jpg': region 0: region_shape_attributes: line 1 column 15: not valid JSON"),
+        ('a.jpg,1,"{}",1,0,"{}","{""a"":nope}"', "row 2: image 'a.jpg': region 0: region_attributes: line 1 column 6: not valid JSON"),
         ('a.jpg,1,"[]",1,0,"{}","{}"', "row 2: image 'a.jpg': file_attributes must be a JSON object"),
         ('a.jpg,1,"{}",x,0,"{}","{}"', "row 2: image 'a.jpg': region_count 'x' is not a number"),
         ('a.jpg,1,"{}",1,0,"{}"', "row 2: 6 columns, expected 7"),
