@@ -217,6 +217,13 @@ def _drop_unapplied(stack: list[str], current: str | None) -> None:
         del stack[last + 1:]
 
 
+def _annotation_key(annotation_id: Any) -> str:
+    text = str(annotation_id).strip()
+    if isinstance(annotation_id, bool) or not text.isdigit() or int(text) < 1:
+        raise RegistryError(f"annotation id {annotation_id!r} is not a positive integer")
+    return str(int(text))
+
+
 def _empty_history() -> dict[str, Any]:
     return {"stack": [], "events": []}
 
@@ -394,6 +401,37 @@ class _LocalStore:
 
     def pointer_name(self) -> str:
         return str(self.pointer_path)
+
+    # small JSON documents beside the versions (live acceptance), written under the writers' lock
+    def put_doc(self, parts: tuple[str, ...], data: dict[str, Any]) -> None:
+        path = self.root.joinpath(*parts)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, default=str), fsync=True)
+
+    def get_doc(self, parts: tuple[str, ...]) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.root.joinpath(*parts).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            _warn_once(str(self.root.joinpath(*parts)), f"model registry: {self.root.joinpath(*parts)} is damaged ({e})")
+            return None
+        return data if isinstance(data, dict) else None
+
+    def list_docs(self, parts: tuple[str, ...]) -> list[dict[str, Any]]:
+        folder = self.root.joinpath(*parts)
+        if not folder.is_dir():
+            return []
+        names = sorted(p.name for p in folder.iterdir() if p.suffix == ".json" and not _is_temp_name(p.name))
+        return [d for d in (self.get_doc((*parts, n)) for n in names) if d is not None]
+
+    def delete_doc(self, parts: tuple[str, ...]) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.root.joinpath(*parts).unlink()
+
+    def docs_lock(self):
+        return self.locked()
 
 
 _POINTER_RE = re.compile(r"^(\d{12})\.json$")
@@ -646,6 +684,41 @@ class _S3Store:
     def pointer_name(self) -> str:
         return self.uri(self._pointer_prefix())
 
+    # small JSON documents beside the versions (live acceptance); S3 has no lock (see record_acceptance)
+    def put_doc(self, parts: tuple[str, ...], data: dict[str, Any]) -> None:
+        from shoeseg.s3 import client_errors
+
+        key = self.key(*parts)
+        try:
+            self._client().put_object(Bucket=self.bucket, Key=key, Body=json.dumps(data, default=str).encode(),
+                                      ContentType="application/json")
+        except client_errors() as e:
+            raise self._fail(e, key, "write") from e
+
+    def get_doc(self, parts: tuple[str, ...]) -> dict[str, Any] | None:
+        try:
+            return self._get_json(self.key(*parts), what="a live acceptance record")
+        except RegistryError as e:
+            _warn_once(self.key(*parts), str(e))
+            return None
+
+    def list_docs(self, parts: tuple[str, ...]) -> list[dict[str, Any]]:
+        keys, _ = self._list(self.key(*parts) + "/")
+        names = sorted(k.rsplit("/", 1)[1] for k in keys if k.endswith(".json"))
+        return [d for d in (self.get_doc((*parts, n)) for n in names) if d is not None]
+
+    def delete_doc(self, parts: tuple[str, ...]) -> None:
+        from shoeseg.s3 import client_errors
+
+        key = self.key(*parts)
+        try:
+            self._client().delete_object(Bucket=self.bucket, Key=key)
+        except client_errors() as e:
+            raise self._fail(e, key, "delete") from e
+
+    def docs_lock(self):
+        return contextlib.nullcontext(True)
+
 
 def _warn_once(where: str, message: str) -> None:
     key = (where, message)
@@ -859,6 +932,69 @@ class ModelRegistry:
         self._store.update(change, "promote")
         log.info("promoted model version %s in %s", version, self.root)
         return self._described(version)
+
+    # -- live acceptance (shoeseg.acceptance) ------------------------------------------------------
+    #
+    # <root>/acceptance/<version>/annotations/<annotation id>.json   one record per annotation
+    # <root>/acceptance/<version>/summary.json                       their sum (shoeseg.acceptance.summarize)
+    # <root>/acceptance/.index/<annotation id>.json                  {"version": the version it is recorded under}
+
+    def record_acceptance(self, version: str, annotation_id: int, record: dict[str, Any]) -> dict[str, Any]:
+        """Records what an annotation did to ``version``'s pre-label, replacing the annotation's earlier record
+        (under any version), and returns the version's new live acceptance (:func:`shoeseg.acceptance.summarize`).
+
+        Records are kept beside the versions, so they outlive the services and Redis. A local registry writes
+        them under its writers' lock, so the summary is exact; on S3 two writers at the same instant may leave
+        the summary one record behind until the next record (each record itself is never lost or doubled).
+
+        Raises:
+            RegistryError: the version is not registered, or the annotation id is not a positive integer.
+        """
+        if not self.has_version(version):
+            raise RegistryError(f"version {version!r} is not in the registry at {self.root}")
+        annotation = _annotation_key(annotation_id)
+        with self._store.docs_lock():
+            index = self._store.get_doc(("acceptance", ".index", f"{annotation}.json")) or {}
+            before = index.get("version")
+            if isinstance(before, str) and before != version and _valid_version_id(before):
+                self._store.delete_doc(("acceptance", before, "annotations", f"{annotation}.json"))
+                self._write_acceptance_summary(before)
+            self._store.put_doc(("acceptance", version, "annotations", f"{annotation}.json"),
+                                {**record, "annotation": int(annotation), "version": version})
+            self._store.put_doc(("acceptance", ".index", f"{annotation}.json"), {"version": version})
+            return self._write_acceptance_summary(version)
+
+    def forget_acceptance(self, annotation_id: int) -> str | None:
+        """Removes an annotation's record (a deleted or cancelled annotation); returns the version it was under."""
+        annotation = _annotation_key(annotation_id)
+        with self._store.docs_lock():
+            before = (self._store.get_doc(("acceptance", ".index", f"{annotation}.json")) or {}).get("version")
+            if not isinstance(before, str) or not _valid_version_id(before):
+                return None
+            self._store.delete_doc(("acceptance", before, "annotations", f"{annotation}.json"))
+            self._store.delete_doc(("acceptance", ".index", f"{annotation}.json"))
+            self._write_acceptance_summary(before)
+            return before
+
+    def _write_acceptance_summary(self, version: str) -> dict[str, Any]:
+        from shoeseg.acceptance import summarize
+
+        summary = summarize(self._store.list_docs(("acceptance", version, "annotations")))
+        self._store.put_doc(("acceptance", version, "summary.json"), summary)
+        return summary
+
+    def acceptance(self, version: str) -> dict[str, Any] | None:
+        """A version's live acceptance as last summed (one small read), or None before its first annotation."""
+        if not _valid_version_id(version):
+            return None
+        summary = self._store.get_doc(("acceptance", version, "summary.json"))
+        return summary if summary and summary.get("annotations") else None
+
+    def acceptance_records(self, version: str) -> list[dict[str, Any]]:
+        """A version's acceptance records, one per annotation (for checks and exports)."""
+        if not _valid_version_id(version):
+            return []
+        return self._store.list_docs(("acceptance", version, "annotations"))
 
     def rollback(self) -> ModelVersion:
         """Returns to the version promoted before the current one (else the current one's parent).
