@@ -25,9 +25,18 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from via_tools.errors import AnnotationError, json_type
+from via_tools.errors import AnnotationError, json_text, json_type
 from via_tools.images import ImageReadError, image_size_wh
-from via_tools.model import DEFAULT_LABEL, AnnotationSet, ImageRecord, Region, as_polygon, is_finite_number
+from via_tools.model import (
+    DEFAULT_LABEL,
+    AnnotationSet,
+    ImageRecord,
+    Region,
+    as_points,
+    as_polygon,
+    check_points,
+    is_finite_number,
+)
 from via_tools.options import ReadOptions, WriteOptions
 from via_tools.report import Report
 from via_tools.shapes import sanitize_many
@@ -61,8 +70,14 @@ def ls_points_to_polygon(points_pct: Any, width_px: int, height_px: int, *, wher
         >>> ls_points_to_polygon([[0, 0], [25, 0], [25, 25]], 200, 100).tolist()
         [[0.0, 0.0], [50.0, 0.0], [50.0, 25.0]]
     """
-    pts = as_polygon(points_pct, where=where)
-    return pts * (width_px / 100.0, height_px / 100.0)
+    return _to_pixels(as_polygon(points_pct, where=where), width_px, height_px, where=where, what="polygon")
+
+
+def _to_pixels(pct: np.ndarray, width_px: int, height_px: int, *, where: str, what: str) -> np.ndarray:
+    """Percent points to pixels, checked again after scaling (huge percentages overflow there)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        pts = pct * (width_px / 100.0, height_px / 100.0)
+    return check_points(pts, where=where, what=what)
 
 
 def labeling_config(labels: list[str] | tuple[str, ...], *, from_name: str = "label", to_name: str = "image") -> str:
@@ -202,12 +217,14 @@ def _size(result: dict, *, where: str) -> tuple[int, int]:
     w, h = result.get("original_width"), result.get("original_height")
     if not (is_finite_number(w) and is_finite_number(h) and w > 0 and h > 0):
         raise AnnotationError(
-            f"{where}: result needs original_width and original_height in pixels, got {w!r} x {h!r}"
+            f"{where}: result needs original_width and original_height in pixels, got {json_text(w)} x {json_text(h)}"
         )
     return int(round(w)), int(round(h))
 
 
-def ls_result_to_region(result: dict[str, Any], *, where: str = "", default_label: str = DEFAULT_LABEL) -> Region:
+def ls_result_to_region(
+    result: dict[str, Any], *, where: str = "", default_label: str = DEFAULT_LABEL, index: int | None = None,
+) -> Region:
     """A region from one Label Studio result (``polygonlabels``, ``polygon``, ``rectanglelabels``, ``rectangle``).
 
     Points become pixels with the result's ``original_width`` / ``original_height``. An open polygon
@@ -218,6 +235,7 @@ def ls_result_to_region(result: dict[str, Any], *, where: str = "", default_labe
         result: the result dict.
         where: names the file, task and result for error messages.
         default_label: the label of a result that has none (``polygon`` / ``rectangle`` types).
+        index: the result's place in its ``result`` array, naming a result without an ``id``.
 
     Raises:
         AnnotationError: unsupported type, missing size, bad points.
@@ -232,49 +250,53 @@ def ls_result_to_region(result: dict[str, Any], *, where: str = "", default_labe
         raise AnnotationError(f"{where}: a result must be an object, got {json_type(result)}")
     rtype = result.get("type")
     rid = result.get("id")
-    where = f"{where}: result {rid}" if rid is not None else where
+    if rid is not None:
+        where = f"{where}: result {rid}"
+    elif index is not None:
+        where = f"{where}: result #{index}"
     if rtype not in REGION_TYPES:
-        raise AnnotationError(f"{where}: result type {rtype!r} is not a polygon or rectangle")
+        raise AnnotationError(f"{where}: result type {json_text(rtype)} is not a polygon or rectangle")
     value = result.get("value")
     if not isinstance(value, dict):
         raise AnnotationError(f"{where}: result has no 'value' object")
     w, h = _size(result, where=where)
     labels = value.get(rtype) if rtype.endswith("labels") else None
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
-        raise AnnotationError(f"{where}: '{rtype}' must be a list of label names, got {labels!r}")
+        raise AnnotationError(f"{where}: '{rtype}' must be an array of label names, got {json_text(labels)}")
     label = labels[0] if labels else default_label
     attributes: dict[str, Any] = {}
     if labels and len(labels) > 1:
         attributes["ls_labels"] = list(labels)
     score = result.get("score")
     if score is not None and not (is_finite_number(score) and 0 <= score <= 1):
-        raise AnnotationError(f"{where}: score must be a number in [0, 1], got {score!r}")
+        raise AnnotationError(f"{where}: score must be a number in [0, 1], got {json_text(score)}")
     extra = {k: result[k] for k in ("from_name", "to_name") if k in result}
     rid_s = None if rid is None else str(rid)
     if rtype.startswith("polygon"):
         pts = value.get("points")
         if value.get("closed", True) is False:
-            arr = np.asarray(pts if isinstance(pts, list) else [], dtype=np.float64).reshape(-1, 2) * (w / 100.0, h / 100.0)
+            arr = _to_pixels(as_points(pts, where=where, what="open polygon", minimum=2), w, h, where=where,
+                             what="open polygon")
             shape = {"name": "polyline", "all_points_x": arr[:, 0].tolist(), "all_points_y": arr[:, 1].tolist()}
             return Region(label=label, shape=shape, attributes=attributes, score=score, region_id=rid_s, extra=extra)
         poly = ls_points_to_polygon(pts, w, h, where=where)
         return Region(label=label, polygons=(poly,), attributes=attributes, score=score, region_id=rid_s, extra=extra)
     nums = [value.get(k) for k in ("x", "y", "width", "height")]
     if not all(is_finite_number(v) for v in nums) or nums[2] <= 0 or nums[3] <= 0:
-        raise AnnotationError(f"{where}: rectangle needs numeric x, y and positive width, height; got {nums!r}")
-    x, y, rw, rh = nums[0] * w / 100.0, nums[1] * h / 100.0, nums[2] * w / 100.0, nums[3] * h / 100.0
-    corners = np.array([[0, 0], [rw, 0], [rw, rh], [0, rh]], dtype=np.float64)
+        raise AnnotationError(f"{where}: rectangle needs numeric x, y and positive width, height; got {json_text(nums)}")
     rotation = value.get("rotation") or 0
     if not is_finite_number(rotation):
-        raise AnnotationError(f"{where}: rotation must be a number, got {rotation!r}")
-    if rotation:
-        t = math.radians(rotation)
-        c, s = math.cos(t), math.sin(t)
-        corners = corners @ np.array([[c, s], [-s, c]])
-        shape = None
-    else:
-        shape = {"name": "rect", "x": x, "y": y, "width": rw, "height": rh}
-    return Region(label=label, polygons=(corners + (x, y),), shape=shape, attributes=attributes, score=score,
+        raise AnnotationError(f"{where}: rotation must be a number, got {json_text(rotation)}")
+    x, y, rw, rh = nums[0] * w / 100.0, nums[1] * h / 100.0, nums[2] * w / 100.0, nums[3] * h / 100.0
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow here and are refused below
+        corners = np.array([[0, 0], [rw, 0], [rw, rh], [0, rh]], dtype=np.float64)
+        if rotation:
+            t = math.radians(rotation)
+            c, s = math.cos(t), math.sin(t)
+            corners = corners @ np.array([[c, s], [-s, c]])
+        corners = check_points(corners + (x, y), where=where, what="rectangle")
+    shape = None if rotation else {"name": "rect", "x": x, "y": y, "width": rw, "height": rh}
+    return Region(label=label, polygons=(corners,), shape=shape, attributes=attributes, score=score,
                   region_id=rid_s, extra=extra)
 
 
@@ -343,9 +365,10 @@ def task_to_image(
         results = [] if results is None else results
         if not isinstance(results, list):
             raise AnnotationError(f"{where}: {kind} {chosen.get('id')}: 'result' must be a list")
-        for res in results:
+        for j, res in enumerate(results):
             if isinstance(res, dict) and res.get("type") in REGION_TYPES:
-                reg = ls_result_to_region(res, where=f"{where}: {kind} {chosen.get('id')}", default_label=default_label)
+                reg = ls_result_to_region(res, where=f"{where}: {kind} {json_text(chosen.get('id'))}",
+                                          default_label=default_label, index=j)
                 if kind == "prediction" and reg.score is None and is_finite_number(chosen.get("score")) \
                         and 0 <= chosen["score"] <= 1:
                     reg.score = float(chosen["score"])
@@ -406,7 +429,8 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
                     raise AnnotationError(f"{where}: {e}") from e
         images.append(img)
         for j, r in enumerate(img.regions):
-            pending.append((r, (polys[j], img.width_px, img.height_px, f"{where}: image {img.file_name!r}: result {r.region_id}")))
+            pending.append((r, (polys[j], img.width_px, img.height_px, f"{where}: image {img.file_name!r}: result "
+                                                                   f"{r.region_id if r.region_id is not None else '#' + str(j)}")))
     fixed = sanitize_many([p for _, p in pending], report=report)
     for (r, _), parts in zip(pending, fixed, strict=True):
         r.polygons = parts

@@ -252,7 +252,7 @@ BAD = [
     ("bad labels", [{"id": 4, "data": {"image": "a.jpg"}, "annotations": [{"id": 1, "result": [
         {"id": "r", "type": "polygonlabels", "original_width": 10, "original_height": 10,
          "value": {"points": [[0, 0], [1, 0], [1, 1]], "polygonlabels": "shoe"}}]}]}],
-     "result r: 'polygonlabels' must be a list"),
+     "result r: 'polygonlabels' must be an array"),
     ("result not a list", [{"id": 4, "data": {"image": "a.jpg"}, "annotations": [{"id": 1, "result": {}}]}],
      "task 4: annotation 1: 'result' must be a list"),
 ]
