@@ -16,11 +16,14 @@ class ReadOptions:
         label_attr: the region attribute holding the label (VIA ``region_attributes[label_attr]``).
         default_label: the label of a region that has none (the balloon set has none).
         images_dir: when given, every image must exist there; missing sizes are read from the files.
+        allow_outside: YOLO: let a data.yaml's ``path`` / ``train`` / ``val`` / ``test`` name folders outside
+            the dataset's folder (an absolute path, ``..``); refused by default, logged and counted when allowed.
     """
 
     label_attr: str = "label"
     default_label: str = DEFAULT_LABEL
     images_dir: Path | None = None
+    allow_outside: bool = False
 
 
 @dataclass(frozen=True)

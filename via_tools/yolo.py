@@ -69,6 +69,7 @@ import errno
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
@@ -103,6 +104,8 @@ IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".t
 IMAGE_MODES = ("none", "copy", "link")
 
 _YAML_KEYS = ("path", "train", "val", "test", "nc", "names")
+#: Most images read from one dataset.
+MAX_IMAGES = 1_000_000
 
 
 class LabelLine(NamedTuple):
@@ -175,29 +178,29 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ label lines
+#: A number as YOLO label files write it: ASCII decimal, optional sign, fraction and exponent.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_CLASS_ID = re.compile(r"[0-9]+")
+
+
 def _number_error(tokens: list[str], *, where: str, first: int) -> AnnotationError:
     for k, tok in enumerate(tokens):
-        try:
-            v = float(tok)
-        except ValueError:
-            return AnnotationError(f"{where}: token {first + k} ({tok[:20]!r}) is not a number")
-        if not math.isfinite(v):
+        if tok.lstrip("+-").lower() in ("nan", "inf", "infinity"):
             return AnnotationError(f"{where}: token {first + k} ({tok[:20]!r}) is not a finite number")
-    return AnnotationError(f"{where}: coordinates are not numbers")  # pragma: no cover - numpy and float agree
+        if not _NUMBER.fullmatch(tok):
+            return AnnotationError(f"{where}: token {first + k} ({tok[:20]!r}) is not a number (ASCII decimal)")
+        if not math.isfinite(float(tok)):
+            return AnnotationError(f"{where}: token {first + k} ({tok[:20]!r}) is too large for a 64-bit float")
+    return AnnotationError(f"{where}: coordinates are not numbers")  # pragma: no cover - the regex and float agree
 
 
 def _class_id(tok: str, *, where: str, n_classes: int | None) -> int:
-    try:
-        cid = int(tok)
-    except ValueError:
-        try:
-            v = float(tok)
-        except ValueError:
-            v = math.nan
-        if not (math.isfinite(v) and v.is_integer()):
-            raise AnnotationError(f"{where}: class id {tok[:20]!r} is not a whole number") from None
-        cid = int(v)
-    if cid < 0 or (n_classes is not None and cid >= n_classes):
+    if not _CLASS_ID.fullmatch(tok):
+        if tok.startswith("-") and _CLASS_ID.fullmatch(tok[1:]):
+            raise AnnotationError(f"{where}: class id {tok} is outside names (ids start at 0)")
+        raise AnnotationError(f"{where}: class id {tok[:20]!r} is not a whole number (ASCII digits)")
+    cid = int(tok)
+    if n_classes is not None and cid >= n_classes:
         known = f"{n_classes} class(es): ids 0-{n_classes - 1}" if n_classes else "no class names"
         raise AnnotationError(f"{where}: class id {cid} is outside names ({known})")
     return cid
@@ -240,10 +243,9 @@ def parse_label_text(
             raise AnnotationError(f"{where}: class id {cid} without coordinates")
         if len(coords) % 2:
             raise AnnotationError(f"{where}: odd number of coordinates ({len(coords)}): x y pairs are needed")
-        try:
-            values = np.array(coords, dtype=np.float64)
-        except ValueError:
-            raise _number_error(coords, where=where, first=2) from None
+        if not all(_NUMBER.fullmatch(t) for t in coords):
+            raise _number_error(coords, where=where, first=2)
+        values = np.array(coords, dtype=np.float64)
         if not np.isfinite(values).all():
             raise _number_error(coords, where=where, first=2)
         is_box = len(coords) == 4
@@ -298,7 +300,7 @@ def _names_from(value: Any, *, where: str) -> tuple[list[str], str]:
             raise AnnotationError(f"{where}: names must be a list of strings")
         names, style = [str(v) for v in value], "list"
     else:
-        raise AnnotationError(f"{where}: names must be a list or a mapping id -> name, got {type(value).__name__}")
+        raise AnnotationError(f"{where}: names must be a list or a mapping id -> name, got {_yaml_type(value)}")
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -307,13 +309,32 @@ def _names_from(value: Any, *, where: str) -> tuple[list[str], str]:
     return names, style
 
 
-def _split_folders(cfg: dict[str, Any], *, yaml_path: Path) -> list[tuple[str, Path]]:
+def _inside(folder: Path, home: Path) -> bool:
+    """True when ``folder`` is ``home`` or under it, by the path's text (``..`` and absolute paths; links are not followed)."""
+    f, h = os.path.normpath(os.path.abspath(folder)), os.path.normpath(os.path.abspath(home))
+    return f == h or f.startswith(h.rstrip(os.sep) + os.sep)
+
+
+def _check_inside(folder: Path, *, key: str, value: str, yaml_path: Path, allow: bool, report: Report) -> None:
+    if _inside(folder, yaml_path.parent):
+        return
+    if not allow:
+        raise AnnotationError(f"{yaml_path}: {key}: {value!r} leaves the dataset's folder {yaml_path.parent} "
+                              "(refused; allow it with --allow-outside)")
+    log.warning("%s: %s: %r is outside the dataset's folder (allowed)", yaml_path, key, value)
+    report.warn("data.yaml folders outside the dataset's folder (allowed)", f"{yaml_path}: {key}: {value!r}")
+
+
+def _split_folders(cfg: dict[str, Any], *, yaml_path: Path, allow_outside: bool = False,
+                   report: Report | None = None) -> list[tuple[str, Path]]:
+    report = report if report is not None else Report(source=str(yaml_path))
     root_value = cfg.get("path")
     root = yaml_path.parent
     if root_value not in (None, ""):
         if not isinstance(root_value, str):
             raise AnnotationError(f"{yaml_path}: 'path' must be a folder, got {root_value!r}")
         root = root / root_value
+        _check_inside(root, key="path", value=root_value, yaml_path=yaml_path, allow=allow_outside, report=report)
         if not root.is_dir():
             raise AnnotationError(f"{yaml_path}: path {root_value!r}: folder {root} does not exist")
     folders: list[tuple[str, Path]] = []
@@ -331,6 +352,7 @@ def _split_folders(cfg: dict[str, Any], *, yaml_path: Path) -> list[tuple[str, P
             if folder.is_file():
                 raise AnnotationError(f"{yaml_path}: {split}: {entry!r} is a file; only images folders are supported "
                                       "(lists of image paths in a .txt file are not)")
+            _check_inside(folder, key=split, value=entry, yaml_path=yaml_path, allow=allow_outside, report=report)
             if not folder.is_dir():
                 raise AnnotationError(f"{yaml_path}: {split}: images folder {folder} does not exist")
             folders.append((split, folder))
@@ -339,11 +361,39 @@ def _split_folders(cfg: dict[str, Any], *, yaml_path: Path) -> list[tuple[str, P
     return folders
 
 
+#: Largest data.yaml read, in bytes.
+MAX_YAML_BYTES = 2**20
+#: Deepest nesting of a data.yaml's mappings and lists.
+MAX_YAML_DEPTH = 32
+
+
+def _yaml_depth(value: Any) -> int:
+    """Nesting depth of loaded YAML (shared nodes, YAML's aliases, walked once)."""
+    deepest, stack, seen = 0, [(value, 1)], set()
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list) and id(v) not in seen:
+            seen.add(id(v))
+            deepest = max(deepest, d)
+            if deepest > MAX_YAML_DEPTH:
+                break
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     yaml = _yaml()
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read the dataset file ({e.strerror or e})") from e
+    if size > MAX_YAML_BYTES:
+        raise AnnotationError(f"{path}: {size} bytes, larger than the limit of {MAX_YAML_BYTES} for a data.yaml")
     text = _read_text(path, what="the dataset file")
     try:
         cfg = yaml.safe_load(text)
+    except RecursionError:
+        raise AnnotationError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels (the limit)") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         at = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
@@ -351,8 +401,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise AnnotationError(f"{path}: not valid YAML ({e})") from e
     if not isinstance(cfg, dict):
-        raise AnnotationError(f"{path}: a data.yaml is a mapping (names, train, val...), got {type(cfg).__name__}")
+        raise AnnotationError(f"{path}: a data.yaml is a mapping (names, train, val...), got {_yaml_type(cfg)}")
+    if _yaml_depth(cfg) > MAX_YAML_DEPTH:
+        raise AnnotationError(f"{path}: nested deeper than {MAX_YAML_DEPTH} levels (the limit)")
     return cfg
+
+
+def _yaml_type(value: Any) -> str:
+    """The YAML name of a loaded value's type, for messages."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a " + type(value).__name__
 
 
 # ------------------------------------------------------------------------------------------ read
@@ -369,7 +438,7 @@ def read(
     Args:
         doc: the path of the data.yaml or of the dataset folder.
         source: names the dataset in messages (``doc`` by default); files are named by their own paths.
-        options: unused (images are found from the yaml; kept for the common reader signature).
+        options: ``allow_outside``: let the yaml name folders outside the dataset's folder (refused by default).
         report: receives counted fixes (clipped points, box lines, repaired polygons, orphan label files).
         names: the class names of a bare folder (a list, or a mapping id -> name); refused with a yaml,
             whose ``names`` are used.
@@ -385,10 +454,10 @@ def read(
         ['shoe', 'boot']
     """
     with gc_paused():
-        return _read(Path(doc), source=source, report=report, names=names)
+        return _read(Path(doc), source=source, report=report, names=names, allow_outside=options.allow_outside)
 
 
-def _read(p: Path, *, source: str | None, report: Report | None, names: Any) -> AnnotationSet:
+def _read(p: Path, *, source: str | None, report: Report | None, names: Any, allow_outside: bool) -> AnnotationSet:
     source = source or str(p)
     report = report if report is not None else Report(source=source)
     meta: dict[str, Any] = {}
@@ -405,7 +474,7 @@ def _read(p: Path, *, source: str | None, report: Report | None, names: Any) -> 
         nc = cfg.get("nc")
         if nc is not None and (isinstance(nc, bool) or not isinstance(nc, int) or nc != len(labels)):
             raise AnnotationError(f"{yaml_path}: nc is {nc!r} but names lists {len(labels)} class(es)")
-        folders = _split_folders(cfg, yaml_path=yaml_path)
+        folders = _split_folders(cfg, yaml_path=yaml_path, allow_outside=allow_outside, report=report)
         meta.update(yolo_names_style=style, yolo_nc="nc" in cfg,
                     yolo_yaml={k: v for k, v in cfg.items() if k not in _YAML_KEYS})
         n_classes: int | None = len(labels)
@@ -435,7 +504,12 @@ def _read(p: Path, *, source: str | None, report: Report | None, names: Any) -> 
         ld = label_path(folder / "x.jpg").parent
         if ld != folder:
             label_dirs.setdefault(os.path.abspath(ld), ld)
-        for img_path in _image_files(folder):
+        found = _image_files(folder)
+        if split and not found:
+            report.warn("split folders without images", f"{source}: {split}: {folder}")
+        if len(records) + len(found) > MAX_IMAGES:
+            raise AnnotationError(f"{source}: more than the limit of {MAX_IMAGES} images in one dataset")
+        for img_path in found:
             rel = img_path.relative_to(folder).as_posix()
             if split == "" and PurePosixPath(rel).parts[0] in SPLITS and len(PurePosixPath(rel).parts) > 1:
                 continue  # a bare folder's images/train/...: read with its split
@@ -487,6 +561,7 @@ def _read(p: Path, *, source: str | None, report: Report | None, names: Any) -> 
                     orphans.setdefault(os.path.abspath(full), full)
     for full in sorted(orphans.values()):
         report.warn("label files without an image (ignored)", full)
+    meta["yolo_label_files_without_image"] = len(orphans)
 
     if n_classes is None:  # a bare folder without names: the ids are the names
         top = max((ln.class_id for _, ln, _ in pending), default=-1)

@@ -20,6 +20,7 @@ from via_tools import coco, yolo
 from via_tools.errors import AnnotationError
 from via_tools.io import load, save
 from via_tools.model import AnnotationSet, ImageRecord, Region, as_polygon, polygons_close
+from via_tools.options import ReadOptions
 from via_tools.report import Report
 
 TRI = "0 0.1 0.1 0.5 0.1 0.5 0.6"
@@ -124,7 +125,11 @@ def test_read_names_mapping_and_path_key(tmp_path):
         "ds/images/more/b.png": (20, 20), "ds/labels/more/b.txt": SQUARE,
         "ds/images/test/c.png": (20, 20),
     })
-    ds = load(tmp_path / "cfg" / "data.yaml")
+    with pytest.raises(AnnotationError, match=r"data\.yaml: path: '\.\./ds' leaves the dataset's folder .*cfg \(refused"):
+        load(tmp_path / "cfg" / "data.yaml")
+    report = Report()
+    ds = load(tmp_path / "cfg" / "data.yaml", options=ReadOptions(allow_outside=True), report=report)
+    assert report.counts["data.yaml folders outside the dataset's folder (allowed)"] == 4  # path and its 3 folders
     assert ds.labels == ["shoe", "boot"] and ds.meta["yolo_names_style"] == "dict" and not ds.meta["yolo_nc"]
     assert [(i.file_name, i.extra["split"]) for i in ds] == [("a.png", "train"), ("b.png", "train"), ("c.png", "test")]
     files = yolo.write(ds)
@@ -381,7 +386,7 @@ def test_bad_label_lines_name_the_file_and_line(tmp_path, text, message):
         ("train: images\nnames: {0: shoe, 2: boot}\n", "names: ids must be 0..1, got [0, 2]"),
         ("train: images\nnames: {a: shoe}\n", "names: key 'a' is not a class id"),
         ("train: images\nnames: [shoe, shoe]\n", "names: 'shoe' appears twice"),
-        ("train: images\nnames: shoe\n", "names must be a list or a mapping id -> name, got str"),
+        ("train: images\nnames: shoe\n", "names must be a list or a mapping id -> name, got a string"),
         ("train: images\nnames: [shoe\n", "line 3 column 1: not valid YAML"),
         ("- train\n", "a data.yaml is a mapping"),
         ("names: [shoe]\n", "has no images folder (train, val or test)"),
