@@ -260,3 +260,36 @@ def save(ds: AnnotationSet, path: str | Path, *, fmt: str, options: WriteOptions
         doc = _format_module(fmt).write(ds, options=options)
         text = doc if isinstance(doc, str) else dump_json(doc, where=str(p))
     return atomic_write_text(p, text, fsync=True)
+
+
+def written_count(ds: AnnotationSet, fmt: str) -> tuple[int, str]:
+    """How many records the writer of ``fmt`` writes for ``ds``, and what the format calls them.
+
+    A multi-part region is one COCO annotation, but one VIA region (grouped by
+    :data:`via_tools.via_common.GROUP_ATTR`), Label Studio result or YOLO line per part; regions without
+    area are left out of COCO and YOLO.
+
+    Example:
+        >>> from via_tools.model import ImageRecord, Region, as_polygon
+        >>> sq = as_polygon([(0, 0), (4, 0), (4, 4)])
+        >>> ds = AnnotationSet([ImageRecord("a.jpg", 8, 8, regions=[Region("shoe", (sq, sq + 4))])])
+        >>> written_count(ds, "via2"), written_count(ds, "coco")
+        ((2, 'VIA regions'), (1, 'annotations'))
+    """
+    regions = [(img, r) for img in ds.images for r in img.regions]
+    if fmt in ("via1", "via2", "csv"):
+        from via_tools.via_common import shape_for_write
+
+        return sum(len(shape_for_write(r)) for _, r in regions), "VIA regions"
+    if fmt == "via3":
+        from via_tools.via3 import xy_for_write
+
+        return sum(len(xy_for_write(r)) for _, r in regions), "VIA 3 metadata entries"
+    if fmt == "ls":
+        from via_tools.labelstudio import region_to_ls_results
+
+        return sum(len(region_to_ls_results(r, img.width_px or 100, img.height_px or 100)) for img, r in regions), \
+            "Label Studio results"
+    if fmt == "yolo":
+        return sum(len(r.polygons) for _, r in regions), "label lines"
+    return ds.count_instances(), "annotations"

@@ -40,7 +40,7 @@ from via_tools.model import AnnotationSet, ImageRecord, Region
 from via_tools.options import ReadOptions, WriteOptions
 from via_tools.report import Report
 from via_tools.shapes import polygon_to_shape, shape_to_polygons
-from via_tools.via_common import PendingRegions
+from via_tools.via_common import GROUP_ATTR, PendingRegions
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,8 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
         polygons = shape_to_polygons(shape, where=where) if shape is not None else ()
         pending.add(image, {"label": label, "shape": shape, "attributes": av, "region_id": mid, "extra": extra},
                     polygons, where, shape is not None and shape["name"] == "polygon")
-    pending.build(report)
+    group_ids = [aid for aid, a in defs.items() if a.get("aname") == GROUP_ATTR]
+    pending.build(report, group_key=group_ids[0] if group_ids else None)
 
     meta: dict[str, Any] = {"via3_keys": list(doc)}
     meta.update({f"via3_{k}": v for k, v in doc.items() if k not in ("file", "view", "metadata")})
@@ -284,6 +285,17 @@ class _Attributes:
         return {self.id_of(self.label_attr): region.label, **av}
 
 
+def _text_attribute_id(defs: dict[str, dict], name: str) -> str:
+    """The id of the attribute named ``name``, added to ``defs`` as a text attribute when there is none."""
+    for aid, a in defs.items():
+        if a.get("aname") == name:
+            return aid
+    aid = str(max((int(k) for k in defs if k.isdigit()), default=0) + 1)
+    defs[aid] = {"aname": name, "anchor_id": "FILE1_Z0_XY1", "type": TEXT, "desc": "", "options": {},
+                 "default_option_id": ""}
+    return aid
+
+
 def _av_for_write(region: Region, defs: dict[str, dict], label_attr: str) -> dict[str, Any]:
     av = region.attributes if isinstance(region.attributes, dict) else {}
     label_ids = [aid for aid, a in defs.items() if a.get("aname") == label_attr]
@@ -307,7 +319,8 @@ def _av_for_write(region: Region, defs: dict[str, dict], label_attr: str) -> dic
     return {**av, aid: region.label}
 
 
-def _xy_for_write(region: Region) -> list[list]:
+def xy_for_write(region: Region) -> list[list]:
+    """The VIA 3 ``xy`` of each metadata entry written for a region (several for a multi-part instance)."""
     m = region.extra.get("via3_metadata")
     shape = region.shape
     if shape is None and not region.polygons:
@@ -324,6 +337,12 @@ def _xy_for_write(region: Region) -> list[list]:
             shape_to_polygons(shape, where="")
             return [shape_to_xy(shape)]
         except (AnnotationError, KeyError, ValueError):
+            pass
+    parts = region.extra.get("via_part_shapes")
+    if shape is None and isinstance(parts, list) and len(parts) == len(region.polygons) > 1:
+        try:
+            return [shape_to_xy(p) for p in parts]
+        except (KeyError, TypeError, ValueError):
             pass
     return [shape_to_xy(polygon_to_shape(p)) for p in region.polygons]
 
@@ -386,7 +405,10 @@ def write(ds: AnnotationSet, *, options: WriteOptions = WriteOptions()) -> dict[
             base = dict(m) if isinstance(m, dict) else {"vid": vid, "flg": 0, "z": [], "xy": [], "av": {}}
             base["vid"] = vid
             base["av"] = _av_for_write(region, defs, options.label_attr) if own else generated.av(region)
-            xys = _xy_for_write(region)
+            xys = xy_for_write(region)
+            if len(xys) > 1:  # the parts of one instance, grouped as VIA 1 / 2 group them
+                gid = _text_attribute_id(defs, GROUP_ATTR) if own else generated.id_of(GROUP_ATTR)
+                base["av"] = {**base["av"], gid: base["av"].get(gid) or region.region_id or f"{vid}_{j}"}
             for k, xy in enumerate(xys):
                 mid = region.region_id if own and len(xys) == 1 and isinstance(region.region_id, str) \
                     else f"{vid}_{j}" + (f"_{k}" if len(xys) > 1 else "")

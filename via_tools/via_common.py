@@ -32,6 +32,12 @@ REGION_KEYS = ("shape_attributes", "region_attributes")
 #: Formats whose image ids are VIA keys (``filename`` + ``size``).
 VIA_KEYED_FORMATS = frozenset({"via1", "via2"})
 
+#: The region attribute that groups the parts of one multi-part instance. VIA has no multi-part shape: an
+#: instance of several polygons (a shoe cut in two by a trouser leg, a COCO segmentation of several
+#: polygons) is written as one VIA region per part, each with this attribute set to the same value (the
+#: instance's id); reading gives back one region with those parts.
+GROUP_ATTR = "shoeseg_instance"
+
 
 def label_of(attributes: Any, label_attr: str) -> str | None:
     """The label held by ``attributes[label_attr]``, or ``None`` when there is none.
@@ -122,8 +128,12 @@ class PendingRegions:
             self.items[i] = (img, kw, (pts[end - n:end],), where, check)
         self.raw = []
 
-    def build(self, report: Report) -> None:
-        """Sanitizes every polygon and appends the regions to their images, in reading order."""
+    def build(self, report: Report, *, group_key: str | None = GROUP_ATTR) -> None:
+        """Sanitizes every polygon and appends the regions to their images, in reading order.
+
+        Regions of one image whose attribute ``group_key`` holds the same value are the parts of one
+        instance (see :data:`GROUP_ATTR`): they become one region, at the first part's place.
+        """
         self._convert_raw()
         fixed = sanitize_many(
             [(p, img.width_px, img.height_px, where) for img, _, p, where, _ in self.items],
@@ -131,6 +141,7 @@ class PendingRegions:
             check_validity=[c for *_, c in self.items],
             keep_degenerate=True,
         )
+        groups: dict[tuple[int, str], tuple[Region, str]] = {}
         for (img, kw, _, where, _), polygons in zip(self.items, fixed, strict=True):
             try:
                 region = Region(**kw)
@@ -138,7 +149,38 @@ class PendingRegions:
                 raise AnnotationError(f"{where}: {e}") from e
             # already checked above: float (N, 2) arrays, N >= 3, finite, with area
             region.polygons = polygons
-            img.regions.append(region)
+            group = _group_value(region.attributes, group_key) if polygons else None
+            if group is None:
+                img.regions.append(region)
+                continue
+            first = groups.get((id(img), group))
+            if first is None:
+                groups[(id(img), group)] = (region, where)
+                img.regions.append(region)
+                continue
+            _merge_part(first[0], region, where=where, first_where=first[1], group=group, group_key=group_key)
+
+
+def _group_value(attributes: Any, group_key: str | None) -> str | None:
+    if group_key is None or not isinstance(attributes, dict):
+        return None
+    v = attributes.get(group_key)
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        v = str(v)
+    return v if isinstance(v, str) and v else None
+
+
+def _merge_part(first: Region, part: Region, *, where: str, first_where: str, group: str, group_key: str) -> None:
+    """Adds ``part``'s polygons to ``first``: two VIA regions of one multi-part instance."""
+    if part.label != first.label:
+        raise AnnotationError(
+            f"{where}: a part of instance {group!r} (region attribute {group_key}) labelled {part.label!r}, "
+            f"but its first part ({first_where.rsplit(': ', 1)[-1]}) is labelled {first.label!r}"
+        )
+    shapes = first.extra.get("via_part_shapes") or [first.shape]
+    first.extra["via_part_shapes"] = [*shapes, part.shape]
+    first.polygons = (*first.polygons, *part.polygons)
+    first.shape = None
 
 
 def _size(raw: Any) -> int | None:
@@ -264,11 +306,16 @@ def size_out(image: ImageRecord) -> Any:
     return -1 if image.file_size is None else image.file_size
 
 
-def shape_for_write(region: Region, *, where: str) -> list[dict[str, Any]]:
-    """VIA ``shape_attributes`` for a region: its own shape when it is a VIA shape, else one polygon per part."""
+def shape_for_write(region: Region, *, where: str = "") -> list[dict[str, Any]]:
+    """VIA ``shape_attributes`` for a region: its own shape when it is a VIA shape, else one per part
+    (the parts' shapes as read from VIA when there are as many, else one polygon per part)."""
     shape = region.shape
     if isinstance(shape, dict) and shape.get("name") in VIA_SHAPE_NAMES:
         return [shape]
+    parts = region.extra.get("via_part_shapes")
+    if isinstance(parts, list) and len(parts) == len(region.polygons) and len(parts) > 1 \
+            and all(isinstance(p, dict) and p.get("name") in VIA_SHAPE_NAMES for p in parts):
+        return parts
     return [polygon_to_shape(p) for p in region.polygons]
 
 
@@ -296,12 +343,15 @@ def regions_for_write(image: ImageRecord, *, options: WriteOptions, where: str) 
     """
     out: list[tuple[Any, dict]] = []
     skipped = 0
-    for r in image.regions:
+    taken = {v for r in image.regions if (v := _group_value(r.attributes, GROUP_ATTR)) is not None}
+    for k, r in enumerate(image.regions):
         shapes = shape_for_write(r, where=f"{where}: region {r.region_id}")
         if not shapes:
             skipped += 1
             continue
         attrs = attributes_for_write(r, label_attr=options.label_attr)
+        if len(shapes) > 1 and _group_value(attrs, GROUP_ATTR) is None:
+            attrs = {**attrs, GROUP_ATTR: _new_group(r, k, taken)}
         for shape in shapes:
             rid = r.region_id if len(shapes) == 1 else None
             out.append((rid, _relayout({"shape_attributes": shape, "region_attributes": attrs}, r.extra)))
@@ -311,6 +361,17 @@ def regions_for_write(image: ImageRecord, *, options: WriteOptions, where: str) 
     if any(not (isinstance(rid, str) and rid.isdigit()) for rid in ids) or len(set(ids)) != len(ids):
         return [(str(i), d) for i, (_, d) in enumerate(out)]
     return out
+
+
+def _new_group(region: Region, index: int, taken: set[str]) -> str:
+    """A group value for a multi-part region that no other region of its image uses."""
+    base = region.region_id if isinstance(region.region_id, str) and region.region_id else str(index + 1)
+    value, n = base, 1
+    while value in taken:
+        n += 1
+        value = f"{base}_{n}"
+    taken.add(value)
+    return value
 
 
 def image_entry_for_write(

@@ -54,10 +54,11 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _read_options(images: Path | None, label_attr: str, default_label: str):
+def _read_options(images: Path | None, label_attr: str, default_label: str, allow_outside: bool = False):
     from via_tools.options import ReadOptions
 
-    return ReadOptions(label_attr=label_attr, default_label=default_label, images_dir=images)
+    return ReadOptions(label_attr=label_attr, default_label=default_label, images_dir=images,
+                       allow_outside=allow_outside)
 
 
 def _write_text_atomic(text: str, path: Path) -> None:
@@ -74,7 +75,9 @@ def _save(ds, out: Path, fmt: str, *, as_: str = "annotations", model_version: s
         from via_tools import labelstudio
 
         doc = labelstudio.write(ds, options=WriteOptions(), as_=as_, model_version=model_version)
-        _write_text_atomic(json.dumps(doc, ensure_ascii=False), out)
+        from via_tools.jsontext import dump_json
+
+        _write_text_atomic(dump_json(doc, where=str(out)), out)
     else:
         save(ds, out, fmt=fmt)
 
@@ -82,6 +85,10 @@ def _save(ds, out: Path, fmt: str, *, as_: str = "annotations", model_version: s
 IMAGES_OPT = typer.Option(
     None, "--images", help="Folder with the images: checks they exist and reads missing image sizes.",
     exists=True, file_okay=False, dir_okay=True,
+)
+ALLOW_OUTSIDE_OPT = typer.Option(
+    False, "--allow-outside",
+    help="YOLO: let the data.yaml name folders outside the dataset's folder (absolute paths, '..'); refused by default.",
 )
 LABEL_ATTR_OPT = typer.Option("label", "--label-attr", help="VIA region attribute that holds the class label.")
 DEFAULT_LABEL_OPT = typer.Option("shoe", "--default-label", help="Label of regions that have none.")
@@ -91,11 +98,12 @@ KEY_OPT = typer.Option(..., "--api-key", envvar="LABEL_STUDIO_API_KEY",
                        help="Label Studio API key (legacy token or personal access token).")
 
 
-def _load(file: Path, fmt: InFormat, images: Path | None, label_attr: str, default_label: str, report=None):
+def _load(file: Path, fmt: InFormat, images: Path | None, label_attr: str, default_label: str, report=None,
+          allow_outside: bool = False):
     from via_tools.io import load
 
     return load(file, fmt=None if fmt == InFormat.auto else fmt.value,
-                options=_read_options(images, label_attr, default_label), report=report)
+                options=_read_options(images, label_attr, default_label, allow_outside), report=report)
 
 
 def _find_version(meta: Any, depth: int = 0) -> str | None:
@@ -123,6 +131,10 @@ def dataset_stats(ds, report=None) -> dict[str, Any]:
             by_label[r.label] += 1
             points += sum(len(p) for p in r.polygons)
     meta_version = _find_version(ds.meta)
+    yolo = {}
+    if ds.source_format == "yolo":
+        yolo = {"images_without_label_file": sum(1 for img in ds.images if img.extra.get("yolo_no_label_file")),
+                "label_files_without_image": ds.meta.get("yolo_label_files_without_image", 0)}
     return {
         "format": ds.source_format,
         "version": meta_version,
@@ -135,6 +147,7 @@ def dataset_stats(ds, report=None) -> dict[str, Any]:
         "labels": list(ds.labels),
         "regions_by_shape": dict(by_shape.most_common()),
         "regions_by_label": dict(by_label.most_common()),
+        **yolo,
         "problems": dict(report.counts) if report is not None else {},
     }
 
@@ -149,12 +162,13 @@ def stats(
     images: Path | None = IMAGES_OPT,
     label_attr: str = LABEL_ATTR_OPT,
     default_label: str = DEFAULT_LABEL_OPT,
+    allow_outside: bool = ALLOW_OUTSIDE_OPT,
 ) -> None:
     """Count images and regions (by shape and by label) and list the problems the reader fixed."""
     from via_tools.report import Report
 
     report = Report(source=str(file))
-    ds = _load(file, fmt, images, label_attr, default_label, report=report)
+    ds = _load(file, fmt, images, label_attr, default_label, report=report, allow_outside=allow_outside)
     s = {"file": str(file), **dataset_stats(ds, report)}
     if as_json:
         typer.echo(json.dumps(s, ensure_ascii=False))
@@ -165,6 +179,9 @@ def stats(
     typer.echo(f"  regions           {s['regions']:>8}  ({s['instances']} instances, {s['polygon_points']} polygon points)")
     typer.echo("  by shape          " + ", ".join(f"{k} {v}" for k, v in s["regions_by_shape"].items()))
     typer.echo("  by label          " + ", ".join(f"{k} {v}" for k, v in s["regions_by_label"].items()))
+    if "images_without_label_file" in s:
+        typer.echo(f"  yolo              {s['images_without_label_file']} image(s) without a label file, "
+                   f"{s['label_files_without_image']} label file(s) without an image")
     typer.echo("  problems fixed    " + (", ".join(f"{k} {v}" for k, v in s["problems"].items()) or "none"))
 
 
@@ -184,19 +201,24 @@ def convert(
         help="For --to yolo: copy or hard-link the images into OUT/images/<split>/ (from where a YOLO set was "
         "read, else from --images); by default only labels and data.yaml are written.",
     ),
+    allow_outside: bool = ALLOW_OUTSIDE_OPT,
 ) -> None:
     """Convert an annotation file to another format (VIA 1/2/3, VIA CSV, COCO, Label Studio tasks, YOLO).
 
     COCO, Label Studio and YOLO need image sizes: VIA files do not store them, so pass --images.
     """
-    ds = _load(src, fmt, images, label_attr, default_label)
+    from via_tools.io import written_count
+
+    ds = _load(src, fmt, images, label_attr, default_label, allow_outside=allow_outside)
+    n_written, unit = written_count(ds, to.value)
     if to is OutFormat.yolo and yolo_images is not YoloImages.none:
         from via_tools import yolo
 
         yolo.save(ds, out, images=yolo_images.value, images_dir=images)
     else:
         _save(ds, out, to.value, as_=as_.value)
-    typer.echo(f"wrote {out} ({to.value}): {len(ds.images)} images, {ds.count_regions()} regions")
+    typer.echo(f"wrote {out} ({to.value}): {len(ds.images)} images, {n_written} {unit} "
+               f"(from {ds.count_regions()} regions, {ds.count_instances()} instances)")
 
 
 @via_app.command("import")

@@ -78,9 +78,12 @@ def test_write_of_a_foreign_set_generates_polygon_shapes_and_labels():
     assert list(regions) == ["0", "1"]
     assert regions["0"]["shape_attributes"] == {"name": "polygon", "all_points_x": [0, 4.5, 4.5],
                                                 "all_points_y": [0, 0, 3]}
-    assert regions["1"]["region_attributes"] == {"colour": "red", "kind": "sneaker"}
+    # one VIA region per part, grouped by the shoeseg_instance attribute; read back as one two-part region
+    assert regions["0"]["region_attributes"] == regions["1"]["region_attributes"] == {
+        "colour": "red", "kind": "sneaker", "shoeseg_instance": "1"}
     back = via1.read(doc, source="x", options=ReadOptions(label_attr="kind"))
-    assert [r.label for r in back.images[0].regions] == ["sneaker", "sneaker"]
+    assert [r.label for r in back.images[0].regions] == ["sneaker"]
+    assert [p.tolist() for p in back.images[0].regions[0].polygons] == [poly.tolist(), (poly + 10).tolist()]
 
 
 def test_changed_label_is_written_into_the_attributes():
