@@ -226,7 +226,8 @@ class ShoeSegModel:
             "current": registry.current_version_id(),
             "details": [
                 {"version": v.version, "status": v.status, "created_at": v.created_at, "parent": v.parent,
-                 "metrics": {k: m for k, m in v.metrics.items() if isinstance(m, int | float | str | None)}}
+                 "metrics": {k: m for k, m in v.metrics.items() if isinstance(m, int | float | str | None)},
+                 "acceptance": registry.acceptance(v.version)}
                 for v in versions
             ],
         }
@@ -558,8 +559,10 @@ class ShoeSegModel:
             QueueUnavailable: no Redis configured or reachable.
             ValueError: a training event without a project id, or with one that is not a positive integer.
         """
-        from shoeseg.trigger import COUNTED_ACTIONS, START_ACTION, on_webhook, project_of
+        from shoeseg.trigger import COUNTED_ACTIONS, FORGET_ACTIONS, START_ACTION, on_webhook, project_of
 
+        if event in FORGET_ACTIONS:
+            return {"action": "acceptance", "event": event, "acceptance_jobs": self._acceptance(data)}
         if event not in COUNTED_ACTIONS and event != START_ACTION:
             return {"action": "ignored", "event": event}
         if project_of(data) is None:  # validated before the queue is touched
@@ -571,5 +574,17 @@ class ShoeSegModel:
             summary = on_webhook(conn, data, min_new_annotations=self.settings.min_new_annotations)
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise QueueUnavailable(f"Redis at {self.settings.redis_url} does not answer ({e})") from e
+        summary["acceptance_jobs"] = self._acceptance(data)
         log.info("webhook %s: %s", event, summary)
         return summary
+
+    def _acceptance(self, data: dict) -> list[str]:
+        """Queues the live acceptance of the webhook's annotation (``shoeseg.trigger.request_acceptance``); a
+        failure is logged, never fatal to the webhook (the training part of it has been answered)."""
+        from shoeseg.trigger import request_acceptance
+
+        try:
+            return request_acceptance(self._redis_conn(), data, settings=self.settings)
+        except Exception as e:  # noqa: BLE001 - the annotation stays unmeasured; training is unaffected
+            log.warning("webhook %s: live acceptance not queued (%s)", data.get("action"), e)
+            return []

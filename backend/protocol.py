@@ -135,6 +135,11 @@ class VersionInfo(BaseModel):
     created_at: str | None = None
     parent: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    acceptance: dict[str, Any] | None = Field(
+        default=None,
+        description="live acceptance (shoeseg.acceptance): annotations it rests on, shoes kept within IoU 0.9, "
+                    "moved, deleted, drawn, vertices changed, kept_share; null before the first annotation",
+    )
 
 
 class VersionsResponse(BaseModel):

@@ -496,3 +496,64 @@ def request_push(conn: redis.Redis, project_id: int | str, version: str, *, sett
     )
     log.info("project %s: queued %s (%s)", project_id, job_id, reason or "push")
     return job_id
+
+
+# --- live acceptance: an annotation compared with the pre-label it started from ---------------------------
+
+ACCEPTANCE_JOB = "worker.acceptance.record_annotation"
+FORGET_ACCEPTANCE_JOB = "worker.acceptance.forget_annotation"
+ACCEPTANCE_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
+FORGET_ACTIONS = frozenset({"ANNOTATIONS_DELETED"})
+
+
+def _id_of(value: Any) -> int | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    try:
+        return _project(value, "id")
+    except ValueError:
+        return None
+
+
+def request_acceptance(conn: redis.Redis, payload: dict, *, settings: Settings) -> list[str]:
+    """Queues the comparison of a webhook's annotation with the pre-label it started from
+    (``worker.acceptance.record_annotation``), or the removal of deleted annotations' records.
+
+    The job reads the annotation and the task's predictions from Label Studio when it runs, so a burst of
+    updates of one annotation gives the same record (kept by annotation id: never counted twice).
+
+    Returns:
+        The ids of the jobs queued (none for other events, or bodies without an annotation id).
+
+    Example:
+        >>> body = {"action": "ANNOTATION_CREATED", "annotation": {"id": 9, "task": 4}, "project": {"id": 3}}
+        >>> request_acceptance(redis.Redis(), body, settings=Settings())  # doctest: +SKIP
+        ['4f2c...']
+    """
+    action = str(payload.get("action") or "")
+    queue = Queue(PREDICT_QUEUE, connection=conn)
+    options = {"timeout": 600, "result_ttl": 86400, "failure_ttl": 7 * 86400, "on_failure": Callback(ON_FAILURE)}
+    if settings.retry_max:
+        options["retry"] = Retry(max=settings.retry_max, interval=list(settings.retry_intervals_s))
+    jobs = []
+    if action in ACCEPTANCE_ACTIONS:
+        annotation = payload.get("annotation") if isinstance(payload.get("annotation"), dict) else {}
+        annotation_id = _id_of(annotation)
+        task_id = _id_of(annotation.get("task")) or _id_of(payload.get("task"))
+        project_id = _safe_project(payload)
+        if annotation_id is None or task_id is None:
+            return []
+        job = queue.enqueue_call(ACCEPTANCE_JOB, args=(project_id, task_id, annotation_id),
+                                 description=f"live acceptance of annotation {annotation_id} (task {task_id})",
+                                 meta={"project": project_id, "task": task_id, "annotation": annotation_id,
+                                       "event": action, "requested_at": _now()}, **options)
+        jobs.append(job.id)
+    elif action in FORGET_ACTIONS:
+        items = payload.get("annotations") if isinstance(payload.get("annotations"), list) else []
+        ids = [i for i in (_id_of(a) for a in items) if i is not None]
+        if ids:
+            job = queue.enqueue_call(FORGET_ACCEPTANCE_JOB, args=(ids,),
+                                     description=f"forget the live acceptance of {len(ids)} deleted annotation(s)",
+                                     meta={"annotations": ids, "event": action, "requested_at": _now()}, **options)
+            jobs.append(job.id)
+    return jobs

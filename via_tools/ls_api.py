@@ -181,6 +181,26 @@ def list_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
         return [t.model_dump(mode="json") for t in client.tasks.list(project=project_id, fields="all", page_size=100)]
 
 
+def get_annotation(client: Any, annotation_id: int) -> dict[str, Any] | None:
+    """One annotation as a plain dict (``result``, ``task``, ``was_cancelled``, ``parent_prediction``,
+    ``created_at``...), or ``None`` when it no longer exists."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    with _calls(client, f"read annotation {annotation_id}"):
+        try:
+            return client.annotations.get(id=int(annotation_id)).model_dump(mode="json")
+        except ApiError as e:
+            if e.status_code == 404:
+                return None
+            raise
+
+
+def task_predictions(client: Any, task_id: int) -> list[dict[str, Any]]:
+    """A task's predictions as plain dicts (``id``, ``model_version``, ``result``, ``created_at``...)."""
+    with _calls(client, f"read the predictions of task {task_id}"):
+        return [p.model_dump(mode="json") for p in client.predictions.list(task=int(task_id))]
+
+
 def _task_key(task: dict[str, Any]) -> tuple[str | None, str | None]:
     data = task.get("data") or {}
     fn = data.get("file_name") if isinstance(data.get("file_name"), str) else None

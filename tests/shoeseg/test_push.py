@@ -98,3 +98,17 @@ def test_redis_down_says_the_promotion_happened_and_no_push_was_queued(registry,
     assert r.exit_code == 2
     assert "cli-v2 is current, but Redis" in r.output and "no push queued" in r.output
     assert registry.current_version_id() == "cli-v2"
+
+
+def test_models_list_shows_the_live_acceptance(registry):
+    registry.record_acceptance("cli-v1", 3, {"kept": 4, "moved": 1, "deleted": 0, "drawn": 2, "vertices_changed": 6,
+                                             "predicted": 5})
+    r = runner.invoke(app, ["models", "list", "--registry", str(registry.root)])
+    assert r.exit_code == 0, r.output
+    line = next(line for line in r.output.splitlines() if "cli-v1" in line)
+    assert "0.80 of 5 shoes kept (1 annotations: 4/1/0/2, 6 vertices)" in line
+    r = runner.invoke(app, ["models", "list", "--json", "--registry", str(registry.root)])
+    import json
+
+    listed = {v["version"]: v for v in json.loads(r.output)}
+    assert listed["cli-v1"]["acceptance"]["kept"] == 4 and listed["cli-v2"]["acceptance"] is None
