@@ -1,7 +1,7 @@
 """The ML backend web app: ``create_app(settings)`` builds a FastAPI app speaking Label Studio 1.23's protocol.
 
 Routes: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``,
-``GET /metrics`` (Prometheus text). Every error, the framework's own included (unknown routes, bodies that
+``GET /metrics`` (Prometheus text), ``GET /`` (the status page, :mod:`backend.status`). Every error, the framework's own included (unknown routes, bodies that
 do not parse), answers ``{"error": "..."}`` without a traceback; request bodies over ``max_request_bytes``
 and ``/predict`` requests over the task or pixel budget answer 413; a ``/setup`` naming an untrusted Label
 Studio answers 403; with ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route but ``/health``
@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.metrics import Metrics
@@ -277,6 +277,14 @@ def create_app(settings: Settings | None = None, *, model: ShoeSegModel | None =
     def versions() -> dict[str, Any]:
         """The model registry's versions (oldest first) and the promoted one."""
         return shoeseg.versions()
+
+    @app.get("/", tags=["operations"], response_class=HTMLResponse,
+             responses={200: {"content": {"text/html": {}}, "description": "the status page"}, 401: _ERRORS[401]})
+    def status() -> HTMLResponse:
+        """The status page: projects, training, versions with AP and live acceptance, the learning curve."""
+        from backend.status import status_page
+
+        return HTMLResponse(status_page(shoeseg))
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
