@@ -1,10 +1,10 @@
 """The ML backend web app: ``create_app(settings)`` builds a FastAPI app speaking Label Studio 1.23's protocol.
 
 Routes: ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /versions``,
-``GET /metrics`` (Prometheus text), ``GET /`` (the status page, :mod:`backend.status`). Every error, the framework's own included (unknown routes, bodies that
-do not parse), answers ``{"error": "..."}`` without a traceback; request bodies over ``max_request_bytes``
-and ``/predict`` requests over the task or pixel budget answer 413; a ``/setup`` naming an untrusted Label
-Studio answers 403; with ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route but ``/health``
+``GET /metrics`` (Prometheus text), ``GET /`` (the status page, :mod:`backend.status`). Every error, the
+framework's own included (unknown routes, bodies that do not parse), answers ``{"error": "..."}`` without a
+traceback; request bodies over ``max_request_bytes`` and ``/predict`` requests over the task or pixel budget
+answer 413; a ``/setup`` naming an untrusted Label Studio answers 403; with ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` set, every route but ``/health``
 (``/metrics`` included) needs HTTP basic auth (Label Studio sends it when the ML backend is added with it).
 """
 

@@ -437,6 +437,8 @@ def run_stack(cfg: StackConfig, *, echo: Callable[[str], None] = print) -> None:
         echo(f"  log in as {creds.username} / {creds.password}")
         echo(f"  API key (LABEL_STUDIO_API_KEY): {creds.token}")
         echo(f"  project {stack.project_id}: {stack.ls_url}/projects/{stack.project_id}/data")
+        echo(f"  is the loop paying? {stack.backend_url}/ (status page: training, versions, live acceptance, "
+             "learning curve)")
         echo(f"  ML backend {stack.backend_url}, Redis {stack.redis_url}, models in {cfg.model_dir}")
         echo(f"  training and prediction jobs: {stack.dashboard_url} (rq-dashboard)")
         echo(f"  logs in {cfg.state_dir / 'logs'}; press Ctrl-C to stop everything")
