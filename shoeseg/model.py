@@ -519,6 +519,8 @@ class Checkpoint:
     model_config: ModelConfig
     path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the score threshold to serve with, chosen on validation images at the end of training (None: not chosen)
+    serve_score_thresh: float | None = None
 
 
 def save_checkpoint(
@@ -531,6 +533,7 @@ def save_checkpoint(
     parent_version: str | None = None,
     version: str | None = None,
     extra: dict[str, Any] | None = None,
+    serve_score_thresh: float | None = None,
 ) -> str:
     """Writes a checkpoint atomically (temporary file, then rename) and returns its version id.
 
@@ -543,6 +546,8 @@ def save_checkpoint(
         parent_version: the version this model was fine-tuned from, if any.
         version: the version id; a new one (:func:`new_version_id`) by default.
         extra: any further JSON-able metadata.
+        serve_score_thresh: the score threshold :meth:`shoeseg.predict.Predictor.from_checkpoint` serves by
+            default (see :func:`shoeseg.edits.choose_score_thresh`); None leaves the predictor's default.
 
     Example:
         >>> model = build_model(num_classes=1, weights=None)
@@ -553,6 +558,8 @@ def save_checkpoint(
     if len(class_names) != mcfg.num_classes:
         raise ValueError(f"{len(class_names)} class names {class_names} for a model with {mcfg.num_classes} classes")
     version = version or new_version_id()
+    if serve_score_thresh is not None and not 0.0 <= float(serve_score_thresh) <= 1.0:
+        raise ValueError(f"serving score threshold must be in [0, 1], got {serve_score_thresh}")
     meta = {
         "format": CHECKPOINT_FORMAT,
         "version": version,
@@ -563,6 +570,7 @@ def save_checkpoint(
         "metrics": _jsonable(metrics or {}, what="metrics"),
         "parent_version": parent_version,
         "extra": _jsonable(extra or {}, what="extra"),
+        "serve_score_thresh": None if serve_score_thresh is None else float(serve_score_thresh),
     }
     state = {k: v.detach().to("cpu", copy=True) if v.device.type != "cpu" else v.detach() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -636,4 +644,5 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
         model_config=mcfg,
         path=path,
         extra=meta.get("extra", {}),
+        serve_score_thresh=meta.get("serve_score_thresh"),
     )

@@ -25,6 +25,9 @@ from shoeseg.geometry import flip_polygons_x, mask_to_polygons
 
 log = logging.getLogger(__name__)
 
+#: The serving score threshold of a checkpoint that records none (the settings' default too).
+DEFAULT_SCORE_THRESH = 0.5
+
 
 @dataclass(eq=False)
 class Detection:
@@ -136,12 +139,15 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, device: str | torch.device = "auto", score_thresh: float = 0.5,
+        cls, path: str | Path, *, device: str | torch.device = "auto", score_thresh: float | None = None,
         flip_tta: bool | None = None, **kwargs: Any
     ) -> Predictor:
         """Loads a checkpoint (``weights_only=True``) into a predictor, with the checkpoint's serving settings
         (a dynamic-int8 box head on the CPU when it asks for one; flip TTA as it records, unless ``flip_tta``
-        is given).
+        is given; the score threshold chosen on validation images when it records one, unless ``score_thresh``
+        is given, else :data:`DEFAULT_SCORE_THRESH`).
+
+        The checkpoint's own threshold (or None) stays in ``checkpoint_score_thresh`` whatever is served.
 
         Example:
             >>> Predictor.from_checkpoint("runs/shoes/model.pt", device="cpu").class_names  # doctest: +SKIP
@@ -150,12 +156,15 @@ class Predictor:
         from shoeseg.model import load_checkpoint
 
         ckpt = load_checkpoint(path)
+        if score_thresh is None:
+            score_thresh = DEFAULT_SCORE_THRESH if ckpt.serve_score_thresh is None else ckpt.serve_score_thresh
         p = cls(ckpt.model, class_names=ckpt.class_names, model_version=ckpt.version, device=device,
                 score_thresh=score_thresh, flip_tta=ckpt.model_config.flip_tta if flip_tta is None else flip_tta,
                 **kwargs)
         if ckpt.model_config.int8_box_head and p.device.type == "cpu":
             p.model.roi_heads.box_head = _int8_linear(p.model.roi_heads.box_head)
         p.checkpoint_path = Path(path)
+        p.checkpoint_score_thresh = ckpt.serve_score_thresh
         return p
 
     @property
