@@ -7,6 +7,9 @@ on the held-out images (val and test together: nothing of them is used for train
 Printed, side by side:
 
 * mask AP / AP50 and box AP (pycocotools), train minutes, s/iteration, peak RSS of the training process;
+* the annotator's numbers at the checkpoint's serving threshold (:mod:`shoeseg.edits`): the share of true
+  shoes matched at IoU 0.5 / 0.75 / 0.85 / 0.9, shoes to draw and false positives to delete per image,
+  vertices per served polygon (median) and vertices to drag per image;
 * at the serving size: `Predictor.predict` (polygons included) and the bare `model(images)` forward, ms per
   image (median), and the overhead of ours over the bare forward;
 * for one model (``BENCH_QUALITY_SERVING``, default lite0), the serving settings: proposals kept after NMS
@@ -116,7 +119,8 @@ def run_one(name: str, out_dir: Path) -> dict:
     result = train(cfg, dataset=subset(ds, split["train"]), images_dir=images_dir, out_dir=out_dir / name, split=split)
     held = _held_out(ds, split)
     predictor = Predictor.from_checkpoint(result.checkpoint, device="cpu", score_thresh=0.05)
-    metrics = evaluate(predictor, held, images_dir=images_dir).metrics
+    evaluated = evaluate(predictor, held, images_dir=images_dir)
+    metrics = evaluated.metrics
     arrays = _serving_arrays(held, images_dir, predictor.input_fit)
     serve = Predictor.from_checkpoint(result.checkpoint, device="cpu", score_thresh=0.5)
     ours_ms, bare_ms = _timed_predict(serve, arrays)
@@ -127,6 +131,7 @@ def run_one(name: str, out_dir: Path) -> dict:
         "train_min": result.final_metrics["train_s"] / 60, "s_per_iter": result.final_metrics["train_s"] / cfg.iters,
         "predict_ms": ours_ms, "forward_ms": bare_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "held_out_images": len(held.images), "checkpoint": str(result.checkpoint),
+        "annotator": evaluated.annotator.to_json(),
     }
     if name == os.environ.get("BENCH_QUALITY_SERVING", "lite0"):
         row["serving"] = serving_rows(result.checkpoint, held, images_dir, arrays)
@@ -180,6 +185,16 @@ def _fmt(v, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _annotator_cells(a: dict | None) -> str:
+    """The annotator's columns of a row (``-`` for rows written before they existed)."""
+    if not a:
+        return " | ".join(["-"] * 6)
+    shares = "/".join(_fmt(v, ".2f") for v in a["matched_share"].values())
+    return (f"{a['score_thresh']:g} | {shares} | {_fmt(a['missed_per_image'], '.2f')} | "
+            f"{_fmt(a['false_positives_per_image'], '.2f')} | {_fmt(a['vertices_per_polygon']['median'], '.0f')} | "
+            f"{_fmt(a['to_drag_per_image'], '.1f')}")
+
+
 def main() -> None:
     if not SHOES.is_dir():
         print(f"skipped: {SHOES} is not here (the shared shoe photos)")
@@ -199,14 +214,16 @@ def main() -> None:
     print(f"\nShoeSeg model families on {SHOES.name} (held-out: val + test of the seed-0 split, "
           f"{rows[0]['held_out_images'] if rows else '?'} images), cpu profile, CPU {os.cpu_count()} cores")
     print("| config | start | copy-paste | iterations | optimizer | EMA | mask AP | mask AP50 | box AP | train min | s/it | "
-          "predict ms/img | bare forward ms/img | overhead | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "predict ms/img | bare forward ms/img | overhead | peak RSS MB | score thr | matched IoU 0.5/0.75/0.85/0.9 | "
+          "to draw/img | to delete/img | vertices/polygon | to drag/img |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         overhead = (r["predict_ms"] - r["forward_ms"]) / r["forward_ms"] * 100
         print(f"| {r['config']} | {r['arch']} {r['weights']} | {r['copy_paste']:g} | {r['iters']} | "
               f"{r.get('optimizer', 'sgd')} | {r.get('ema_decay') or '-'} | {_fmt(r['segm_AP'])} | "
               f"{_fmt(r['segm_AP50'])} | {_fmt(r['bbox_AP'])} | {r['train_min']:.1f} | {r['s_per_iter']:.2f} | "
-              f"{r['predict_ms']:.0f} | {r['forward_ms']:.0f} | {overhead:+.1f} % | {r['peak_rss_mb']:.0f} |")
+              f"{r['predict_ms']:.0f} | {r['forward_ms']:.0f} | {overhead:+.1f} % | {r['peak_rss_mb']:.0f} | "
+              f"{_annotator_cells(r.get('annotator'))} |")
     for r in rows:
         if r.get("serving"):
             print(f"\nServing settings, {r['config']} ({r['arch']}), on the held-out images:")

@@ -1,4 +1,5 @@
-"""Evaluation: COCO box and mask AP (pycocotools) and the study's loss table on the same images.
+"""Evaluation: COCO box and mask AP (pycocotools), the study's loss table and the annotator's numbers
+(:mod:`shoeseg.edits`, at the serving score threshold) on the same images.
 
 AP values are fractions in ``[0, 1]`` as pycocotools computes them (detectron2 prints them times 100);
 ``None`` where there is nothing to measure (no ground truth). Losses are torchvision's training losses under
@@ -21,6 +22,13 @@ import torch
 from torch import nn
 
 from shoeseg.data import eval_transforms, load_image_and_target, to_tensor_image
+from shoeseg.edits import (
+    AnnotatorNumbers,
+    ThresholdChoice,
+    annotator_numbers,
+    choose_score_thresh,
+    measure_image,
+)
 from shoeseg.geometry import mask_iou_matrix
 from via_tools.coco import rle_encode
 from via_tools.model import AnnotationSet
@@ -41,6 +49,8 @@ class EvalResult:
         losses: detectron2-named losses averaged over the images (empty when no model was available).
         per_image: per image: file name, truth and detection counts, best mask IoU per true instance, losses.
         n_images / n_instances: what was evaluated.
+        annotator: the annotator's numbers at the serving score threshold (:mod:`shoeseg.edits`).
+        score_choice: the serving threshold chosen on these images and its edit-cost curve, when asked for.
     """
 
     metrics: dict[str, float | None]
@@ -48,11 +58,16 @@ class EvalResult:
     per_image: list[dict[str, Any]] = field(default_factory=list)
     n_images: int = 0
     n_instances: int = 0
+    annotator: AnnotatorNumbers | None = None
+    score_choice: ThresholdChoice | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (``json.dumps`` it to write a file)."""
         return {"metrics": self.metrics, "losses": self.losses, "n_images": self.n_images,
-                "n_instances": self.n_instances, "per_image": self.per_image}
+                "n_instances": self.n_instances,
+                "annotator": self.annotator.to_json() if self.annotator is not None else None,
+                "score_choice": self.score_choice.to_json() if self.score_choice is not None else None,
+                "per_image": self.per_image}
 
     def table(self) -> str:
         """The AP table and the loss table as text."""
@@ -69,6 +84,10 @@ class EvalResult:
             lines.append("")
             lines.append("  ".join(f"{k:>12}" for k in self.losses))
             lines.append("  ".join(f"{v:12.4f}" for v in self.losses.values()))
+        if self.annotator is not None:
+            lines += ["", self.annotator.table()]
+        if self.score_choice is not None:
+            lines.append(f"  (score threshold {self.score_choice.score_thresh:g} chosen on these images)")
         return "\n".join(lines)
 
 
@@ -192,6 +211,8 @@ def evaluate(
     with_losses: bool = True,
     iou_report_thresh: float = 0.5,
     progress_bar: bool = False,
+    serve_score_thresh: float | None = None,
+    choose_serve_thresh: bool = False,
 ) -> EvalResult:
     """Evaluates a model on annotated images: COCO AP (boxes and masks) and the loss table.
 
@@ -204,6 +225,12 @@ def evaluate(
         with_losses: also compute the training losses on these images.
         iou_report_thresh: per-image detections at or above this score are counted in ``per_image``.
         progress_bar: show a tqdm bar.
+        serve_score_thresh: the score threshold of the annotator's numbers (:mod:`shoeseg.edits`); by default
+            the checkpoint's (``checkpoint_score_thresh`` of a predictor from
+            :meth:`~shoeseg.predict.Predictor.from_checkpoint`), else 0.5. Detections come at 0.05, so
+            thresholds below that see no more than those.
+        choose_serve_thresh: choose the threshold with the least edit cost on these images
+            (:func:`shoeseg.edits.choose_score_thresh`, in ``score_choice``) and give the numbers at it.
 
     Example:
         >>> res = evaluate("runs/shoes/model.pt", val_set, images_dir="images")  # doctest: +SKIP
@@ -213,7 +240,7 @@ def evaluate(
     class_names = list(predictor.class_names)
     model = getattr(predictor, "model", None)
     torch_device = getattr(predictor, "device", torch.device("cpu"))
-    truth, all_dets, per_image = [], [], []
+    truth, all_dets, per_image, measures = [], [], [], []
     loss_rows: list[dict[str, float]] = []
     records = list(dataset.images)
     if progress_bar:
@@ -229,6 +256,8 @@ def evaluate(
                       "labels": labels})
         dets = predictor.predict([image], score_thresh=EVAL_SCORE_THRESH)[0]
         all_dets.append(dets)
+        measures.append(measure_image(masks, [d.mask for d in dets], [d.polygons for d in dets],
+                                      [d.score for d in dets], true_labels=labels, pred_labels=[d.label for d in dets]))
         confident = [d for d in dets if d.score >= iou_report_thresh]
         ious = mask_iou_matrix(masks, [d.mask for d in confident]) if len(masks) and confident else None
         best = [float(v) for v in ious.max(axis=1)] if ious is not None else [0.0] * len(masks)
@@ -241,5 +270,14 @@ def evaluate(
         per_image.append(row)
     metrics = coco_metrics(truth, all_dets, class_names=class_names)
     losses = {k: float(np.mean([r[k] for r in loss_rows])) for k in loss_rows[0]} if loss_rows else {}
+    choice = choose_score_thresh(measures) if choose_serve_thresh else None
+    if choice is not None:
+        serve_score_thresh = choice.score_thresh
+    elif serve_score_thresh is None:
+        from shoeseg.predict import DEFAULT_SCORE_THRESH
+
+        serve_score_thresh = getattr(predictor, "checkpoint_score_thresh", None)
+        serve_score_thresh = DEFAULT_SCORE_THRESH if serve_score_thresh is None else serve_score_thresh
     return EvalResult(metrics=metrics, losses=losses, per_image=per_image, n_images=len(truth),
-                      n_instances=sum(len(t["masks"]) for t in truth))
+                      n_instances=sum(len(t["masks"]) for t in truth),
+                      annotator=annotator_numbers(measures, serve_score_thresh), score_choice=choice)

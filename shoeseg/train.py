@@ -564,21 +564,24 @@ def _train(
             "ims_per_batch": config.ims_per_batch, "ims_per_process": ims_per_process,
             "iterations_per_rank": [int(c[0]) for c in counts], "images_per_rank": [int(c[1]) for c in counts],
         }
-    eval_result = None
+    eval_result, serve_thresh = None, None
     if val_dataset is not None and len(val_dataset):
         from shoeseg.evaluate import evaluate
         from shoeseg.predict import Predictor
 
         predictor = Predictor(core, class_names=class_names, device=device, score_thresh=0.05)
-        eval_result = evaluate(predictor, val_dataset, images_dir=images_dir)
+        eval_result = evaluate(predictor, val_dataset, images_dir=images_dir, choose_serve_thresh=True)
         final.update(eval_result.metrics)
         final["val_losses"] = eval_result.losses
+        # the serving threshold: the least edit cost on the validation images (shoeseg.edits)
+        serve_thresh = eval_result.score_choice.score_thresh
+        final["annotator"] = eval_result.annotator.to_json()
         _write_json_atomic(run_dir / "eval.json", eval_result.to_json())
     core.transform._skip_resize = False
     ckpt_path = run_dir / "model.pt"
     version = save_checkpoint(ckpt_path, model=core, class_names=class_names, config=config.to_dict(),
                               metrics=final, parent_version=parent_version,
-                              extra={"split": split, "start": start.to_dict()})
+                              extra={"split": split, "start": start.to_dict()}, serve_score_thresh=serve_thresh)
     log.info("saved %s (version %s) after %.1f s", ckpt_path, version, time.perf_counter() - t_start)
     return TrainResult(checkpoint=ckpt_path, metrics=rows, run_dir=run_dir, version=version, class_names=class_names,
                        eval=eval_result, loss_plot=plot_path, wall_s=time.perf_counter() - t_start,

@@ -301,8 +301,13 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", help="JSON results (default: eval-<split>.json beside the model)."),
         device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
         registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
+        score_thresh: float | None = typer.Option(
+            None, "--score-thresh", min=0.0, max=1.0,
+            help="Serving threshold of the annotator's numbers (default: the checkpoint's, else 0.5)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
-        """COCO box and mask AP / AP50 / AP75 and the loss table on a part of the split.
+        """COCO box and mask AP / AP50 / AP75, the loss table and the annotator's numbers (shoes matched, missed,
+        false positives, vertices per polygon and to drag, at the serving score threshold) on a part of the split.
 
         Example: shoeseg eval --model runs/shoes/model.pt --data shoes/via_project.json --split val
         """
@@ -328,10 +333,13 @@ def register(app: typer.Typer) -> None:
             ds = subset(ds, parts[split.value])
         _use_all_cores()
         predictor = Predictor.from_checkpoint(ckpt, device=device.value, score_thresh=0.05)
-        result = evaluate(predictor, ds, images_dir=images_dir, progress_bar=True)
+        result = evaluate(predictor, ds, images_dir=images_dir, progress_bar=True, serve_score_thresh=score_thresh)
         out = out or ckpt.parent / f"eval-{split.value}.json"
-        _write_json(out, {"model": str(ckpt), "version": predictor.model_version, "split": split.value,
-                          **result.to_json()})
+        report = {"model": str(ckpt), "version": predictor.model_version, "split": split.value, **result.to_json()}
+        _write_json(out, report)
+        if as_json:
+            typer.echo(json.dumps(report, indent=2))
+            return
         typer.echo(f"model {ckpt} (version {predictor.model_version}), split {split.value}")
         typer.echo(result.table())
         typer.echo(f"\nwritten {out}")
