@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from via_tools.errors import AnnotationError, json_type
+from via_tools.errors import AnnotationError, json_text, json_type
 from via_tools.images import ImageReadError, image_size_wh
 from via_tools.model import AnnotationSet, ImageRecord, Region, is_finite_number
 from via_tools.options import ReadOptions, WriteOptions
@@ -200,7 +200,7 @@ def mask_to_polygons_cv(mask: np.ndarray, *, where: str) -> tuple[np.ndarray, ..
 # ------------------------------------------------------------------------------------------- read
 def _id_str(v: Any, *, what: str, where: str) -> str:
     if isinstance(v, bool) or not isinstance(v, int | str):
-        raise AnnotationError(f"{where}: {what} must be an integer or a string, got {v!r}")
+        raise AnnotationError(f"{where}: {what} must be an integer or a string, got {json_text(v)}")
     return str(v)
 
 
@@ -309,7 +309,10 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
         label = cat_name[str(cid)]
         seg = a.get("segmentation")
         other = {k2: v for k2, v in a.items() if k2 not in _ANN_KEYS}
-        extra: dict[str, Any] = {"iscrowd": a.get("iscrowd", 0)}
+        iscrowd = a.get("iscrowd", 0)
+        if iscrowd not in (None, 0, 1) or isinstance(iscrowd, float):
+            raise AnnotationError(f"{where}: iscrowd must be 0 or 1, got {json_text(iscrowd)}")
+        extra: dict[str, Any] = {"iscrowd": iscrowd}
         if other:
             extra["coco"] = other
         shape = None

@@ -194,6 +194,8 @@ def load(
         with gc_paused():
             doc = parse_json(text, where=source, report=report)
         if fmt is None:
+            if isinstance(doc, str):  # parsed JSON, not text to detect
+                raise AnnotationError(f"{source}: a JSON string is no annotation format")
             fmt = detect_format(doc, source=source)
     module = _format_module(fmt)
     with gc_paused():

@@ -248,14 +248,15 @@ def ls_result_to_region(
     """
     if not isinstance(result, dict):
         raise AnnotationError(f"{where}: a result must be an object, got {json_type(result)}")
-    rtype = result.get("type")
+    raw_type = result.get("type")
+    rtype = raw_type if isinstance(raw_type, str) else ""
     rid = result.get("id")
     if rid is not None:
         where = f"{where}: result {rid}"
     elif index is not None:
         where = f"{where}: result #{index}"
     if rtype not in REGION_TYPES:
-        raise AnnotationError(f"{where}: result type {json_text(rtype)} is not a polygon or rectangle")
+        raise AnnotationError(f"{where}: result type {json_text(raw_type)} is not a polygon or rectangle")
     value = result.get("value")
     if not isinstance(value, dict):
         raise AnnotationError(f"{where}: result has no 'value' object")
@@ -287,7 +288,8 @@ def ls_result_to_region(
     rotation = value.get("rotation") or 0
     if not is_finite_number(rotation):
         raise AnnotationError(f"{where}: rotation must be a number, got {json_text(rotation)}")
-    x, y, rw, rh = nums[0] * w / 100.0, nums[1] * h / 100.0, nums[2] * w / 100.0, nums[3] * h / 100.0
+    sx, sy = w / 100.0, h / 100.0
+    x, y, rw, rh = nums[0] * sx, nums[1] * sy, nums[2] * sx, nums[3] * sy
     with np.errstate(over="ignore", invalid="ignore"):  # huge values overflow here and are refused below
         corners = np.array([[0, 0], [rw, 0], [rw, rh], [0, rh]], dtype=np.float64)
         if rotation:
@@ -366,7 +368,7 @@ def task_to_image(
         if not isinstance(results, list):
             raise AnnotationError(f"{where}: {kind} {chosen.get('id')}: 'result' must be a list")
         for j, res in enumerate(results):
-            if isinstance(res, dict) and res.get("type") in REGION_TYPES:
+            if isinstance(res, dict) and isinstance(res.get("type"), str) and res["type"] in REGION_TYPES:
                 reg = ls_result_to_region(res, where=f"{where}: {kind} {json_text(chosen.get('id'))}",
                                           default_label=default_label, index=j)
                 if kind == "prediction" and reg.score is None and is_finite_number(chosen.get("score")) \
@@ -376,12 +378,16 @@ def task_to_image(
                 size = size or _size(res, where=where)
             else:
                 other.append(res)
-                report.warn(f"results of type {res.get('type') if isinstance(res, dict) else '?'} kept aside", where)
+                rtype = res.get("type") if isinstance(res, dict) else "?"
+                report.warn(f"results of type {rtype if isinstance(rtype, str) else json_text(rtype)} kept aside", where)
     if other:
         extra["ls_other_results"] = other
     w, h = size if size else (None, None)
-    img = ImageRecord(file_name=file_name, width_px=w, height_px=h, regions=regions,
-                      image_id=None if tid is None else str(tid), extra=extra)
+    try:
+        img = ImageRecord(file_name=file_name, width_px=w, height_px=h, regions=regions,
+                          image_id=None if tid is None else str(tid), extra=extra)
+    except AnnotationError as e:
+        raise AnnotationError(f"{where}: {e}") from None
     return img, [r.polygons for r in regions]
 
 

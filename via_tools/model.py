@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from via_tools.errors import AnnotationError
+from via_tools.errors import AnnotationError, json_text
 
 #: Region shapes that enclose an area and become training instances.
 AREA_SHAPES = frozenset({"polygon", "rect", "circle", "ellipse"})
@@ -213,7 +213,10 @@ class ImageRecord:
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise AnnotationError(f"image {self.file_name!r}: {name} must be a positive integer, got {v!r}")
+                raise AnnotationError(f"image {self.file_name!r}: {name} must be a positive integer, got {json_text(v)}")
+            if v > MAX_COORDINATE_PX:
+                raise AnnotationError(f"image {self.file_name!r}: {name} {v} is beyond the limit of "
+                                      f"{MAX_COORDINATE_PX:.0e} px")
             setattr(self, name, v)
         self.regions = list(self.regions)
 

@@ -83,9 +83,10 @@ def read(doc: Any, *, source: str, options: ReadOptions = ReadOptions(), report:
 def _attributes(ds: AnnotationSet, options: WriteOptions, entries: dict[str, Any]) -> dict[str, Any]:
     region: dict[str, Any] = {}
     for entry in entries.values():
-        regions = entry["regions"].values() if isinstance(entry["regions"], dict) else entry["regions"]
-        for r in regions:
-            for k, v in r["region_attributes"].items():
+        regions = entry.get("regions") or []
+        for r in regions.values() if isinstance(regions, dict) else regions:
+            attrs = r.get("region_attributes")
+            for k, v in (attrs if isinstance(attrs, dict) else {}).items():
                 a = region.setdefault(k, {"type": "text", "description": "", "default_value": ""})
                 if isinstance(v, dict):
                     a.clear()

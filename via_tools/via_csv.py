@@ -194,7 +194,7 @@ def write(ds: AnnotationSet, *, options: WriteOptions = WriteOptions()) -> str:
             raw = src.extra.get("csv_raw_cells") if src is not None else None
             here = f"{where}: region {rid if rid is not None else i}"
             lines.append(",".join([prefix, str(len(regions)), _plain(rid if rid is not None else str(i)),
-                                   _cell(d["shape_attributes"], raw, "region_shape_attributes", where=here),
-                                   _cell(d["region_attributes"], raw, "region_attributes", where=here)]))
+                                   _cell(d.get("shape_attributes", {}), raw, "region_shape_attributes", where=here),
+                                   _cell(d.get("region_attributes", {}), raw, "region_attributes", where=here)]))
     newline = meta.get("csv_newline", "\n")
     return newline.join(lines) + (newline if meta.get("csv_final_newline") else "")
