@@ -211,6 +211,7 @@ def evaluate(
     with_losses: bool = True,
     iou_report_thresh: float = 0.5,
     progress_bar: bool = False,
+    per_image_ap: bool = False,
     serve_score_thresh: float | None = None,
     choose_serve_thresh: bool = False,
 ) -> EvalResult:
@@ -225,6 +226,8 @@ def evaluate(
         with_losses: also compute the training losses on these images.
         iou_report_thresh: per-image detections at or above this score are counted in ``per_image``.
         progress_bar: show a tqdm bar.
+        per_image_ap: also give each ``per_image`` row its own mask AP (``segm_AP``, ``None`` for an image
+            without truth): the paired per-image comparison of two versions (:mod:`shoeseg.gate`) needs it.
         serve_score_thresh: the score threshold of the annotator's numbers (:mod:`shoeseg.edits`); by default
             the checkpoint's (``checkpoint_score_thresh`` of a predictor from
             :meth:`~shoeseg.predict.Predictor.from_checkpoint`), else 0.5. Detections come at 0.05, so
@@ -263,6 +266,8 @@ def evaluate(
         best = [float(v) for v in ious.max(axis=1)] if ious is not None else [0.0] * len(masks)
         row: dict[str, Any] = {"file_name": record.file_name, "n_truth": len(masks), "n_detections": len(confident),
                                "best_mask_iou": best, "mean_best_mask_iou": float(np.mean(best)) if best else None}
+        if per_image_ap:
+            row["segm_AP"] = coco_metrics([truth[-1]], [dets], class_names=class_names)["segm_AP"]
         if with_losses and model is not None and len(masks):
             losses = _losses_for(model, image, target, torch_device)
             loss_rows.append(losses)

@@ -1,0 +1,65 @@
+"""The promotion gate on constructed per-image scores with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shoeseg.gate import decide, paired_interval
+
+
+def test_the_interval_of_identical_differences_is_that_difference():
+    mean, low, high = paired_interval([0.6, 0.7, 0.8], [0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
+
+
+def test_the_interval_is_seeded_and_narrows_with_more_images():
+    rng = np.random.default_rng(1)
+    diffs = rng.normal(0.02, 0.1, size=200)
+    base = rng.uniform(0.2, 0.6, size=200)
+    small = paired_interval(base[:10] + diffs[:10], base[:10])
+    assert small == paired_interval(base[:10] + diffs[:10], base[:10])  # the same evidence, the same interval
+    large = paired_interval(base + diffs, base)
+    assert small[2] - small[1] > 2 * (large[2] - large[1])
+    assert large[1] < 0.02 < large[2]
+
+
+def test_a_version_clearly_worse_on_every_image_is_refused_with_its_evidence():
+    current = [0.5, 0.6, 0.4, 0.7, 0.55, 0.65]
+    new = [c - 0.2 for c in current]
+    d = decide(new, current, has_current=True)
+    assert not d.promote and d.reason.startswith("worse:")
+    assert d.compared_on == 6 and d.diff == pytest.approx(-0.2) and d.ci_high < 0
+    assert d.to_json()["metric"] == "per-image mask AP"
+
+
+def test_a_mean_drop_beyond_the_tolerance_is_refused_even_when_the_interval_reaches_zero():
+    current = [0.5, 0.5, 0.5, 0.5]
+    new = [0.9, 0.1, 0.4, 0.4]  # mean -0.05, an image that improved keeps the interval's top above 0
+    d = decide(new, current, has_current=True, tolerance=0.01)
+    assert d.ci_high > 0 and not d.promote and "on average" in d.reason
+
+
+def test_noise_around_zero_promotes_and_a_clear_gain_promotes():
+    current = [0.5, 0.3, 0.6, 0.4, 0.5]
+    noisy = [0.52, 0.28, 0.61, 0.41, 0.49]
+    assert decide(noisy, current, has_current=True).promote
+    better = [c + 0.1 for c in current]
+    d = decide(better, current, has_current=True)
+    assert d.promote and d.reason.startswith("not worse") and d.ci_low > 0
+
+
+def test_images_without_truth_are_left_out_and_nothing_to_compare_refuses():
+    d = decide([0.5, None, 0.5], [0.5, 0.9, None], has_current=True)
+    assert d.promote and d.compared_on == 1
+    assert not decide([None], [0.3], has_current=True).promote
+    assert decide([], [], has_current=False).promote
+
+
+def test_bad_scores_are_refused_by_name():
+    with pytest.raises(ValueError, match="one length"):
+        paired_interval([0.1, 0.2], [0.1])
+    with pytest.raises(ValueError, match="finite"):
+        paired_interval([float("nan")], [0.1])
+    with pytest.raises(ValueError, match="no paired"):
+        paired_interval([], [])
