@@ -221,6 +221,14 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+class TrainingStopped(Exception):
+    """A run stopped early because its ``should_stop`` asked it to (``iterations``: the ones done)."""
+
+    def __init__(self, iterations: int) -> None:
+        super().__init__(f"training stopped after {iterations} iteration(s)")
+        self.iterations = iterations
+
+
 @dataclass
 class TrainResult:
     """What a run produced.
@@ -334,6 +342,7 @@ def train(
     val_dataset: AnnotationSet | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     split: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult | None:
     """Trains a model and writes a run directory.
 
@@ -352,12 +361,15 @@ def train(
             "eta_seconds"}`` (the worker stores it in the RQ job's meta); on rank 0 only.
         split: the split to record in ``split.json`` (default: the file names of ``dataset`` and
             ``val_dataset``).
+        should_stop: asked after every iteration; when it answers True the run stops there and raises
+            :class:`TrainingStopped` (the worker's idle-time training yields to labelled work this way).
 
     Returns:
         A :class:`TrainResult`; ``None`` on the ranks other than 0 of a run of several processes.
 
     Raises:
         FloatingPointError: a loss became NaN or infinite (the message names the iteration and losses).
+        TrainingStopped: ``should_stop`` asked the run to stop; nothing is saved.
         ImageReadError / ValueError: missing images, bad annotations, no instances, a global batch that the
             processes cannot share evenly.
         WeightsUnavailableError: ``weights="coco"`` offline without a cached copy.
@@ -386,7 +398,7 @@ def train(
     with distributed.process_group(denv, device):
         return _train(config, denv=denv, device=device, ims_per_process=ims_per_process, dataset=dataset,
                       images_dir=images_dir, run_dir=run_dir, val_dataset=val_dataset, progress=progress,
-                      split=split, t_start=t_start)
+                      split=split, t_start=t_start, should_stop=should_stop)
 
 
 def _train(
@@ -402,6 +414,7 @@ def _train(
     progress: Callable[[dict[str, Any]], None] | None,
     split: dict[str, Any] | None,
     t_start: float,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult | None:
     from shoeseg import distributed
     from shoeseg.model import build_model, read_checkpoint_meta, save_checkpoint
@@ -536,6 +549,9 @@ def _train(
                     progress({"iteration": done, "max_iter": config.iters, "losses": med, "lr": lr,
                               "eta_seconds": eta})
                 window = {k: [] for k in LOSS_KEYS}
+            if should_stop is not None and done < config.iters and should_stop():
+                log.info("stopped after %d of %d iterations: asked to", done, config.iters)
+                raise TrainingStopped(done)
     finally:
         if bar is not None:
             bar.close()
@@ -570,7 +586,8 @@ def _train(
         from shoeseg.predict import Predictor
 
         predictor = Predictor(core, class_names=class_names, device=device, score_thresh=0.05)
-        eval_result = evaluate(predictor, val_dataset, images_dir=images_dir, choose_serve_thresh=True)
+        eval_result = evaluate(predictor, val_dataset, images_dir=images_dir, per_image_ap=True,
+                               choose_serve_thresh=True)
         final.update(eval_result.metrics)
         final["val_losses"] = eval_result.losses
         # the serving threshold: the least edit cost on the validation images (shoeseg.edits)

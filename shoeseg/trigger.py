@@ -38,9 +38,14 @@ log = logging.getLogger(__name__)
 #: The queues and the jobs' import paths: the web service enqueues by path and never imports job code.
 TRAIN_QUEUE = "shoeseg-train"
 PREDICT_QUEUE = "shoeseg-predict"
-QUEUES = (TRAIN_QUEUE, PREDICT_QUEUE)
+IDLE_QUEUE = "shoeseg-idle"
+#: In a worker's order of priority: pushes first (annotators see the served version's pre-labels soonest), then
+#: rounds on new labels, then idle-time training, which also stops within an iteration when either of the
+#: others has a job waiting (``worker.improving``).
+QUEUES = (PREDICT_QUEUE, TRAIN_QUEUE, IDLE_QUEUE)
 TRAIN_JOB = "worker.jobs.train_project"
 PREDICT_JOB = "worker.jobs.predict_project"
+IDLE_JOB = "worker.jobs.improve_project"
 #: rq's failure callback of both jobs: records the failure in ``job.meta`` and skips retries a retry would repeat.
 ON_FAILURE = "worker.plumbing.on_failure"
 
@@ -429,6 +434,99 @@ def recover_stale(conn: redis.Redis, *, settings: Settings | None = None) -> lis
             if result["action"] == "queued":
                 recovered.append(result)
     return recovered
+
+
+# --- training in idle time --------------------------------------------------------------------------------
+
+def idle_key(project_id: int | str) -> str:
+    """The project's idle-time state: ``job_id``, ``seq``, ``state``, ``iters_done``, ``labels``, ``reason``."""
+    return f"{KEY_PREFIX}:{project_id}:idle"
+
+
+def idle_state(conn: redis.Redis, project_id: int | str) -> dict[str, str]:
+    """The project's idle-time training as stored (see :func:`idle_key`), ``{}`` when it never ran."""
+    return {_text(k): _text(v) for k, v in conn.hgetall(idle_key(project_id)).items()}
+
+
+def request_idle(conn: redis.Redis, project_id: int | str, *, settings: Settings, reset: bool = False) -> dict:
+    """Queues one idle-time chunk of a project (``worker.jobs.improve_project``) unless something else should run.
+
+    Called when a project's training ends with nothing pending, and by a chunk that finished within the
+    budget. Nothing is queued when idle training is off (``SHOESEG_IDLE_TRAINING``), a chunk of the project
+    is already waiting or running, or a training of the project is waiting or running (its end asks again).
+
+    Args:
+        conn: Redis connection of the queues.
+        project_id: Label Studio project id.
+        settings: ``idle_training``, the job timeout.
+        reset: start a new budget (``SHOESEG_IDLE_MAX_ITERS``): a round trained on new labels.
+
+    Returns:
+        ``{"action": "queued" | "disabled" | "already_queued" | "busy" | "capped", "project", "job_id"}``.
+    """
+    project_id = _project(project_id)
+    if not settings.idle_training or settings.idle_max_iters < 1:
+        return {"action": "disabled", "project": project_id, "job_id": None}
+    key = idle_key(project_id)
+
+    def txn(pipe) -> dict:
+        idle = {_text(k): _text(v) for k, v in pipe.hgetall(key).items()}
+        st = _read_state(pipe, project_id)
+        training = _liveness(pipe, project_id, st)
+        job_id = idle.get("job_id")
+        job_status = _text(pipe.hget(Job.key_for(job_id), "status")) if job_id else None
+        pipe.multi()
+        if reset:
+            pipe.hset(key, mapping={"iters_done": 0, "updated_at": _now()})
+            idle["iters_done"] = "0"
+        if job_status in _LIVE:
+            return {"action": "already_queued", "project": project_id, "job_id": job_id}
+        if training != "none":
+            return {"action": "busy", "project": project_id, "job_id": None}
+        if int(idle.get("iters_done") or 0) >= settings.idle_max_iters:
+            pipe.hset(key, mapping={"state": "capped", "updated_at": _now()})
+            return {"action": "capped", "project": project_id, "job_id": None}
+        seq = int(idle.get("seq") or 0) + 1
+        new_id = f"idle-{project_id}-{seq}"
+        Queue(IDLE_QUEUE, connection=conn).enqueue_call(
+            IDLE_JOB,
+            args=(project_id,),
+            job_id=new_id,
+            timeout=settings.train_timeout_s,
+            result_ttl=86400,
+            failure_ttl=30 * 86400,
+            description=f"improve project {project_id} in idle time (chunk {seq})",
+            meta={"project": project_id, "reason": "idle time", "requested_at": _now()},
+            on_failure=Callback(ON_FAILURE),
+            pipeline=pipe,
+        )
+        pipe.hset(key, mapping={"job_id": new_id, "seq": seq, "state": "queued", "updated_at": _now()})
+        pipe.sadd(PROJECTS_KEY, str(project_id))
+        return {"action": "queued", "project": project_id, "job_id": new_id}
+
+    result = conn.transaction(txn, key, state_key(project_id), lease_key(project_id), value_from_callable=True)
+    log.info("project %s: idle-time training %s %s", project_id, result["action"], result["job_id"] or "")
+    return result
+
+
+def labelled_work_waiting(conn: redis.Redis, project_id: int | str) -> str | None:
+    """Why an idle-time chunk should give the worker back now, or ``None``: a push or a round is waiting on
+    the queues (of any project: labelled work first), or the project's own training is waiting or running
+    (on another worker)."""
+    for name in (PREDICT_QUEUE, TRAIN_QUEUE):
+        if Queue(name, connection=conn).count:
+            return f"a job is waiting on {name}"
+    st = _read_state(conn, project_id)
+    live = _liveness(conn, project_id, st)
+    if live != "none":
+        return f"the project's training {st.get('job_id')} is {live}"
+    return None
+
+
+def set_idle_state(conn: redis.Redis, project_id: int | str, **values: Any) -> None:
+    """Records the idle-time chunk's progress (``state``, ``iters_done``, ``labels``, ``last_outcome``...)."""
+    conn.hset(idle_key(project_id), mapping={**{k: "" if v is None else v for k, v in values.items()},
+                                             "updated_at": _now()})
 
 
 # --- pushing a version's predictions ---------------------------------------------------------------------

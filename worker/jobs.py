@@ -1,16 +1,24 @@
-"""RQ jobs of the retraining loop: retrain a project's model, and push its predictions back to Label Studio.
+"""RQ jobs of the retraining loop: retrain a project's model, improve it in idle time, and push its predictions
+back to Label Studio.
 
-Both are plain module-level functions with JSON-serialisable arguments, enqueued by import path
+All are plain module-level functions with JSON-serialisable arguments, enqueued by import path
 (``"worker.jobs.train_project"``, ``"worker.jobs.predict_project"``) by :mod:`shoeseg.trigger`.
 
 ``train_project``
     pulls the accepted annotations (latest non-cancelled one per task) from Label Studio, fetches and caches
-    the images, keeps a fixed validation subset (chosen by a hash of the task id, so a task never moves
-    between subsets), fine-tunes from the current version (or from ``SHOESEG_INIT_WEIGHTS`` for the first
-    model), evaluates the new model and the current one on the same validation subset, registers the new
-    version with its metrics and the task and annotation ids it saw, and promotes it when its mask AP is not
-    worse than the current version's by more than ``SHOESEG_PROMOTE_TOLERANCE``. A promotion enqueues
-    ``predict_project``. Training writes into a temporary run directory; the registry adds a version all at
+    the images, and does nothing more when no label is new or changed since the current version. Otherwise
+    it keeps a validation subset (chosen by a hash of the task id, capped at ``SHOESEG_VAL_MAX``: a task never
+    moves from training into validation), fine-tunes from the current version (or from
+    ``SHOESEG_INIT_WEIGHTS`` for the first model), scores the new model and the current one on the same
+    validation images, registers the new version with its metrics, the task and annotation ids it saw and
+    the gate's evidence, and promotes it when the gate (:mod:`shoeseg.gate`: a paired bootstrap interval of
+    the per-image mask AP differences) says it is not worse. A promotion queues ``predict_project``; a run
+    that ends with nothing pending queues ``improve_project``.
+
+``improve_project``
+    one chunk of training in idle time (:mod:`worker.improving`): continues the current version while the
+    project has no other job, yields within an iteration to labelled work, and registers (and maybe
+    promotes) a version through the same gate. Training writes into a temporary run directory; the registry adds a version all at
     once and the ``current`` pointer changes only on promotion, so a killed worker leaves the current
     version untouched and loadable.
 
@@ -32,12 +40,13 @@ import logging
 
 from shoeseg import trigger
 from shoeseg.settings import Settings
+from worker.improving import run_improvement
 from worker.plumbing import Lease, Progress, current_job, now, will_retry
 from worker.predicting import run_prediction, task_order
-from worker.promotion import decide_promotion, validation_task_ids
+from worker.promotion import validation_task_ids
 from worker.training import run_training
 
-__all__ = ["decide_promotion", "predict_project", "task_order", "train_project", "validation_task_ids"]
+__all__ = ["improve_project", "predict_project", "task_order", "train_project", "validation_task_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +108,37 @@ def train_project(project_id: int, *, reason: str = "manual") -> dict:
                                           settings=settings)
             if end["action"] == "follow_up":
                 progress.update(force=True, follow_up=end["job_id"])
+            elif end["action"] == "idle":
+                # nothing pending: keep improving in idle time; a round on new labels starts a new budget
+                idle = trigger.request_idle(conn, project_id, settings=settings,
+                                            reset=outcome in ("promoted", "candidate"))
+                progress.update(force=True, idle=idle["action"], idle_job=idle["job_id"])
+
+
+def improve_project(project_id: int) -> dict:
+    """One chunk of idle-time training of a project (:mod:`worker.improving`), queued on ``shoeseg-idle``.
+
+    Returns:
+        A JSON-able summary whose ``outcome`` is ``promoted``, ``candidate``, ``yielded``, ``capped`` or
+        ``skipped``; with a registered version, the same keys as :func:`train_project`'s summary.
+
+    Example:
+        >>> improve_project(3)["outcome"]  # doctest: +SKIP
+        'promoted'
+    """
+    project_id = int(project_id)
+    settings = Settings.from_env()
+    job = current_job()
+    progress = Progress(job)
+    progress.update(force=True, project=project_id, stage="starting", started_at=now(), error=None)
+    try:
+        summary = run_improvement(project_id, settings=settings, job=job, progress=progress)
+    except Exception:
+        if job is not None:
+            trigger.set_idle_state(job.connection, project_id, job_id=None, state="failed", last_outcome="error")
+        raise
+    progress.update(force=True, stage="done", result=summary)
+    return summary
 
 
 def predict_project(project_id: int, *, version: str, strategy: str | None = None, force: bool = False) -> dict:

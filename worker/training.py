@@ -15,10 +15,10 @@ from pathlib import Path
 from shoeseg.losses import LOSS_KEYS
 from shoeseg.processes import stop_process_group
 from shoeseg.settings import Settings
-from shoeseg.trigger import FIRST_MODEL_REASON, ON_FAILURE, PREDICT_JOB, PREDICT_QUEUE
+from shoeseg.trigger import FIRST_MODEL_REASON
 from via_tools.ls_api import LabelStudioUnavailable, connect, is_transient
-from worker.plumbing import Progress, now
-from worker.promotion import decide_promotion, validation_task_ids
+from worker.plumbing import Progress
+from worker.promotion import validation_task_ids
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def new_images(ds, current) -> int:
     return sum(1 for im in ds.images if seen.get(str(im.image_id)) != im.extra.get("ls_annotation_id"))
 
 
-def _train_config(settings: Settings, *, weights: str | None, init_from: str | None, seed: int,
+def train_config(settings: Settings, *, weights: str | None, init_from: str | None, seed: int,
                   new: int | None = None):
     """The job's training settings: the profile (``SHOESEG_PROFILE``), then what the environment sets.
 
@@ -82,15 +82,16 @@ def _train_config(settings: Settings, *, weights: str | None, init_from: str | N
     return config
 
 
-def _evaluate(checkpoint: Path, val_ds, images_dir: Path, settings: Settings) -> dict:
+def _evaluate(checkpoint: Path, val_ds, images_dir: Path, settings: Settings):
     from shoeseg.evaluate import evaluate
     from shoeseg.predict import Predictor
 
     predictor = Predictor.from_checkpoint(checkpoint, device=settings.device, score_thresh=0.05)
-    return dict(evaluate(predictor, val_ds, images_dir=images_dir, device=settings.device).metrics)
+    return evaluate(predictor, val_ds, images_dir=images_dir, device=settings.device, with_losses=False,
+                    per_image_ap=True)
 
 
-def _clean_old_runs(runs_dir: Path) -> None:
+def clean_old_runs(runs_dir: Path) -> None:
     # Only one training per project runs at a time (see shoeseg.trigger): older run dirs are leftovers of
     # killed workers.
     if runs_dir.is_dir():
@@ -99,14 +100,17 @@ def _clean_old_runs(runs_dir: Path) -> None:
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def run_training(project_id: int, *, reason: str, settings: Settings, job, progress: Progress) -> dict:
-    from shoeseg.registry import ModelRegistry
-    from shoeseg.train import train
+def _numeric(task_id):
+    return int(task_id) if str(task_id).isdigit() else task_id
+
+
+def read_labels(project_id: int, settings: Settings, progress: Progress):
+    """The project's accepted annotations with their images in the shared cache: ``(dataset, images_dir)``;
+    ``(empty dataset, None)`` when there is none."""
+    from shoeseg.fetch import ImageFetcher, configured_access
     from via_tools.ls_api import LabelStudioError, accepted_annotations
 
     progress.update(force=True, stage="reading annotations")
-    from shoeseg.fetch import ImageFetcher, configured_access
-
     client = connect(settings.label_studio_url, settings.label_studio_api_key)
     try:
         ds = accepted_annotations(client, project_id)
@@ -115,39 +119,144 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
             raise LabelStudioUnavailable(f"project {project_id}: {e}") from e
         raise
     if not ds.images:
-        log.info("project %s has no accepted annotation: nothing to train", project_id)
-        return {"project": project_id, "skipped": "no accepted annotation in the project", "promoted": False}
-    registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
-    current = registry.current()
-    if reason == FIRST_MODEL_REASON and current is None and len(ds.images) < settings.min_new_annotations:
-        why = (f"{len(ds.images)} accepted annotation(s); the first model waits for {settings.min_new_annotations} "
-               "(SHOESEG_MIN_NEW_ANNOTATIONS)")
-        log.info("project %s: %s", project_id, why)
-        return {"project": project_id, "skipped": why, "promoted": False}
-    if settings.cache_dir is None:
-        settings = settings.with_(cache_dir=Path(".cache/shoeseg"))
+        return ds, None
     fetcher = ImageFetcher(settings)
     try:
         images_dir = _localise_images(ds, fetcher, configured_access(settings), progress)
     finally:
         fetcher.close()
-    task_ids = [im.image_id for im in ds.images]
+    return ds, images_dir
+
+
+def split_labels(ds, settings: Settings, current):
+    """``(train, validation)``: the validation subset (:func:`worker.promotion.validation_task_ids`) less the
+    tasks the current version trained on (a version is only ever judged on images neither version saw)."""
+    val_ids = validation_task_ids([im.image_id for im in ds.images], modulo=settings.val_modulo,
+                                  max_size=settings.val_max)
+    trained = set()
+    if current is not None:
+        held = {str(t) for t in current.meta.get("val_task_ids") or []}
+        trained = {str(t) for t in current.meta.get("task_ids") or []} - held
+    val_ids = {t for t in val_ids if t not in trained}
+    return (_subset(ds, lambda im: str(im.image_id) not in val_ids),
+            _subset(ds, lambda im: str(im.image_id) in val_ids))
+
+
+def judge(candidate_eval, current, val_ds, images_dir: Path, settings: Settings):
+    """The gate (:func:`shoeseg.gate.decide`) on both versions' per-image mask AP over ``val_ds``.
+
+    Returns:
+        ``(decision, current_metrics)``: the :class:`shoeseg.gate.GateDecision` and the current version's
+        metrics on the same images (``{}`` without a current version or validation images).
+    """
+    from shoeseg.gate import decide
+
+    if current is None or not len(val_ds) or candidate_eval is None:
+        return decide([], [], has_current=current is not None, confidence=settings.gate_confidence,
+                      tolerance=settings.promote_tolerance), {}
+    current_eval = _evaluate(current.checkpoint, val_ds, images_dir, settings)
+    new = [row.get("segm_AP") for row in candidate_eval.per_image]
+    old = [row.get("segm_AP") for row in current_eval.per_image]
+    decision = decide(new, old, has_current=True, confidence=settings.gate_confidence,
+                      tolerance=settings.promote_tolerance)
+    return decision, dict(current_eval.metrics)
+
+
+def register_and_promote(registry, result, *, current, decision, current_metrics: dict, project_id: int,
+                         kind: str, reason: str, config, ds, train_ds, val_ds, settings: Settings, job) -> dict:
+    """Registers a trained candidate with its evidence, promotes it when the gate says so (and the current
+    version is still the one it was judged against), and queues the push of its predictions."""
+    from shoeseg.trigger import request_push
+
+    new_metrics = dict(result.eval.metrics) if result.eval is not None else {}
+    train_losses = result.metrics[-1] if getattr(result, "metrics", None) else {}
     annotation_ids = {im.image_id: im.extra.get("ls_annotation_id") for im in ds.images}
-    val_ids = validation_task_ids(task_ids, modulo=settings.val_modulo)
-    train_ds = _subset(ds, lambda im: im.image_id not in val_ids)
-    val_ds = _subset(ds, lambda im: im.image_id in val_ids)
+    promote = decision.promote
+    version = registry.register(
+        result.checkpoint,
+        metrics={**new_metrics, "val_tasks": len(val_ds), "train_tasks": len(train_ds)},
+        parent=current.version if current else None,
+        meta={
+            "project": project_id,
+            "label_studio": settings.label_studio_url,
+            "kind": kind,
+            "reason": reason,
+            "job_id": job.id if job is not None else None,
+            "task_ids": [_numeric(im.image_id) for im in ds.images],
+            "annotation_ids": annotation_ids,
+            "val_task_ids": sorted(_numeric(im.image_id) for im in val_ds.images),
+            "current_version": current.version if current else None,
+            "current_metrics_on_val": current_metrics,
+            "decision": decision.reason,
+            "gate": decision.to_json(),
+            "promoted": promote,
+            "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
+            "final_losses": train_losses if isinstance(train_losses, dict) else {},
+        },
+    )
+    predict_job_id = None
+    if promote and current is not None and registry.current_version_id() != current.version:
+        promote = False
+        log.warning("project %s: %s not promoted: the current version changed while it trained", project_id,
+                    version.version)
+    if promote:
+        registry.promote(version.version)
+        log.info("project %s: promoted %s (%s)", project_id, version.version, decision.reason)
+        if job is not None:
+            predict_job_id = request_push(job.connection, project_id, version.version, settings=settings,
+                                          reason=f"{kind} {version.version} promoted", meta={"trained_by": job.id})
+    else:
+        log.warning("project %s: %s kept as a candidate: %s", project_id, version.version, decision.reason)
+    return {
+        "project": project_id,
+        "version": version.version,
+        "kind": kind,
+        "promoted": promote,
+        "decision": decision.reason,
+        "gate": decision.to_json(),
+        "metrics": new_metrics,
+        "current_version": current.version if current else None,
+        "current_metrics": current_metrics,
+        "train_tasks": len(train_ds),
+        "val_tasks": len(val_ds),
+        "predict_job_id": predict_job_id,
+    }
+
+
+def run_training(project_id: int, *, reason: str, settings: Settings, job, progress: Progress) -> dict:
+    from shoeseg.registry import ModelRegistry
+    from shoeseg.train import train
+
+    if settings.cache_dir is None:
+        settings = settings.with_(cache_dir=Path(".cache/shoeseg"))
+    registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
+    current = registry.current()
+    ds, images_dir = read_labels(project_id, settings, progress)
+    if not ds.images:
+        log.info("project %s has no accepted annotation: nothing to train", project_id)
+        return {"project": project_id, "skipped": "no accepted annotation in the project", "promoted": False}
+    if reason == FIRST_MODEL_REASON and current is None and len(ds.images) < settings.min_new_annotations:
+        why = (f"{len(ds.images)} accepted annotation(s); the first model waits for {settings.min_new_annotations} "
+               "(SHOESEG_MIN_NEW_ANNOTATIONS)")
+        log.info("project %s: %s", project_id, why)
+        return {"project": project_id, "skipped": why, "promoted": False}
+    if current is not None and new_images(ds, current) == 0:
+        why = f"no new or changed label since version {current.version}, which it would fine-tune"
+        log.info("project %s: %s: not trained", project_id, why)
+        return {"project": project_id, "skipped": why, "promoted": False}
+    train_ds, val_ds = split_labels(ds, settings, current)
     # The first model starts from SHOESEG_INIT_WEIGHTS; later ones fine-tune the current version, in its family.
     weights = None if current else settings.init_weights
     init_from = str(current.checkpoint) if current else None
     new = new_images(train_ds, current)
-    config = _train_config(settings, weights=weights, init_from=init_from,
+    config = train_config(settings, weights=weights, init_from=init_from,
                            seed=int(job.meta.get("seed", 0)) if job is not None else 0, new=new)
     progress.update(force=True, stage="training", train_tasks=len(train_ds), val_tasks=len(val_ds), new_images=new,
                     iteration=0, iters=config.iters)
 
     runs_dir = settings.cache_dir / "runs" / str(project_id)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    _clean_old_runs(runs_dir)
+    clean_old_runs(runs_dir)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
     try:
         def on_progress(values: dict) -> None:
@@ -161,55 +270,14 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
             result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=run_dir,
                            val_dataset=val_ds if len(val_ds) else None, progress=on_progress)
         progress.update(force=True, stage="evaluating")
-        new_metrics = dict(result.eval.metrics) if result.eval is not None else {}
-        current_metrics = (_evaluate(current.checkpoint, val_ds, images_dir, settings)
-                           if current is not None and len(val_ds) else {})
-        promote, decision = decide_promotion(new_metrics.get("segm_AP"), current_metrics.get("segm_AP"),
-                                             has_current=current is not None, tolerance=settings.promote_tolerance)
-        progress.update(force=True, stage="registering", decision=decision)
-        train_losses = result.metrics[-1] if getattr(result, "metrics", None) else {}
-        version = registry.register(
-            result.checkpoint,
-            metrics={**new_metrics, "val_tasks": len(val_ds), "train_tasks": len(train_ds)},
-            parent=current.version if current else None,
-            meta={
-                "project": project_id,
-                "label_studio": settings.label_studio_url,
-                "reason": reason,
-                "job_id": job.id if job is not None else None,
-                "task_ids": [int(t) if str(t).isdigit() else t for t in task_ids],
-                "annotation_ids": annotation_ids,
-                "val_task_ids": sorted(int(t) if str(t).isdigit() else t for t in val_ids),
-                "current_version": current.version if current else None,
-                "current_metrics_on_val": current_metrics,
-                "decision": decision,
-                "promoted": promote,
-                "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
-                "final_losses": train_losses if isinstance(train_losses, dict) else {},
-            },
-        )
+        decision, current_metrics = judge(result.eval, current, val_ds, images_dir, settings)
+        progress.update(force=True, stage="registering", decision=decision.reason)
+        return register_and_promote(registry, result, current=current, decision=decision,
+                                    current_metrics=current_metrics, project_id=project_id, kind="round",
+                                    reason=reason, config=config, ds=ds, train_ds=train_ds, val_ds=val_ds,
+                                    settings=settings, job=job)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-
-    predict_job_id = None
-    if promote:
-        registry.promote(version.version)
-        log.info("project %s: promoted %s (%s)", project_id, version.version, decision)
-        predict_job_id = _enqueue_predict(job, project_id, version.version, settings)
-    else:
-        log.warning("project %s: %s kept as a candidate: %s", project_id, version.version, decision)
-    return {
-        "project": project_id,
-        "version": version.version,
-        "promoted": promote,
-        "decision": decision,
-        "metrics": new_metrics,
-        "current_version": current.version if current else None,
-        "current_metrics": current_metrics,
-        "train_tasks": len(train_ds),
-        "val_tasks": len(val_ds),
-        "predict_job_id": predict_job_id,
-    }
 
 
 def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
@@ -307,25 +375,3 @@ def train_in_processes(config, nproc: int, *, dataset, images_dir: Path, out_dir
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise RuntimeError(f"training in {nproc} processes exited with {proc.returncode}: " + "\n".join(tail))
     return result_from_json(json.loads(result_path.read_text(encoding="utf-8")))
-
-
-def _enqueue_predict(job, project_id: int, version: str, settings: Settings) -> str | None:
-    if job is None:
-        return None
-    from rq import Callback, Queue, Retry
-
-    retry = Retry(max=settings.retry_max, interval=list(settings.retry_intervals_s)) if settings.retry_max else None
-    pjob = Queue(PREDICT_QUEUE, connection=job.connection).enqueue_call(
-        PREDICT_JOB,
-        args=(project_id,),
-        kwargs={"version": version},
-        job_id=f"predict-{project_id}-{version}",
-        timeout=settings.predict_timeout_s,
-        result_ttl=7 * 86400,
-        failure_ttl=30 * 86400,
-        description=f"predict project {project_id} with {version}",
-        meta={"project": project_id, "version": version, "requested_at": now(), "trained_by": job.id},
-        retry=retry,
-        on_failure=Callback(ON_FAILURE),
-    )
-    return pjob.id

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -19,73 +18,8 @@ from rq.registry import FailedJobRegistry
 from shoeseg import trigger
 from shoeseg.settings import Settings
 from shoeseg.trigger import PREDICT_QUEUE, TRAIN_QUEUE
-from tests.worker.synth import make_images
 from via_tools.labelstudio import labeling_config
 from worker import jobs
-
-TINY = {
-    "SHOESEG_TRAIN_ITERS": "1", "SHOESEG_MIN_SIZE": "64", "SHOESEG_MAX_SIZE": "96", "SHOESEG_ROI_BATCH": "32",
-    "SHOESEG_INIT_WEIGHTS": "none", "SHOESEG_DEVICE": "cpu", "SHOESEG_RETRY_MAX": "2",
-    "SHOESEG_RETRY_INTERVALS": "0", "SHOESEG_PREDICT_BATCH": "3", "SHOESEG_AL_STRATEGY": "least_confidence",
-}
-
-
-@pytest.fixture
-def loop_env(tmp_path, monkeypatch):
-    env = {**TINY, "SHOESEG_MODEL_DIR": str(tmp_path / "models"), "SHOESEG_CACHE_DIR": str(tmp_path / "cache"),
-           "LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "test-key"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return Settings.from_env()
-
-
-class FakeProject(SimpleNamespace):
-    pass
-
-
-class FakeLabelStudio:
-    """Holds tasks in memory and records what the job stores (stand-in for the SDK client)."""
-
-    def __init__(self, images_dir: Path, ds):
-        self.images_dir = images_dir
-        self.tasks = []
-        for k, im in enumerate(ds.images):
-            self.tasks.append({"id": 100 + k, "data": {"image": f"/data/upload/1/{im.file_name}"},
-                               "total_annotations": 1 if k % 2 == 0 else 0, "predictions": []})
-        self.ds = ds
-        self.pushed: list[dict] = []
-        self.model_version = None
-        config = labeling_config(["shoe"])
-        self.projects = SimpleNamespace(
-            get=lambda id: FakeProject(id=id, label_config=config),
-            import_predictions=lambda id, request: self.pushed.extend(request),
-            update=lambda id, model_version: setattr(self, "model_version", model_version),
-        )
-
-    def annotated(self):
-        from via_tools.model import AnnotationSet, ImageRecord
-
-        images = []
-        for t, im in zip(self.tasks, self.ds.images, strict=True):
-            if t["total_annotations"]:
-                images.append(ImageRecord(file_name=im.file_name, width_px=im.width_px, height_px=im.height_px,
-                                          regions=im.regions, image_id=str(t["id"]),
-                                          extra={"ls_image": t["data"]["image"], "ls_task_id": t["id"],
-                                                 "ls_annotation_id": 1000 + t["id"]}))
-        return AnnotationSet(images=images, labels=["shoe"])
-
-
-@pytest.fixture
-def fake_ls(tmp_path, monkeypatch, loop_env):
-    src = tmp_path / "src"
-    ls = FakeLabelStudio(src, make_images(src, 6))
-    monkeypatch.setattr("via_tools.ls_api.connect", lambda url, api_key, **kw: ls)
-    monkeypatch.setattr("worker.training.connect", lambda url, api_key, **kw: ls)
-    monkeypatch.setattr("via_tools.ls_api.accepted_annotations", lambda client, project_id: ls.annotated())
-    monkeypatch.setattr("via_tools.ls_api.list_tasks", lambda client, project_id: [dict(t) for t in ls.tasks])
-    monkeypatch.setattr("shoeseg.fetch.ImageFetcher._from_label_studio",
-                        lambda self, url, **kw: (src / url.rsplit("/", 1)[-1]).read_bytes())
-    return ls
 
 
 def assert_backend_agrees(fake_ls, settings, version: str) -> None:
@@ -179,15 +113,12 @@ def test_about_one_task_in_modulo_validates():
         assert abs(share - 1 / modulo) < 0.02, (modulo, share)
 
 
-@pytest.mark.parametrize("new, cur, has_current, tol, promote", [
-    (0.1, None, False, 0.0, True),
-    (0.40, 0.42, True, 0.05, True),
-    (0.30, 0.42, True, 0.05, False),
-    (None, None, True, 0.05, False),
-])
-def test_promotion_rule(new, cur, has_current, tol, promote):
-    ok, why = jobs.decide_promotion(new, cur, has_current=has_current, tolerance=tol)
-    assert ok is promote and why
+def test_the_validation_subset_is_capped_by_lowest_hash_and_a_training_task_never_moves_into_it():
+    ids = [str(i) for i in range(1, 2000)]
+    capped = jobs.validation_task_ids(ids, modulo=5, max_size=30)
+    assert capped == set(sorted(_selected(ids, 5), key=_id_hash)[:30])
+    grown = jobs.validation_task_ids(ids + [str(i) for i in range(2000, 4000)], modulo=5, max_size=30)
+    assert len(grown) == 30 and (grown & set(ids)) <= capped  # displaced tasks train; none joins from training
 
 
 def test_task_order_puts_unlabelled_first():
@@ -237,15 +168,26 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     again = jobs.predict_project(1, version=version.version)
     assert again["pushed"] == 0 and again["already_there"] == 6
 
-    # a second training that cannot beat the current one stays a candidate, and says why
+    # nothing new since the current version: no round is trained
+    same = trigger.request_training(redis_conn, 1, reason="again", settings=loop_env)
+    work(redis_conn, TRAIN_QUEUE)
+    skipped = Job.fetch(same["job_id"], connection=redis_conn).return_value()
+    assert "no new or changed label since version" in skipped["skipped"] and len(registry.versions()) == 1
+
+    # a second training that cannot beat the current one (a gate that asks for 2 AP more than the current
+    # version's mean) stays a candidate, and its evidence is recorded
+    fake_ls.tasks[1]["total_annotations"] = 1  # a new label
     monkeypatch.setenv("SHOESEG_PROMOTE_TOLERANCE", "-2")
     second = trigger.request_training(redis_conn, 1, reason="again", settings=loop_env)
     work(redis_conn, TRAIN_QUEUE)
     res2 = Job.fetch(second["job_id"], connection=redis_conn).return_value()
-    assert res2["promoted"] is False and "worse than the current version" in res2["decision"]
+    assert res2["promoted"] is False and "worse on average" in res2["decision"]
     assert registry.current().version == version.version
-    assert registry.get(res2["version"]).status == "candidate"
-    assert registry.get(res2["version"]).parent == version.version
+    candidate = registry.get(res2["version"])
+    assert candidate.status == "candidate" and candidate.parent == version.version
+    gate = candidate.meta["gate"]
+    assert gate["compared_on"] == res2["val_tasks"] >= 1 and gate["ci_low"] <= gate["diff"] <= gate["ci_high"]
+    assert candidate.meta["kind"] == "round" and candidate.meta["decision"] == res2["decision"]
 
 
 def test_label_studio_unreachable_is_retried_then_fails_with_the_reason(redis_conn, loop_env):
@@ -276,16 +218,16 @@ def test_bad_annotations_fail_at_once_without_retries(redis_conn, fake_ls, loop_
 
 
 def test_a_fine_tuning_round_is_sized_to_what_is_new(monkeypatch):
-    from worker.training import _train_config, new_images
+    from worker.training import new_images, train_config
 
     settings = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_DEVICE": "cpu"})
-    first = _train_config(settings, weights="none", init_from=None, seed=0, new=30)
+    first = train_config(settings, weights="none", init_from=None, seed=0, new=30)
     assert first.iters == 200  # the first model: the profile's full schedule
-    assert _train_config(settings, weights=None, init_from="m.pt", seed=0, new=5).iters == 40  # the floor
-    round_30 = _train_config(settings, weights=None, init_from="m.pt", seed=0, new=30)
+    assert train_config(settings, weights=None, init_from="m.pt", seed=0, new=5).iters == 40  # the floor
+    round_30 = train_config(settings, weights=None, init_from="m.pt", seed=0, new=30)
     assert round_30.iters == 120 and round_30.warmup_iters <= 24 and round_30.init_from == "m.pt"
     fixed = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_TRAIN_ITERS": "7"})
-    assert _train_config(fixed, weights=None, init_from="m.pt", seed=0, new=30).iters == 7  # the variable wins
+    assert train_config(fixed, weights=None, init_from="m.pt", seed=0, new=30).iters == 7  # the variable wins
 
     current = SimpleNamespace(meta={"annotation_ids": {"1": 10, "2": 20}})
     ds = SimpleNamespace(images=[SimpleNamespace(image_id="1", extra={"ls_annotation_id": 10}),

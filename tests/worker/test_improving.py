@@ -1,0 +1,152 @@
+"""Training in idle time, through a real rq worker and a real Redis, with a tiny model.
+
+What is checked: a chain of idle chunks stops at its budget, each chunk's gate evidence is recorded and the
+pushes run before the chunks; a chunk gives the worker back within an iteration when a round is queued; a
+chunk killed with SIGKILL leaves the current version as it was and loadable.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from shoeseg import trigger
+from shoeseg.registry import ModelRegistry
+from shoeseg.settings import Settings
+from shoeseg.trigger import IDLE_QUEUE, QUEUES, TRAIN_QUEUE
+
+
+def _work_all(conn) -> None:
+    SimpleWorker(list(QUEUES), connection=conn).work(burst=True)
+
+
+def _first_version(conn, settings) -> str:
+    queued = trigger.request_training(conn, 1, reason="test", settings=settings)
+    SimpleWorker([TRAIN_QUEUE], connection=conn).work(burst=True)
+    result = Job.fetch(queued["job_id"], connection=conn).return_value()
+    assert result["promoted"], result
+    return result["version"]
+
+
+def test_the_idle_trigger_queues_one_chunk_only_when_nothing_else_runs(redis_conn, monkeypatch):
+    settings = Settings.from_env({"SHOESEG_IDLE_MAX_ITERS": "100", "SHOESEG_IDLE_CHUNK_ITERS": "60"})
+    assert trigger.request_idle(redis_conn, 4, settings=settings.with_(idle_training=False))["action"] == "disabled"
+    queued = trigger.request_training(redis_conn, 4, reason="test", settings=settings)
+    assert trigger.request_idle(redis_conn, 4, settings=settings)["action"] == "busy"  # a round waits
+    Queue(TRAIN_QUEUE, connection=redis_conn).remove(queued["job_id"])
+    redis_conn.delete(trigger.state_key(4))
+    first = trigger.request_idle(redis_conn, 4, settings=settings)
+    assert first["action"] == "queued" and Queue(IDLE_QUEUE, connection=redis_conn).job_ids == [first["job_id"]]
+    assert trigger.request_idle(redis_conn, 4, settings=settings)["action"] == "already_queued"
+    Queue(IDLE_QUEUE, connection=redis_conn).remove(first["job_id"])
+    Job.fetch(first["job_id"], connection=redis_conn).delete()
+    trigger.set_idle_state(redis_conn, 4, iters_done=100)
+    assert trigger.request_idle(redis_conn, 4, settings=settings)["action"] == "capped"
+    assert trigger.idle_state(redis_conn, 4)["state"] == "capped"
+    # a round on new labels starts a new budget
+    assert trigger.request_idle(redis_conn, 4, settings=settings, reset=True)["action"] == "queued"
+    assert trigger.idle_state(redis_conn, 4)["iters_done"] == "0"
+    assert "waiting on shoeseg-idle" not in (trigger.labelled_work_waiting(redis_conn, 4) or "")
+
+
+@pytest.mark.slow
+def test_idle_chunks_follow_the_push_record_their_evidence_and_stop_at_the_budget(redis_conn, fake_ls, loop_env,
+                                                                                 monkeypatch):
+    monkeypatch.setenv("SHOESEG_IDLE_TRAINING", "true")
+    monkeypatch.setenv("SHOESEG_IDLE_CHUNK_ITERS", "1")
+    monkeypatch.setenv("SHOESEG_IDLE_MAX_ITERS", "2")
+    monkeypatch.setenv("SHOESEG_PROMOTE_TOLERANCE", "1.0")
+    queued = trigger.request_training(redis_conn, 1, reason="test", settings=Settings.from_env())
+    _work_all(redis_conn)
+    registry = ModelRegistry(loop_env.model_dir)
+    versions = sorted(registry.versions(), key=lambda v: v.created_at)
+    assert [v.meta.get("kind") for v in versions] == ["round", "idle", "idle"]
+    first = Job.fetch(queued["job_id"], connection=redis_conn).return_value()
+    push = Job.fetch(first["predict_job_id"], connection=redis_conn)
+    chunk = Job.fetch("idle-1-1", connection=redis_conn)
+    assert push.ended_at <= chunk.started_at  # the first version's predictions before any further training
+    for version, parent in zip(versions[1:], versions[:-1], strict=True):
+        gate = version.meta["gate"]
+        assert version.parent == parent.version and gate["compared_on"] >= 1
+        assert gate["ci_low"] <= gate["diff"] <= gate["ci_high"] and version.meta["decision"] == gate["reason"]
+        assert version.meta["train_config"]["min_size"] == round(64 * 4 / 3)  # the idle recipe's larger size
+    state = trigger.idle_state(redis_conn, 1)
+    assert state["iters_done"] == "2" and state["state"] == "capped" and not state["job_id"]
+    assert not Queue(IDLE_QUEUE, connection=redis_conn).count
+
+
+@pytest.mark.slow
+def test_an_idle_chunk_gives_the_worker_back_within_an_iteration_when_a_round_is_queued(redis_conn, fake_ls,
+                                                                                       loop_env, monkeypatch):
+    _first_version(redis_conn, loop_env)
+    monkeypatch.setenv("SHOESEG_IDLE_TRAINING", "true")
+    monkeypatch.setenv("SHOESEG_IDLE_CHUNK_ITERS", "100000")
+    monkeypatch.setenv("SHOESEG_IDLE_MAX_ITERS", "100000")
+    chunk = trigger.request_idle(redis_conn, 1, settings=Settings.from_env())
+    asked: dict = {}
+
+    def label_event() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            meta = Job.fetch(chunk["job_id"], connection=redis_conn).get_meta(refresh=True)
+            if meta.get("stage") == "training" and int(meta.get("iteration") or 0) >= 1:
+                break
+            time.sleep(0.05)
+        os.environ["SHOESEG_IDLE_TRAINING"] = "false"  # the round's end queues no further chunk
+        fake_ls.tasks[1]["total_annotations"] = 1  # a new label
+        asked["at"] = datetime.now(timezone.utc)
+        asked["round"] = trigger.request_training(redis_conn, 1, reason="new labels", settings=loop_env)
+
+    thread = threading.Thread(target=label_event)
+    thread.start()
+    _work_all(redis_conn)  # the chunk, then the round: one worker
+    thread.join()
+    idle = Job.fetch(chunk["job_id"], connection=redis_conn).return_value()
+    assert idle["outcome"] == "yielded" and "shoeseg-train" in idle["why"]
+    round_job = Job.fetch(asked["round"]["job_id"], connection=redis_conn)
+    waited = (round_job.started_at.replace(tzinfo=timezone.utc) - asked["at"]).total_seconds()
+    assert waited < 30, waited  # about 1 s on an idle machine; the bound leaves room for a loaded CI runner
+    assert round_job.return_value()["promoted"] in (True, False)  # it ran to the end
+    assert trigger.idle_state(redis_conn, 1)["state"] == "yielded"
+
+
+def _run_chunk(project_id: int) -> None:  # pragma: no cover - runs in the child process
+    from worker.jobs import improve_project
+
+    improve_project(project_id)
+
+
+@pytest.mark.slow
+def test_a_chunk_killed_with_sigkill_leaves_the_current_version_loadable(redis_conn, fake_ls, loop_env,
+                                                                        monkeypatch):
+    from shoeseg.predict import Predictor
+
+    current = _first_version(redis_conn, loop_env)
+    monkeypatch.setenv("SHOESEG_IDLE_TRAINING", "true")
+    monkeypatch.setenv("SHOESEG_IDLE_CHUNK_ITERS", "100000")
+    monkeypatch.setenv("SHOESEG_IDLE_MAX_ITERS", "100000")
+    child = multiprocessing.get_context("fork").Process(target=_run_chunk, args=(1,))
+    child.start()
+    runs = loop_env.cache_dir / "runs" / "1"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = [p for p in runs.glob("run-*/metrics.jsonl") if p.stat().st_size]
+        if rows:
+            break
+        time.sleep(0.05)
+    assert rows, "the chunk never started training"
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    registry = ModelRegistry(loop_env.model_dir)
+    assert registry.current_version_id() == current and len(registry.versions()) == 1
+    predictor = Predictor.from_checkpoint(registry.current().checkpoint, device="cpu")
+    assert predictor.class_names == ["shoe"]

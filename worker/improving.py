@@ -1,0 +1,154 @@
+"""Training in idle time: while a project has no other job, keep improving its current version in chunks.
+
+One chunk (``worker.jobs.improve_project``, queued by :func:`shoeseg.trigger.request_idle` on the lowest
+queue) continues the current version on all the project's accepted labels but the validation subset, for
+``SHOESEG_IDLE_CHUNK_ITERS`` iterations of :data:`shoeseg.schedule.IDLE_RECIPE` (a larger input size, a
+lower learning rate). The candidate then meets the same gate as a round (:func:`worker.training.judge`): it
+becomes a version, promoted and pushed when the evidence allows. The next chunk is queued as this one ends,
+until the project's budget (``SHOESEG_IDLE_MAX_ITERS`` iterations on one set of labels) is spent; a round on
+new labels starts a new budget.
+
+Yielding: the chunk asks Redis after every iteration whether labelled work is waiting
+(:func:`shoeseg.trigger.labelled_work_waiting`: a push or a round on the queues, or this project's training
+on another worker) and stops there, dropping the unfinished chunk, so the worker takes that job within one
+iteration (about 5 s on 2 CPU cores at 512 px) plus the time to free the model. Nothing is registered by a
+stopped or killed chunk: the current version stays what it was.
+
+Sharing a machine: the chunk's process (rq's work horse, forked per job) lowers its priority to
+``SHOESEG_IDLE_NICE`` and, with ``SHOESEG_IDLE_THREADS``, its torch threads, so the backend's ``/predict``
+keeps the CPU first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from shoeseg import trigger
+from shoeseg.settings import Settings
+from worker.plumbing import Progress
+from worker.training import (
+    clean_old_runs,
+    judge,
+    read_labels,
+    register_and_promote,
+    split_labels,
+    train_config,
+)
+
+log = logging.getLogger(__name__)
+
+#: Redis is asked at most this often whether labelled work waits (every iteration takes longer on a CPU).
+YIELD_CHECK_S = 1.0
+
+
+def labels_fingerprint(ds) -> str:
+    """One string for the set of accepted labels: every task with its annotation id."""
+    pairs = sorted((str(im.image_id), str(im.extra.get("ls_annotation_id"))) for im in ds.images)
+    return hashlib.blake2b(json.dumps(pairs).encode(), digest_size=12).hexdigest()
+
+
+def _lower_priority(settings: Settings) -> None:
+    try:
+        os.nice(settings.idle_nice)
+    except OSError:  # not allowed here: run at the same priority
+        log.warning("could not lower the idle-time training's priority", exc_info=True)
+    if settings.idle_threads:
+        import torch
+
+        torch.set_num_threads(settings.idle_threads)
+
+
+def run_improvement(project_id: int, *, settings: Settings, job, progress: Progress) -> dict:
+    """One idle-time chunk of a project (see the module's text); returns a JSON-able summary.
+
+    The summary's ``outcome`` is ``promoted`` or ``candidate`` (a version was registered), ``yielded``
+    (labelled work came first), ``capped`` (the budget is spent), or ``skipped`` (nothing to improve).
+    """
+    from shoeseg.registry import ModelRegistry
+    from shoeseg.schedule import idle_config
+    from shoeseg.train import TrainingStopped, train
+
+    conn = job.connection if job is not None else None
+    summary = {"project": project_id, "kind": "idle"}
+
+    def end(outcome: str, **values) -> dict:
+        if conn is not None:
+            trigger.set_idle_state(conn, project_id, job_id=None, state=outcome, last_outcome=outcome,
+                                   **{k: v for k, v in values.items() if k in ("iters_done", "labels")})
+        return {**summary, "outcome": outcome, **values}
+
+    if conn is not None:
+        waiting = trigger.labelled_work_waiting(conn, project_id)
+        if waiting:
+            log.info("project %s: idle-time training yields at once: %s", project_id, waiting)
+            return end("yielded", why=waiting)
+    if settings.cache_dir is None:
+        settings = settings.with_(cache_dir=Path(".cache/shoeseg"))
+    registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
+    current = registry.current()
+    if current is None:
+        return end("skipped", why="no current version to improve")
+    ds, images_dir = read_labels(project_id, settings, progress)
+    if not ds.images:
+        return end("skipped", why="no accepted annotation in the project")
+    labels = labels_fingerprint(ds)
+    state = trigger.idle_state(conn, project_id) if conn is not None else {}
+    done = int(state.get("iters_done") or 0) if state.get("labels") in (None, "", labels) else 0
+    if done >= settings.idle_max_iters:
+        return end("capped", iters_done=done, labels=labels)
+    iters = min(settings.idle_chunk_iters, settings.idle_max_iters - done)
+    train_ds, val_ds = split_labels(ds, settings, current)
+    config = idle_config(train_config(settings, weights=None, init_from=str(current.checkpoint),
+                                       seed=done + 1), init_from=str(current.checkpoint), iters=iters)
+    _lower_priority(settings)
+    progress.update(force=True, stage="training", kind="idle", train_tasks=len(train_ds), val_tasks=len(val_ds),
+                    iteration=0, iters=config.iters, idle_iters_done=done, idle_max_iters=settings.idle_max_iters)
+    if conn is not None:
+        trigger.set_idle_state(conn, project_id, state="running", labels=labels, iters_done=done)
+
+    last_check = [0.0]
+
+    def should_stop() -> bool:
+        if conn is None or time.monotonic() - last_check[0] < YIELD_CHECK_S:
+            return False
+        last_check[0] = time.monotonic()
+        why = trigger.labelled_work_waiting(conn, project_id)
+        if why:
+            summary["why"] = why
+        return why is not None
+
+    runs_dir = settings.cache_dir / "runs" / str(project_id)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    clean_old_runs(runs_dir)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
+    try:
+        try:
+            result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=run_dir,
+                           val_dataset=val_ds if len(val_ds) else None, should_stop=should_stop,
+                           progress=lambda values: progress.update(stage="training", **values))
+        except TrainingStopped as e:
+            log.info("project %s: idle-time chunk yielded after %d iterations: %s", project_id, e.iterations,
+                     summary.get("why"))
+            return end("yielded", iters_done=done, labels=labels, iterations=e.iterations)
+        progress.update(force=True, stage="evaluating")
+        decision, current_metrics = judge(result.eval, current, val_ds, images_dir, settings)
+        progress.update(force=True, stage="registering", decision=decision.reason)
+        registered = register_and_promote(
+            registry, result, current=current, decision=decision, current_metrics=current_metrics,
+            project_id=project_id, kind="idle", reason=f"idle time: iterations {done + 1}-{done + iters}",
+            config=config, ds=ds, train_ds=train_ds, val_ds=val_ds, settings=settings, job=job)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    done += iters
+    outcome = "promoted" if registered["promoted"] else "candidate"
+    out = end(outcome, iters_done=done, labels=labels, **{k: v for k, v in registered.items() if k != "project"})
+    if conn is not None:
+        out["next"] = trigger.request_idle(conn, project_id, settings=settings)
+    return out
