@@ -235,8 +235,11 @@ def learning_curve_svg(versions: list[dict], *, served: str | None) -> str:
                "time": _when(v["created_at"])} for v in versions]
     width, height, panel_w = 960, 300, 400
 
+    times = [p["time"] for p in points if p["time"] is not None]
+    pattern = "%m-%d %H:%M:%S" if times and max(times) - min(times) < 3600 else "%Y-%m-%d %H:%M"
+
     def when_fmt(t):
-        return datetime.fromtimestamp(t).astimezone().strftime("%m-%d %H:%M")
+        return datetime.fromtimestamp(t).astimezone().strftime(pattern)
 
     body = [
         _panel(points, x_key="labels", x_label="Labels trained on", x_fmt=lambda x: f"{x:.0f}", left=60,
