@@ -299,8 +299,15 @@ def _gate_cell(v: dict) -> str:
         if isinstance(gate.get("ci_low"), int | float) and isinstance(gate.get("ci_high"), int | float):
             ci = f" [{gate['ci_low']:+.3f}, {gate['ci_high']:+.3f}]"
         diff = f"{gate['diff']:+.3f}" if isinstance(gate.get("diff"), int | float) else "–"
-        where = f" on {_e(gate['compared_on'])}" if gate.get("compared_on") is not None else ""
-        return (f"<b>{_e(gate.get('decision'))}</b><br>{_e(gate.get('metric') or 'AP')} {_e(diff)}{_e(ci)}{where}")
+        on = gate.get("compared_on")
+        where = f" on {_e(on)} image{'s' if on != 1 else ''}" if isinstance(on, int) else (
+            f" on {_e(on)}" if on is not None else "")
+        decision = gate.get("decision")
+        if decision is None and isinstance(gate.get("promote"), bool):
+            decision = "promoted" if gate["promote"] else "kept as a candidate"
+        reason = f'<br><span class="muted">{_e(gate["reason"])}</span>' if gate.get("reason") else ""
+        return (f"<b>{_e(decision or '–')}</b><br>{_e(gate.get('metric') or 'AP')} {_e(diff)}{_e(ci)}{where}"
+                f"{reason}")
     return _e(v.get("decision")) if v.get("decision") else '<span class="muted">–</span>'
 
 

@@ -27,6 +27,13 @@ def status_registry(tmp_path, checkpoints):
                        "gate": {"metric": "segm_AP", "compared_on": "3 images", "diff": 0.11, "ci_low": 0.02,
                                 "ci_high": 0.2, "decision": "promote <b>now</b>"}})
     reg.promote("test-v2")
+    from tests.backend.conftest import make_checkpoint
+
+    v3 = make_checkpoint(tmp_path / "v3.pt", version="test-v3", fg_logit=1.0, detections=1, seed=3)
+    reg.register(v3, metrics={"segm_AP": 0.40, "train_tasks": 18}, parent="test-v2",
+                 meta={"project": 5, "kind": "idle",
+                       "gate": {"promote": False, "reason": "the mean dropped by > 0.01", "metric": "segm_AP",
+                                "compared_on": 3, "diff": -0.02, "ci_low": -0.05, "ci_high": 0.01}})
     reg.record_acceptance("test-v1", 11, {"kept": 3, "moved": 1, "deleted": 1, "drawn": 2, "vertices_changed": 4,
                                           "predicted": 5, "annotated": 6})
     return reg
@@ -85,9 +92,12 @@ def test_the_page_shows_projects_versions_acceptance_and_the_curve(app_client, s
     assert [int(n) for n in re.findall(r'<td class="num">(\d+)</td>', row1)[-6:]] == [1, 3, 1, 1, 2, 4]
     assert "0.60" in row1  # kept share 3 / 5
     assert "0.420" in row2 and ">18<" in row2 and "idle" in row2 and "[+0.020, +0.200]" in row2 and "★" in row2
+    row3 = re.search(r'<tr data-version="test-v3".*?</tr>', page).group(0)  # shoeseg.gate's own record
+    assert "kept as a candidate" in row3 and "-0.020 [-0.050, +0.010] on 3 images" in row3
+    assert "the mean dropped by &gt; 0.01" in row3
     # the curve: AP of both versions in both panels, acceptance of the one with annotations
     svg = re.search(r'<svg id="learning-curve".*?</svg>', page, re.S).group(0)
-    assert len(re.findall(r'class="point ap" data-version="test-v[12]"', svg)) == 4
+    assert len(re.findall(r'class="point ap" data-version="test-v[123]"', svg)) == 6
     assert re.findall(r'class="point acceptance" data-version="([^"]+)" data-value="([^"]+)"', svg) == \
         [("test-v1", "0.6000")] * 2
     assert "<script" not in page.replace("&lt;script", "")  # no script of our own either
