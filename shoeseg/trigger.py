@@ -510,12 +510,15 @@ def request_idle(conn: redis.Redis, project_id: int | str, *, settings: Settings
 
 
 def labelled_work_waiting(conn: redis.Redis, project_id: int | str) -> str | None:
-    """Why an idle-time chunk should give the worker back now, or ``None``: a push or a round is waiting on
-    the queues (of any project: labelled work first), or the project's own training is waiting or running
-    (on another worker)."""
-    for name in (PREDICT_QUEUE, TRAIN_QUEUE):
-        if Queue(name, connection=conn).count:
-            return f"a job is waiting on {name}"
+    """Why an idle-time chunk should give the worker back now, or ``None``: a round or a push of predictions is
+    waiting on the queues (of any project: labelled work first), or the project's own training is waiting or
+    running (on another worker). Other small jobs of the predict queue (live acceptance) wait for the chunk's
+    end instead: yielding to each would drop every chunk while people annotate."""
+    if Queue(TRAIN_QUEUE, connection=conn).count:
+        return f"a job is waiting on {TRAIN_QUEUE}"
+    pushes = [j for j in Queue(PREDICT_QUEUE, connection=conn).get_job_ids(0, 200) if j.startswith("predict-")]
+    if pushes:
+        return f"a push of predictions is waiting on {PREDICT_QUEUE} ({pushes[0]})"
     st = _read_state(conn, project_id)
     live = _liveness(conn, project_id, st)
     if live != "none":

@@ -88,7 +88,9 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
         waiting = trigger.labelled_work_waiting(conn, project_id)
         if waiting:
             log.info("project %s: idle-time training yields at once: %s", project_id, waiting)
-            return end("yielded", why=waiting)
+            out = end("yielded", why=waiting)
+            out["next"] = trigger.request_idle(conn, project_id, settings=settings)
+            return out
     if settings.cache_dir is None:
         settings = settings.with_(cache_dir=Path(".cache/shoeseg"))
     registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
@@ -136,7 +138,10 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
         except TrainingStopped as e:
             log.info("project %s: idle-time chunk yielded after %d iterations: %s", project_id, e.iterations,
                      summary.get("why"))
-            return end("yielded", iters_done=done, labels=labels, iterations=e.iterations)
+            out = end("yielded", iters_done=done, labels=labels, iterations=e.iterations)
+            if conn is not None:  # behind the work it yielded to (a round of this project asks again itself)
+                out["next"] = trigger.request_idle(conn, project_id, settings=settings)
+            return out
         progress.update(force=True, stage="evaluating")
         decision, current_metrics = judge(result.eval, current, val_ds, images_dir, settings)
         progress.update(force=True, stage="registering", decision=decision.reason)

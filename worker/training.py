@@ -9,7 +9,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from shoeseg.losses import LOSS_KEYS
@@ -251,6 +251,11 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
     new = new_images(train_ds, current)
     config = train_config(settings, weights=weights, init_from=init_from,
                            seed=int(job.meta.get("seed", 0)) if job is not None else 0, new=new)
+    parent_size = (current.meta.get("train_config") or {}) if current else {}
+    if settings.min_size is None and int(parent_size.get("min_size") or 0) > config.min_size:
+        # a version that idle-time training enlarged keeps its size: a round at a smaller one would undo it
+        config = replace(config, min_size=int(parent_size["min_size"]),
+                         max_size=max(config.max_size, int(parent_size.get("max_size") or 0)))
     progress.update(force=True, stage="training", train_tasks=len(train_ds), val_tasks=len(val_ds), new_images=new,
                     iteration=0, iters=config.iters)
 

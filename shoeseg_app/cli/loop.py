@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-QUEUE_NAMES = ("shoeseg-train", "shoeseg-predict")
+from shoeseg.trigger import QUEUES
 
 
 def register(app: typer.Typer) -> None:
@@ -13,8 +13,8 @@ def register(app: typer.Typer) -> None:
     @app.command("worker")
     def worker_command(
         queues: list[str] = typer.Option(
-            list(QUEUE_NAMES), "--queues", "-q",
-            help="Queues to work on, in priority order (repeat the option): shoeseg-train, shoeseg-predict.",
+            list(QUEUES), "--queues", "-q",
+            help="Queues to work on, in priority order (repeat the option): " + ", ".join(QUEUES) + ".",
         ),
         redis_url: str = typer.Option(None, "--redis-url", envvar="REDIS_URL", help="Redis of the queues."),
         burst: bool = typer.Option(False, "--burst", help="Quit when the queues are empty."),
@@ -24,9 +24,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Runs an RQ worker that retrains on new labels and pushes predictions back to Label Studio.
 
-        Training jobs need the GPU when there is one: run one worker per GPU on shoeseg-train, and CPU
-        workers on shoeseg-predict only. A plain `rq worker --with-scheduler shoeseg-train shoeseg-predict`
-        run from the repository root works too.
+        By default it takes pushes first, then rounds on new labels, then idle-time training (shoeseg-idle),
+        which yields within an iteration to the other two. Training jobs need the GPU when there is one: run
+        one worker per GPU on shoeseg-train and shoeseg-idle, and CPU workers on shoeseg-predict only. A plain
+        `rq worker --with-scheduler shoeseg-predict shoeseg-train shoeseg-idle` run from the repository root
+        works too.
 
         Example: shoeseg worker --queues shoeseg-train --redis-url redis://127.0.0.1:6379/0
         """
