@@ -34,7 +34,7 @@ from shoeseg.fetch import (
     configured_access,
     setup_access,
 )
-from shoeseg.predictions import ImagePrediction, PredictionWriter, as_ls, combine
+from shoeseg.predictions import ImagePrediction, PredictionWriter, as_ls, combine, task_images
 from shoeseg.settings import Settings
 from via_tools.ls_config import ImageObject, LabelConfig, LabelConfigError, cached_label_config
 
@@ -333,17 +333,13 @@ class ShoeSegModel:
         return out
 
     def _jobs(self, tasks: Sequence[dict], config: LabelConfig, boxes: list[dict]) -> list[_ImageJob]:
-        used = {c.to_name for c in config.controls}
         jobs = []
         for i, task in enumerate(tasks):
-            data = task.get("data") if isinstance(task, dict) else None
-            data = data if isinstance(data, dict) else {}
-            for name in sorted(used):
-                image = config.images[name]
+            for image, url in task_images(config, task):
                 job = _ImageJob(task_index=i, task_id=task.get("id") if isinstance(task, dict) else None,
-                                image=image, url=data.get(image.value_key))
+                                image=image, url=url)
                 for box in boxes:
-                    if box["to_name"] in (None, name):
+                    if box["to_name"] in (None, image.name):
                         job.box_xyxy_pct, job.box_label = box["xywh_pct"], box["label"]
                 jobs.append(job)
         return jobs
@@ -441,7 +437,7 @@ class ShoeSegModel:
         writer = self._writers.get(key)
         if writer is None:
             writer = PredictionWriter(config, loaded.class_names, strategy=self.settings.al_strategy,
-                                      score_thresh=self.settings.score_thresh)
+                                      score_thresh=loaded.predictor.score_thresh)
             self._writers.put(key, writer)
         return writer
 
@@ -453,7 +449,7 @@ class ShoeSegModel:
         if plain:
             t0 = time.perf_counter()
             try:
-                seen = self._candidates(predictor, writer, [j.array for j in plain])
+                seen = writer.candidates(predictor, [j.array for j in plain])
             except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
                 log.warning("a batch of %d images failed; predicting them one at a time", len(plain), exc_info=True)
                 seen = [self._predict_one(predictor, writer, j, request) for j in plain]
@@ -481,17 +477,9 @@ class ShoeSegModel:
             dets = [det] if det is not None else []
             self._finish(job, writer, dets, dets if writer.needs_flip else None, forced_label=job.box_label)
 
-    @staticmethod
-    def _candidates(predictor, writer: PredictionWriter, arrays: list) -> list[tuple[list, list | None]]:
-        """Every candidate of each image (and of its mirror image, when the task score needs it)."""
-        if writer.needs_flip:
-            dets, back = predictor.predict_with_flip(arrays, score_thresh=writer.candidate_thresh)
-            return list(zip(dets, back, strict=True))
-        return [(d, None) for d in predictor.predict(arrays, score_thresh=writer.candidate_thresh)]
-
     def _predict_one(self, predictor, writer: PredictionWriter, job: _ImageJob, request: _RequestState):
         try:
-            return self._candidates(predictor, writer, [job.array])[0]
+            return writer.candidates(predictor, [job.array])[0]
         except Exception as e:  # noqa: BLE001
             log.exception("task %s: the model failed on image %r", job.task_id, job.url)
             self._fail(job, f"task {job.task_id}: the model failed on image {job.url!r} ({type(e).__name__})",
@@ -500,12 +488,9 @@ class ShoeSegModel:
 
     def _finish(self, job: _ImageJob, writer: PredictionWriter, detections, flipped, *,
                 forced_label: str | None = None) -> None:
-        h, w = job.array.shape[:2]
-        full_w, full_h = job.full_wh or (w, h)
-        job.prediction = writer.write(
-            detections, image_name=job.image.name, width_px=full_w, height_px=full_h,
-            scale_xy=(full_w / w, full_h / h), flipped=flipped, task_id=job.task_id, forced_label=forced_label,
-        )
+        job.prediction = writer.write_view(detections, flipped, image_name=job.image.name,
+                                           seen_hw=job.array.shape[:2], full_wh=job.full_wh, task_id=job.task_id,
+                                           forced_label=forced_label)
         for region in job.prediction.result:
             self.metrics.regions.labels(type=region["type"]).inc()
         job.array = None

@@ -64,7 +64,7 @@ class ModelCache:
 
         return Predictor.from_checkpoint(
             checkpoint, device=self.settings.device, score_thresh=self.settings.score_thresh,
-            batch_size=self.settings.batch_size,
+            batch_size=self.settings.batch_size, **self.settings.polygon_options(),
         )
 
     @property

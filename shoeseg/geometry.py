@@ -59,15 +59,24 @@ def mask_to_polygons(
     mask: np.ndarray,
     *,
     tolerance_px: float = 1.0,
+    tolerance_rel: float = 0.0,
+    max_vertices: int | None = None,
     min_area_px: float = 16.0,
     largest_only: bool = False,
     offset_xy: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, ...]:
     """Traces a mask's outer contours into simplified polygons (absolute pixels).
 
+    The vertex budget follows the shape: each part is simplified with the larger of ``tolerance_px`` and
+    ``tolerance_rel`` times its box diagonal, so a big shoe and a small one get outlines equally tight for
+    their size, and a part with more than ``max_vertices`` vertices is simplified again with twice the
+    tolerance until it fits (Douglas-Peucker keeps the corners, the vertices that carry the shape).
+
     Args:
         mask: ``(H, W)`` bool or 0/1 array.
         tolerance_px: Douglas-Peucker tolerance; 0 keeps every contour point.
+        tolerance_rel: tolerance relative to each part's box diagonal (0: ``tolerance_px`` alone).
+        max_vertices: the most vertices of one polygon (``None``: no cap; at least 3).
         min_area_px: parts with fewer mask pixels than this are dropped (specks).
         largest_only: keep only the largest part.
         offset_xy: added to every point (for masks that are crops of a larger image).
@@ -97,9 +106,14 @@ def mask_to_polygons(
         if not contours:
             continue
         raw = max(contours, key=len).reshape(-1, 2)
-        simplified = cv2.approxPolyDP(raw.reshape(-1, 1, 2), float(tolerance_px), True).reshape(-1, 2) \
-            if tolerance_px > 0 else raw
-        for pts in _simple_polygons(simplified, raw, tolerance_px, w, h):
+        tol = max(float(tolerance_px), float(tolerance_rel) * float(np.hypot(w, h)))
+        simplified = cv2.approxPolyDP(raw.reshape(-1, 1, 2), tol, True).reshape(-1, 2) if tol > 0 else raw
+        if max_vertices is not None:
+            cap = max(3, int(max_vertices))
+            while len(simplified) > cap:
+                tol = max(2 * tol, 0.5)
+                simplified = cv2.approxPolyDP(raw.reshape(-1, 1, 2), tol, True).reshape(-1, 2)
+        for pts in _simple_polygons(simplified, raw, tol, w, h):
             parts.append((_area(pts), pts + (x + 0.5 + offset_xy[0], y + 0.5 + offset_xy[1])))
         if largest_only:
             break

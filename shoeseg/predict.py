@@ -96,7 +96,9 @@ class Predictor:
         device: ``auto``, ``cpu``, ``cuda`` or a :class:`torch.device`.
         score_thresh: detections below this score are dropped (detectron2's ``SCORE_THRESH_TEST``).
         mask_thresh: mask probability threshold.
-        tolerance_px: polygon simplification tolerance.
+        tolerance_px / tolerance_rel / max_vertices: the polygons' vertex budget
+            (:func:`shoeseg.geometry.mask_to_polygons`): a tolerance in pixels, one relative to each shoe's box
+            diagonal (the larger wins), and a cap on the vertices of one polygon.
         min_area_px: mask parts smaller than this become no polygon.
         batch_size: images per forward pass.
         flip_tta: test-time flip augmentation (:meth:`forward_raw`): about twice the compute.
@@ -117,6 +119,8 @@ class Predictor:
         score_thresh: float = 0.5,
         mask_thresh: float = 0.5,
         tolerance_px: float = 1.0,
+        tolerance_rel: float = 0.0,
+        max_vertices: int | None = None,
         min_area_px: float = 16.0,
         batch_size: int = 2,
         flip_tta: bool = False,
@@ -129,6 +133,8 @@ class Predictor:
         self.score_thresh = float(score_thresh)
         self.mask_thresh = float(mask_thresh)
         self.tolerance_px = float(tolerance_px)
+        self.tolerance_rel = float(tolerance_rel)
+        self.max_vertices = None if max_vertices is None else int(max_vertices)
         self.min_area_px = float(min_area_px)
         self.batch_size = max(1, int(batch_size))
         self.flip_tta = bool(flip_tta)
@@ -286,8 +292,8 @@ class Predictor:
         c1, r1 = min(int(math.ceil(x2 + pad)), width_px), min(int(math.ceil(y2 + pad)), height_px)
         if c1 <= c0 or r1 <= r0:
             return ()
-        return mask_to_polygons(mask[r0:r1, c0:c1], tolerance_px=self.tolerance_px, min_area_px=self.min_area_px,
-                                offset_xy=(c0, r0))
+        return mask_to_polygons(mask[r0:r1, c0:c1], tolerance_px=self.tolerance_px, tolerance_rel=self.tolerance_rel,
+                                max_vertices=self.max_vertices, min_area_px=self.min_area_px, offset_xy=(c0, r0))
 
     # -- one given box --------------------------------------------------------------------------------
 

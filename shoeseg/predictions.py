@@ -1,4 +1,16 @@
-"""The one way a prediction is written for Label Studio, whoever writes it (the backend's ``/predict`` or the worker).
+"""The one prediction pipeline, whoever predicts (the backend's ``/predict`` or the worker's push).
+
+The steps both services run, in this order, each in one place:
+
+1. :func:`task_images`: which images of a task are predicted (those a control is bound to), with their URLs;
+2. the shared fetcher (:mod:`shoeseg.fetch`) reads and decodes each at the model's input size;
+3. :meth:`PredictionWriter.candidates`: the model's candidates for a batch of images (and of their mirror
+   images when the task score needs them);
+4. :meth:`PredictionWriter.write_view`: one image's Label Studio result and task score, in the full image's
+   coordinates; :func:`combine` and :func:`as_ls` make one task's prediction of its images.
+
+What differs between the services stays with them, as their own arguments to these steps: the backend's
+result cache, pixel budget and per-request errors; the worker's batches and bulk store.
 
 A :class:`PredictionWriter` is made for one labeling config (``via_tools.ls_config``), one model's class
 names and one active-learning strategy. For each image it turns the model's candidates into
@@ -64,6 +76,16 @@ def combine(images: Sequence[ImagePrediction]) -> ImagePrediction:
     )
 
 
+def task_images(config: LabelConfig, task: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """The images of a task that the model predicts into: ``(image, url)`` for every ``<Image>`` a control is
+    bound to, by image name (the order both services write regions in); ``url`` is ``None`` when the task's data
+    lacks the image's key (the fetcher then names the task)."""
+    data = task.get("data") if isinstance(task, dict) else None
+    data = data if isinstance(data, dict) else {}
+    used = sorted({c.to_name for c in config.controls})
+    return [(config.images[name], data.get(config.images[name].value_key)) for name in used]
+
+
 def as_ls(prediction: ImagePrediction, *, task_id: Any, model_version: str) -> dict[str, Any]:
     """The prediction as Label Studio's import and ``/predict`` take it."""
     out: dict[str, Any] = {"result": prediction.result, "score": round(float(prediction.score), 4),
@@ -97,6 +119,25 @@ class PredictionWriter:
 
     #: What the model must be asked for: every candidate down to this score.
     candidate_thresh = CANDIDATE_SCORE_THRESH
+
+    def candidates(self, predictor: Any, arrays: Sequence[Any]) -> list[tuple[list, list | None]]:
+        """The model's candidates for each image (score >= :attr:`candidate_thresh`), with those of its mirror
+        image mapped back when the task score needs them (``None`` otherwise): one batched forward pass."""
+        if self.needs_flip:
+            dets, back = predictor.predict_with_flip(list(arrays), score_thresh=self.candidate_thresh)
+            return list(zip(dets, back, strict=True))
+        return [(d, None) for d in predictor.predict(list(arrays), score_thresh=self.candidate_thresh)]
+
+    def write_view(self, detections: Sequence[Any], flipped: Sequence[Any] | None, *, image_name: str,
+                   seen_hw: tuple[int, int], full_wh: tuple[int, int] | None, task_id: Any = None,
+                   forced_label: str | None = None) -> ImagePrediction:
+        """:meth:`write` for an image the model saw at ``seen_hw`` (height, width) and Label Studio shows at
+        ``full_wh`` (width, height; ``None``: the same size)."""
+        h, w = seen_hw
+        full_w, full_h = full_wh or (w, h)
+        return self.write(detections, image_name=image_name, width_px=full_w, height_px=full_h,
+                          scale_xy=(full_w / w, full_h / h), flipped=flipped, task_id=task_id,
+                          forced_label=forced_label)
 
     def label(self, control: ControlModel, class_name: str, forced: str | None = None) -> str | None:
         """The control's label for a model class (``forced``: the label of a rectangle the annotator drew)."""

@@ -18,7 +18,8 @@ library is imported here, so the web service reads its settings without loading 
 | ``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS`` | none | HTTP basic auth of the backend |
 | ``SHOESEG_INSECURE`` | ``false`` | serve off loopback without basic auth |
 | ``SHOESEG_MIN_NEW_ANNOTATIONS`` (or ``MIN_NEW_ANNOTATIONS``) | ``10`` | new annotations that start a training |
-| ``SHOESEG_SCORE_THRESH`` | ``0.5`` | detections below are not written as regions |
+| ``SHOESEG_SCORE_THRESH`` | the checkpoint's | detections below are not written as regions; unset: the threshold training chose on its validation images (fewest edits, ``shoeseg.edits``), else 0.5 |
+| ``SHOESEG_POLYGON_TOLERANCE`` / ``SHOESEG_POLYGON_TOLERANCE_REL`` / ``SHOESEG_POLYGON_MAX_VERTICES`` | ``1`` / ``0`` / none | the pre-labels' vertex budget, backend and worker alike: simplification tolerance in pixels, relative to each shoe's box diagonal (the larger wins), and the most vertices of a polygon |
 | ``SHOESEG_AL_STRATEGY`` | ``least_confidence`` | the task score of every prediction (``shoeseg.active_learning``) |
 | ``SHOESEG_PROFILE`` | ``auto`` | training recipe (``shoeseg.train.PROFILES``) |
 | ``SHOESEG_TRAIN_ITERS``, ``SHOESEG_IMS_PER_BATCH``, ``SHOESEG_BASE_LR``, ``SHOESEG_ROI_BATCH``, ``SHOESEG_MIN_SIZE``, ``SHOESEG_MAX_SIZE`` | the profile's | training overrides |
@@ -225,7 +226,8 @@ class Settings:
         basic_auth_user / basic_auth_pass: require HTTP basic auth when both are set.
         insecure: allow serving on a non-loopback address without basic auth.
         min_new_annotations: new annotations that start a retraining (at least 1).
-        score_thresh: detections below this score are not written as regions (0 to 1).
+        score_thresh: detections below this score are not written as regions (0 to 1); ``None``: each
+            checkpoint's own serving threshold (chosen on its validation images), else 0.5.
         al_strategy: the active-learning strategy of every prediction's task score.
         max_image_bytes / max_image_pixels / fetch_timeout_s: limits on each image download.
         max_request_bytes: larger request bodies are refused with 413 (``SHOESEG_MAX_REQUEST_BYTES``).
@@ -273,7 +275,10 @@ class Settings:
     basic_auth_pass: str | None = None
     insecure: bool = False
     min_new_annotations: int = 10
-    score_thresh: float = 0.5
+    score_thresh: float | None = None
+    polygon_tolerance_px: float = 1.0
+    polygon_tolerance_rel: float = 0.0
+    polygon_max_vertices: int | None = None
     al_strategy: str = "least_confidence"
     # the backend's bounds on one request
     max_image_bytes: int = 30 * 1024 * 1024
@@ -322,6 +327,11 @@ class Settings:
         """A copy with some fields changed (``Settings`` is frozen)."""
         return replace(self, **changes)
 
+    def polygon_options(self) -> dict[str, Any]:
+        """The pre-labels' vertex budget as :class:`shoeseg.predict.Predictor` takes it (backend and worker)."""
+        return {"tolerance_px": self.polygon_tolerance_px, "tolerance_rel": self.polygon_tolerance_rel,
+                "max_vertices": self.polygon_max_vertices}
+
     def train_overrides(self) -> dict[str, Any]:
         """The ``shoeseg.train.TrainConfig`` fields these settings set explicitly (the profile fills the rest)."""
         given = {
@@ -358,7 +368,10 @@ class Settings:
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             insecure=_bool(env, "SHOESEG_INSECURE", False),
             min_new_annotations=_int(env, min_new, 10, minimum=1),
-            score_thresh=_float(env, "SHOESEG_SCORE_THRESH", 0.5, lo=0.0, hi=1.0),
+            score_thresh=_float(env, "SHOESEG_SCORE_THRESH", None, lo=0.0, hi=1.0),
+            polygon_tolerance_px=_float(env, "SHOESEG_POLYGON_TOLERANCE", 1.0, lo=0.0),
+            polygon_tolerance_rel=_float(env, "SHOESEG_POLYGON_TOLERANCE_REL", 0.0, lo=0.0, hi=0.5),
+            polygon_max_vertices=_int(env, "SHOESEG_POLYGON_MAX_VERTICES", None, minimum=3),
             al_strategy=_choice(env, "SHOESEG_AL_STRATEGY", "least_confidence", AL_STRATEGIES),
             max_image_bytes=_int(env, "SHOESEG_MAX_IMAGE_BYTES", 30 * 1024 * 1024, minimum=1),
             max_image_pixels=_int(env, "SHOESEG_MAX_IMAGE_PIXELS", 50_000_000, minimum=1),

@@ -33,7 +33,7 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     """
     from shoeseg.fetch import ImageFetcher, ImageFetchError, configured_access
     from shoeseg.predict import Predictor
-    from shoeseg.predictions import PredictionWriter, as_ls, combine
+    from shoeseg.predictions import PredictionWriter, as_ls, combine, task_images
     from shoeseg.registry import ModelRegistry
     from via_tools.ls_api import (
         LabelStudioUnavailable,
@@ -64,8 +64,9 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     progress.update(force=True, stage="predicting", tasks_total=len(tasks), tasks_done=already, strategy=strategy)
 
     predictor = Predictor.from_checkpoint(model_version.checkpoint, device=settings.device,
-                                          score_thresh=settings.score_thresh, batch_size=settings.predict_batch)
-    writer = PredictionWriter(config, predictor.class_names, strategy=strategy, score_thresh=settings.score_thresh)
+                                          score_thresh=settings.score_thresh, batch_size=settings.predict_batch,
+                                          **settings.polygon_options())
+    writer = PredictionWriter(config, predictor.class_names, strategy=strategy, score_thresh=predictor.score_thresh)
     fetcher = ImageFetcher(settings)
     access = configured_access(settings)
     fit = predictor.input_fit
@@ -77,10 +78,7 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
             t_stage = time.perf_counter()
             views = []  # (task, image name, array, full size) of every image the tasks show
             for t in batch:
-                for image in config.images.values():
-                    if not any(c.to_name == image.name for c in config.controls):
-                        continue
-                    url = (t.get("data") or {}).get(image.value_key)
+                for image, url in task_images(config, t):
                     try:
                         fetched = fetcher.fetch(url, task_id=t["id"], access=access)
                         array, full_wh = fetcher.decode(fetched, task_id=t["id"], fit_within=fit)
@@ -94,16 +92,10 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
             arrays = [v[2] for v in views]
             t_model = time.perf_counter()
             stage_s["images"] += t_model - t_stage
-            if writer.needs_flip:
-                dets, back = predictor.predict_with_flip(arrays, score_thresh=writer.candidate_thresh)
-            else:
-                dets, back = predictor.predict(arrays, score_thresh=writer.candidate_thresh), [None] * len(arrays)
             per_task: dict[int, list] = {}
-            for (t, name, array, (full_w, full_h)), d, b in zip(views, dets, back, strict=True):
-                h, w = array.shape[:2]
-                per_task.setdefault(int(t["id"]), []).append(writer.write(
-                    d, image_name=name, width_px=full_w, height_px=full_h, scale_xy=(full_w / w, full_h / h),
-                    flipped=b, task_id=t["id"]))
+            for (t, name, array, full_wh), (d, b) in zip(views, writer.candidates(predictor, arrays), strict=True):
+                per_task.setdefault(int(t["id"]), []).append(writer.write_view(
+                    d, b, image_name=name, seen_hw=array.shape[:2], full_wh=full_wh, task_id=t["id"]))
             t_store = time.perf_counter()
             stage_s["model"] += t_store - t_model
             items = [as_ls(combine(p), task_id=task_id, model_version=version) for task_id, p in per_task.items()]

@@ -350,7 +350,9 @@ def register(app: typer.Typer) -> None:
         images: list[Path] = typer.Argument(..., help="Image files or folders."),
         model: str = typer.Option(..., "--model", help="Checkpoint path, registry version id, or 'current'."),
         out: Path = typer.Option(..., "--out", help="Output folder."),
-        score_thresh: float = typer.Option(0.5, "--score-thresh", help="Drop detections below this score."),
+        score_thresh: float | None = typer.Option(
+            None, "--score-thresh",
+            help="Drop detections below this score (default: the checkpoint's serving threshold, else 0.5)."),
         overlay: bool = typer.Option(False, "--overlay", help="Write coloured mask / box / score overlays."),
         masks: bool = typer.Option(False, "--masks", help="Write binary in-painting masks (union and per shoe)."),
         dilate: int = typer.Option(0, "--dilate", help="Grow in-painting masks by this many pixels."),
@@ -411,7 +413,7 @@ def register(app: typer.Typer) -> None:
                     for k, m in enumerate(each, start=1):
                         write_image_atomic(out / "masks" / f"{f.stem}_shoe{k}.png", m)
         _write_json(out / "predictions.json", {"model": str(ckpt), "version": predictor.model_version,
-                                               "score_thresh": score_thresh, "images": rows})
+                                               "score_thresh": predictor.score_thresh, "images": rows})
         save(AnnotationSet(images=records, labels=list(predictor.class_names)), out / "predictions_via.json",
              fmt="via2")
         n = sum(len(r["detections"]) for r in rows)

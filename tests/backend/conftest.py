@@ -42,7 +42,8 @@ def fixture_body(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())["body"]
 
 
-def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: int, seed: int, size_px: int = 128):
+def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: int, seed: int, size_px: int = 128,
+                    serve_score_thresh: float | None = None):
     """A checkpoint whose model finds ``detections`` boxes per image with score ``sigmoid(2 * fg_logit)``."""
     import torch
 
@@ -56,7 +57,8 @@ def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: in
         model.roi_heads.mask_predictor.mask_fcn_logits.weight.zero_()
         model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(6.0)
     model.eval()
-    save_checkpoint(path, model=model, class_names=["shoe"], config={"purpose": "backend tests"}, version=version)
+    save_checkpoint(path, model=model, class_names=["shoe"], config={"purpose": "backend tests"}, version=version,
+                    serve_score_thresh=serve_score_thresh)
     return path
 
 

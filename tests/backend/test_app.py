@@ -110,6 +110,26 @@ def test_predict_recorded_body(client):
         assert task_result["score"] == pytest.approx(max(region_scores), abs=1e-3)
 
 
+def test_the_checkpoints_serving_threshold_is_served_unless_the_setting_overrides_it(app_client, tmp_path,
+                                                                                   media_server):
+    from shoeseg.registry import ModelRegistry
+    from tests.backend.conftest import make_checkpoint
+
+    # the model finds one shoe per image at a score below 0.999; say training chose 0.999 for it
+    ckpt = make_checkpoint(tmp_path / "t.pt", version="thresh-v1", fg_logit=1.0, detections=1, seed=2,
+                           serve_score_thresh=0.999)
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register(ckpt, metrics={}, parent=None, meta={})
+    reg.promote("thresh-v1")
+    served = {}
+    for name, thresh in (("checkpoint's", None), ("setting's", 0.5)):
+        client = app_client(reg.root, score_thresh=thresh)
+        assert client.post("/setup", json=setup_body(media_server)).status_code == 200
+        body = client.post("/predict", json=fixture_body("predict.json")).json()
+        served[name] = [len(r["result"]) for r in body["results"]]
+    assert served == {"checkpoint's": [0, 0], "setting's": [1, 1]}
+
+
 def test_second_request_is_served_from_the_cache(client):
     body = fixture_body("predict.json")
     first = client.post("/predict", json=body).json()

@@ -35,11 +35,11 @@ def _operations(app):
 
 def test_schema_lists_every_route(fuzz_app):
     assert set(_operations(fuzz_app)) == {
-        "GET /health", "POST /setup", "POST /predict", "POST /webhook", "GET /versions", "GET /metrics",
+        "GET /", "GET /health", "POST /setup", "POST /predict", "POST /webhook", "GET /versions", "GET /metrics",
     }
 
 
-_ROUTES = ["GET /health", "POST /setup", "POST /predict", "POST /webhook", "GET /versions", "GET /metrics"]
+_ROUTES = ["GET /", "GET /health", "POST /setup", "POST /predict", "POST /webhook", "GET /versions", "GET /metrics"]
 _CASES = [(r, GenerationMode.POSITIVE) for r in _ROUTES] + [
     (r, GenerationMode.NEGATIVE) for r in _ROUTES if r.startswith("POST")  # routes without input have no negatives
 ]

@@ -161,3 +161,20 @@ def test_iou_helpers():
     assert mask_box_xyxy(np.zeros((3, 3), bool)) is None
     with pytest.raises(ValueError, match="differ"):
         mask_iou(a, np.zeros((3, 3), bool))
+
+
+def test_the_vertex_budget_follows_the_shape_and_caps_the_vertices():
+    yy, xx = np.mgrid[0:400, 0:400]
+    big = ((xx - 200) / 180.0) ** 2 + ((yy - 200) / 120.0) ** 2 <= 1.0
+    small = ((xx - 50) / 18.0) ** 2 + ((yy - 50) / 12.0) ** 2 <= 1.0
+    (fine,) = mask_to_polygons(big, tolerance_px=1.0)
+    (rel,) = mask_to_polygons(big, tolerance_px=1.0, tolerance_rel=0.01)
+    assert len(rel) < len(fine)  # 1 % of a 433 px diagonal is a looser tolerance than 1 px
+    (small_rel,) = mask_to_polygons(small, tolerance_px=0.0, tolerance_rel=0.01)
+    (small_fine,) = mask_to_polygons(small, tolerance_px=1.0)
+    assert len(small_rel) >= len(small_fine)  # and tighter than 1 px for a shoe ten times smaller
+    for cap in (8, 12, 30):
+        (capped,) = mask_to_polygons(big, tolerance_px=1.0, max_vertices=cap)
+        assert 3 <= len(capped) <= cap
+        refill = polygons_to_mask([capped], 400, 400)
+        assert (refill & big).sum() / (refill | big).sum() > 0.9  # still the shape

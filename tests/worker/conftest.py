@@ -16,7 +16,7 @@ from tests.worker.synth import make_images
 from via_tools.labelstudio import labeling_config
 
 TINY = {
-    "SHOESEG_IDLE_TRAINING": "false", "SHOESEG_TRAIN_ITERS": "1", "SHOESEG_MIN_SIZE": "64", "SHOESEG_MAX_SIZE": "96", "SHOESEG_ROI_BATCH": "32",
+    "SHOESEG_IDLE_TRAINING": "false", "SHOESEG_POLYGON_MAX_VERTICES": "6", "SHOESEG_TRAIN_ITERS": "1", "SHOESEG_MIN_SIZE": "64", "SHOESEG_MAX_SIZE": "96", "SHOESEG_ROI_BATCH": "32",
     "SHOESEG_INIT_WEIGHTS": "none", "SHOESEG_DEVICE": "cpu", "SHOESEG_RETRY_MAX": "2",
     "SHOESEG_RETRY_INTERVALS": "0", "SHOESEG_PREDICT_BATCH": "3", "SHOESEG_AL_STRATEGY": "least_confidence",
 }

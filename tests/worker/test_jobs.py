@@ -159,7 +159,10 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     stages = pjob.return_value()["stage_seconds"]  # where the push's time went, summing to its seconds
     assert list(stages) == ["setup", "images", "model", "store", "finish"] and min(stages.values()) >= 0
     assert abs(sum(stages.values()) - pjob.return_value()["seconds"]) < 0.01
-    # the backend's /predict writes the same result and the same task score for the same task and model
+    # the vertex budget (SHOESEG_POLYGON_MAX_VERTICES=6) holds, and the backend's /predict writes the same
+    # result and the same task score for the same task and model
+    points = [len(r["value"]["points"]) for p in fake_ls.pushed for r in p["result"] if r["type"] == "polygonlabels"]
+    assert all(3 <= n <= 6 for n in points)
     assert_backend_agrees(fake_ls, loop_env, version.version)
 
     # a retried predict job pushes nothing twice
