@@ -71,8 +71,11 @@ def client(*, read_timeout_s: float = 60.0):
         found = _clients.get(key)
         if found is not None:
             return found
-        import boto3
-        from botocore.config import Config
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as e:
+            raise RuntimeError("s3:// registries and images need boto3: pip install 'shoeseg[s3]'") from e
 
         config = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=read_timeout_s,
                         retries={"max_attempts": 3, "mode": "standard"})

@@ -2,7 +2,8 @@
 
 Read once, at start-up (:meth:`Settings.from_env`), and validated there: a bad value raises
 :class:`SettingsError` naming the variable and the value, before any request or job runs. Only the standard
-library is imported here, so the web service reads its settings without loading torch.
+library and the active-learning strategies' table (numpy) are imported here, so the web service reads its
+settings without loading torch.
 
 | variable | default | meaning |
 | --- | --- | --- |
@@ -54,8 +55,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-#: Strategies the task score may use (``shoeseg.active_learning.STRATEGIES``, kept here without its numpy import).
-AL_STRATEGIES = ("random", "least_confidence", "flip_consistency", "entropy")
+from shoeseg.active_learning import STRATEGIES as _AL_TABLE
+
+#: Strategies the task score may use: the one table, ``shoeseg.active_learning.STRATEGIES``.
+AL_STRATEGIES = tuple(_AL_TABLE)
 DEVICES = ("auto", "cpu", "cuda")
 #: Training recipes (``shoeseg.train.PROFILES``, and ``auto``).
 PROFILES = ("auto", "cpu", "study", "gpu")

@@ -1,4 +1,4 @@
-"""Training Mask R-CNN R50-FPN with the study's recipe (detectron2 vocabulary).
+"""Training Mask R-CNN (every family of :mod:`shoeseg.model`) with detectron2's recipe vocabulary.
 
 The recipe: 600 iterations (``MAX_ITER``), 2 images per batch (``IMS_PER_BATCH``), 512 ROIs per image
 (``ROI_HEADS.BATCH_SIZE_PER_IMAGE``), SGD with momentum (or AdamW), a linear warm-up and step decay of the

