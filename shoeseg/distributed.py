@@ -38,8 +38,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -236,43 +234,3 @@ def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a ``DistributedDataParallel`` wrapper (or the model itself)."""
     return getattr(model, "module", model)
-
-
-# --- a run's result as JSON (rank 0 of `shoeseg train --result FILE`; read back by the worker) -------------
-
-def result_to_json(result: Any) -> dict[str, Any]:
-    """A :class:`~shoeseg.train.TrainResult` as a JSON-able dict (the evaluation without its per-image rows)."""
-    ev = result.eval
-    return {
-        "checkpoint": str(result.checkpoint),
-        "run_dir": str(result.run_dir),
-        "version": result.version,
-        "class_names": list(result.class_names),
-        "metrics": list(result.metrics),
-        "final_metrics": dict(result.final_metrics),
-        "loss_plot": str(result.loss_plot) if result.loss_plot else None,
-        "wall_s": result.wall_s,
-        "eval": None if ev is None else {"metrics": ev.metrics, "losses": ev.losses, "n_images": ev.n_images,
-                                         "n_instances": ev.n_instances},
-    }
-
-
-def result_from_json(data: Mapping[str, Any]) -> Any:
-    """The :class:`~shoeseg.train.TrainResult` that :func:`result_to_json` wrote."""
-    from shoeseg.evaluate import EvalResult
-    from shoeseg.train import TrainResult
-
-    ev = data.get("eval")
-    return TrainResult(
-        checkpoint=Path(data["checkpoint"]),
-        metrics=list(data["metrics"]),
-        run_dir=Path(data["run_dir"]),
-        version=data["version"],
-        class_names=list(data["class_names"]),
-        eval=None if ev is None else EvalResult(metrics=dict(ev["metrics"]), losses=dict(ev.get("losses") or {}),
-                                                n_images=int(ev.get("n_images", 0)),
-                                                n_instances=int(ev.get("n_instances", 0))),
-        loss_plot=Path(data["loss_plot"]) if data.get("loss_plot") else None,
-        wall_s=float(data.get("wall_s", 0.0)),
-        final_metrics=dict(data.get("final_metrics") or {}),
-    )

@@ -257,6 +257,43 @@ class TrainResult:
     wall_s: float = 0.0
     final_metrics: dict[str, Any] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (rank 0 of ``shoeseg train --result FILE`` writes it; :meth:`from_json` reads it)."""
+        ev = self.eval
+        return {
+            "checkpoint": str(self.checkpoint),
+            "run_dir": str(self.run_dir),
+            "version": self.version,
+            "class_names": list(self.class_names),
+            "metrics": list(self.metrics),
+            "final_metrics": dict(self.final_metrics),
+            "loss_plot": str(self.loss_plot) if self.loss_plot else None,
+            "wall_s": self.wall_s,
+            "eval": None if ev is None else {"metrics": ev.metrics, "losses": ev.losses, "n_images": ev.n_images,
+                                             "n_instances": ev.n_instances, "per_image": ev.per_image},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainResult:
+        """The result :meth:`to_json` wrote (the worker reads a torchrun training's result back this way)."""
+        from shoeseg.evaluate import EvalResult
+
+        ev = data.get("eval")
+        return cls(
+            checkpoint=Path(data["checkpoint"]),
+            metrics=list(data["metrics"]),
+            run_dir=Path(data["run_dir"]),
+            version=data["version"],
+            class_names=list(data["class_names"]),
+            eval=None if ev is None else EvalResult(
+                metrics=dict(ev["metrics"]), losses=dict(ev.get("losses") or {}),
+                per_image=list(ev.get("per_image") or []), n_images=int(ev.get("n_images", 0)),
+                n_instances=int(ev.get("n_instances", 0))),
+            loss_plot=Path(data["loss_plot"]) if data.get("loss_plot") else None,
+            wall_s=float(data.get("wall_s", 0.0)),
+            final_metrics=dict(data.get("final_metrics") or {}),
+        )
+
 
 def split_dataset(ds: AnnotationSet, *, train_frac: float = 0.7, val_frac: float = 0.2, seed: int = 0) -> dict[str, Any]:
     """A deterministic train/val/test split by file name (same seed and names -> same split, in any order).

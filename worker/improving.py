@@ -143,7 +143,7 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
                 out["next"] = trigger.request_idle(conn, project_id, settings=settings)
             return out
         progress.update(force=True, stage="evaluating")
-        decision, current_metrics = judge(result.eval, current, val_ds, images_dir, settings)
+        decision, current_metrics = judge(result, current, val_ds, images_dir, settings)
         progress.update(force=True, stage="registering", decision=decision.reason)
         registered = register_and_promote(
             registry, result, current=current, decision=decision, current_metrics=current_metrics,

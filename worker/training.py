@@ -142,8 +142,9 @@ def split_labels(ds, settings: Settings, current):
             _subset(ds, lambda im: str(im.image_id) in val_ids))
 
 
-def judge(candidate_eval, current, val_ds, images_dir: Path, settings: Settings):
-    """The gate (:func:`shoeseg.gate.decide`) on both versions' per-image mask AP over ``val_ds``.
+def judge(result, current, val_ds, images_dir: Path, settings: Settings):
+    """The gate (:func:`shoeseg.gate.decide`) on both versions' per-image mask AP over ``val_ds``: the
+    candidate's from its training's own evaluation (``result.eval``), the current version's evaluated here.
 
     Returns:
         ``(decision, current_metrics)``: the :class:`shoeseg.gate.GateDecision` and the current version's
@@ -151,9 +152,12 @@ def judge(candidate_eval, current, val_ds, images_dir: Path, settings: Settings)
     """
     from shoeseg.gate import decide
 
+    candidate_eval = result.eval
     if current is None or not len(val_ds) or candidate_eval is None:
         return decide([], [], has_current=current is not None, confidence=settings.gate_confidence,
                       tolerance=settings.promote_tolerance), {}
+    if len(candidate_eval.per_image) != len(val_ds) or any("segm_AP" not in r for r in candidate_eval.per_image):
+        candidate_eval = _evaluate(result.checkpoint, val_ds, images_dir, settings)
     current_eval = _evaluate(current.checkpoint, val_ds, images_dir, settings)
     new = [row.get("segm_AP") for row in candidate_eval.per_image]
     old = [row.get("segm_AP") for row in current_eval.per_image]
@@ -275,7 +279,7 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
             result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=run_dir,
                            val_dataset=val_ds if len(val_ds) else None, progress=on_progress)
         progress.update(force=True, stage="evaluating")
-        decision, current_metrics = judge(result.eval, current, val_ds, images_dir, settings)
+        decision, current_metrics = judge(result, current, val_ds, images_dir, settings)
         progress.update(force=True, stage="registering", decision=decision.reason)
         return register_and_promote(registry, result, current=current, decision=decision,
                                     current_metrics=current_metrics, project_id=project_id, kind="round",
@@ -335,7 +339,7 @@ def train_in_processes(config, nproc: int, *, dataset, images_dir: Path, out_dir
     import torch
 
     from shoeseg.device import resolve_device
-    from shoeseg.distributed import result_from_json
+    from shoeseg.train import TrainResult
     from via_tools.io import save
     from via_tools.model import AnnotationSet
 
@@ -379,4 +383,4 @@ def train_in_processes(config, nproc: int, *, dataset, images_dir: Path, out_dir
     if proc.returncode != 0 or not result_path.is_file():
         tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
         raise RuntimeError(f"training in {nproc} processes exited with {proc.returncode}: " + "\n".join(tail))
-    return result_from_json(json.loads(result_path.read_text(encoding="utf-8")))
+    return TrainResult.from_json(json.loads(result_path.read_text(encoding="utf-8")))

@@ -238,7 +238,7 @@ def register(app: typer.Typer) -> None:
         Example: shoeseg train --data shoes/via_project.json --out runs/shoes --profile cpu
         """
         from shoeseg.data import subset
-        from shoeseg.distributed import DistEnv, result_to_json
+        from shoeseg.distributed import DistEnv
         from shoeseg.model import coco_weights_cache_path, load_coco_state_dict
         from shoeseg.train import TrainConfig, split_dataset, train
 
@@ -281,7 +281,7 @@ def register(app: typer.Typer) -> None:
         if result is None:
             return  # a rank other than 0 of a torchrun launch: rank 0 reports
         if result_file is not None:
-            _write_json(result_file, result_to_json(result))
+            _write_json(result_file, result.to_json())
         typer.echo(f"\nmodel {result.checkpoint} (version {result.version}), {result.wall_s:.0f} s")
         typer.echo("final training losses (median of the last log period):")
         typer.echo(_loss_table(result.final_metrics["train_losses"]))

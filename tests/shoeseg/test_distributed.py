@@ -86,11 +86,12 @@ def test_result_survives_the_json_hand_off(tmp_path):
     result = TrainResult(checkpoint=tmp_path / "model.pt", metrics=[{"iteration": 2, "total_loss": 1.5}],
                          run_dir=tmp_path, version="v1", class_names=["shoe"],
                          eval=EvalResult(metrics={"segm_AP": 0.25}, losses={"total_loss": 2.0}, n_images=3,
-                                         n_instances=4, per_image=[{"file_name": "a.png"}]),
+                                         n_instances=4, per_image=[{"file_name": "a.png", "segm_AP": 0.5}]),
                          loss_plot=tmp_path / "loss_curve.png", wall_s=1.25, final_metrics={"iterations": 2})
-    back = distributed.result_from_json(json.loads(json.dumps(distributed.result_to_json(result))))
+    back = TrainResult.from_json(json.loads(json.dumps(result.to_json())))
     assert back.checkpoint == result.checkpoint and back.version == "v1" and back.metrics == result.metrics
-    assert back.eval.metrics == {"segm_AP": 0.25} and back.eval.n_instances == 4 and back.eval.per_image == []
+    assert back.eval.metrics == {"segm_AP": 0.25} and back.eval.n_instances == 4
+    assert back.eval.per_image == [{"file_name": "a.png", "segm_AP": 0.5}]  # what the gate pairs
     assert (back.loss_plot, back.wall_s, back.final_metrics) == (result.loss_plot, 1.25, {"iterations": 2})
 
 
