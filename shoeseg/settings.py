@@ -156,32 +156,29 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"environment variable {name}={raw!r} is not a boolean (true/false)")
 
 
-def _int(env: Mapping[str, str], name: str, default: Any, *, minimum: int | None = None) -> Any:
+def _number(env: Mapping[str, str], name: str, default: Any, kind: type, lo: float | None,
+            hi: float | None) -> Any:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError as e:
-        raise SettingsError(f"environment variable {name}={raw!r} is not an integer") from e
-    if minimum is not None and value < minimum:
-        raise SettingsError(f"environment variable {name}={raw!r} must be at least {minimum}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: Any, *, lo: float | None = None,
-           hi: float | None = None) -> Any:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise SettingsError(f"environment variable {name}={raw!r} is not a number") from e
+        what = "an integer" if kind is int else "a number"
+        raise SettingsError(f"environment variable {name}={raw!r} is not {what}") from e
     if value != value or (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
         raise SettingsError(f"environment variable {name}={raw!r} must be {bounds}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: Any, *, minimum: int | None = None) -> Any:
+    return _number(env, name, default, int, minimum, None)
+
+
+def _float(env: Mapping[str, str], name: str, default: Any, *, lo: float | None = None,
+           hi: float | None = None) -> Any:
+    return _number(env, name, default, float, lo, hi)
 
 
 def _ints(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:

@@ -39,7 +39,7 @@ def test_a_bad_value_is_refused_at_start_up_naming_the_variable_and_the_value(na
 def test_defaults_and_the_shared_reading():
     s = Settings.from_env({})
     assert s.model_dir == Path("models") and s.cache_dir == Path(".cache/shoeseg")
-    assert (s.min_new_annotations, s.score_thresh, s.al_strategy, s.profile) == (10, 0.5, "least_confidence", "auto")
+    assert (s.min_new_annotations, s.score_thresh, s.al_strategy, s.profile) == (10, None, "least_confidence", "auto")  # None: the checkpoint's threshold
     assert s.train_overrides() == {}
     # the legacy name still counts; the new one wins when both are set
     assert Settings.from_env({"MIN_NEW_ANNOTATIONS": "3"}).min_new_annotations == 3
