@@ -6,6 +6,7 @@ import pytest
 
 from shoeseg_app.stack.labelstudio import LabelStudioServer, find_label_studio
 from tests.e2e.backend_process import create_preannotated_project, fill_registry, start_backend, stop_backend
+from tests.e2e.stack import CHROMEDRIVER, CHROMIUM, need_chromium
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +53,21 @@ def shoeseg_backend(label_studio, backend_registry, tmp_path_factory):
 @pytest.fixture(scope="session")
 def preannotated(label_studio, shoeseg_backend):
     return create_preannotated_project(label_studio, shoeseg_backend, title="shoeseg backend e2e")
+
+
+@pytest.fixture
+def browser(tmp_path):
+    webdriver = need_chromium()
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_page_load_timeout(120)
+    yield driver
+    driver.quit()

@@ -23,8 +23,7 @@ from shoeseg import trigger
 from shoeseg.acceptance import compare, summarize
 from shoeseg.settings import Settings
 from shoeseg_app.stack.labelstudio import free_port
-from tests.e2e.test_browser import browser  # noqa: F401 - the browser fixture
-from tests.e2e.test_loop import BIN, REPO, Loop, wait_for
+from tests.e2e.stack import BIN, REPO, Loop, wait_for
 from tests.worker.synth import make_images
 
 pytestmark = pytest.mark.e2e

@@ -22,12 +22,11 @@ from types import SimpleNamespace
 import pytest
 
 from tests.e2e.backend_process import start_backend, stop_backend
+from tests.e2e.stack import need_chromium
 from via_tools.labelstudio import labeling_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 
 # For every closed Konva polygon on the stage: its point count and the painted pixels inside its box on its
 # layer's canvas (the regions layer holds only regions, so painted pixels there are the region itself).
@@ -66,30 +65,6 @@ for (const stage of window.Konva.stages) {
 const dom = document.querySelector('[class*="image-element"] img, .lsf-main-content img');
 return dom && dom.complete && dom.naturalWidth > 0 ? [dom.naturalWidth, dom.naturalHeight] : false;
 """
-
-
-def _need_chromium():
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
-    return pytest.importorskip("selenium.webdriver")
-
-
-@pytest.fixture
-def browser(tmp_path):
-    webdriver = _need_chromium()
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
-    driver.set_page_load_timeout(120)
-    yield driver
-    driver.quit()
 
 
 def _login(driver, label_studio) -> None:
@@ -174,7 +149,7 @@ def shoes(shared_dir):
 @pytest.fixture(scope="module")
 def shoe_registry(shoes, tmp_path_factory):
     """A registry whose current version is a cpu-profile model: ``$SHOESEG_BROWSER_CHECKPOINT``, or trained here."""
-    _need_chromium()  # before training: module fixtures start before the browser's skip
+    need_chromium()  # before training: module fixtures start before the browser's skip
     from shoeseg.data import subset
     from shoeseg.registry import ModelRegistry
     from shoeseg.train import TrainConfig, train

@@ -24,7 +24,7 @@ from rq.registry import StartedJobRegistry
 from shoeseg import trigger
 from shoeseg.settings import Settings
 from shoeseg.trigger import PREDICT_QUEUE, TRAIN_QUEUE
-from tests.e2e.test_loop import BIN, Process, _descendants, wait_for
+from tests.e2e.stack import BIN, Process, descendants, wait_for
 from tests.worker.synth import make_images
 
 pytestmark = pytest.mark.e2e
@@ -211,7 +211,7 @@ def test_a_worker_killed_mid_training_leaves_its_project_to_the_other_worker(clu
     victim = wait_for("the slow worker to train", on_slow, timeout_s=120, every_s=0.2, logs=cl.logs())
     dead_job = queued[victim]
     time.sleep(1)
-    assert _descendants(cl.workers[slow].proc.pid), "the work horse runs"
+    assert descendants(cl.workers[slow].proc.pid), "the work horse runs"
     cl.workers[slow].kill(signal.SIGKILL)  # the worker and its work horse, mid-training
     killed_at = time.time()
 

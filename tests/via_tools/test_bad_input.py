@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.via_tools.test_yolo import TRI, make_set
+from tests.via_tools.yolo_sets import TRI, make_set
 from via_tools import coco, via1, via2, via3, via_csv
 from via_tools.errors import AnnotationError
 from via_tools.io import load, save, written_count

@@ -16,29 +16,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
+from tests.via_tools.yolo_sets import SQUARE, TRI, make_set
 from via_tools import coco, yolo
 from via_tools.errors import AnnotationError
 from via_tools.io import load, save
 from via_tools.model import AnnotationSet, ImageRecord, Region, as_polygon, polygons_close
 from via_tools.options import ReadOptions
 from via_tools.report import Report
-
-TRI = "0 0.1 0.1 0.5 0.1 0.5 0.6"
-SQUARE = "1 0.25 0.25 0.75 0.25 0.75 0.75 0.25 0.75"
-
-
-def make_set(root: Path, files: dict[str, str | bytes | tuple[int, int]]) -> Path:
-    """Writes ``files`` under ``root``: a ``(w, h)`` value is a PNG of that size, text or bytes as they are."""
-    for rel, content in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, tuple):
-            Image.new("RGB", content, (30, 60, 90)).save(p, format="PNG")
-        elif isinstance(content, bytes):
-            p.write_bytes(content)
-        else:
-            p.write_text(content, encoding="utf-8", newline="")
-    return root
 
 
 def roboflow_set(root: Path) -> Path:
