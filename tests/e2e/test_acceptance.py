@@ -24,7 +24,7 @@ from shoeseg.acceptance import compare, summarize
 from shoeseg.settings import Settings
 from shoeseg_app.stack.labelstudio import free_port
 from tests.e2e.stack import BIN, REPO, Loop, wait_for
-from tests.worker.synth import make_images
+from tests.synth import make_images
 
 pytestmark = pytest.mark.e2e
 

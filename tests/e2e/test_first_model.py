@@ -18,7 +18,7 @@ from rq import Queue
 from shoeseg import trigger
 from shoeseg.trigger import TRAIN_QUEUE
 from tests.e2e.stack import BIN, REPO, Loop, wait_for
-from tests.worker.synth import make_images
+from tests.synth import make_images
 from via_tools.io import save
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -27,7 +27,7 @@ from shoeseg.trigger import TRAIN_QUEUE
 from shoeseg_app.stack.labelstudio import free_port
 from shoeseg_app.stack.redis import RedisServer
 from tests.e2e.stack import BIN, FIXTURES, N_TASKS, REPO, TINY, Loop, Process, descendants, health, wait_for  # noqa: F401
-from tests.worker.synth import make_images
+from tests.synth import make_images
 
 pytestmark = pytest.mark.e2e
 

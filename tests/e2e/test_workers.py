@@ -25,7 +25,7 @@ from shoeseg import trigger
 from shoeseg.settings import Settings
 from shoeseg.trigger import PREDICT_QUEUE, TRAIN_QUEUE
 from tests.e2e.stack import BIN, Process, descendants, wait_for
-from tests.worker.synth import make_images
+from tests.synth import make_images
 
 pytestmark = pytest.mark.e2e
 

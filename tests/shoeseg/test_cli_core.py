@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from shoeseg.model import load_checkpoint, save_checkpoint
 from shoeseg_app.cli import app
-from tests.shoeseg.synth import make_shoe_dataset
+from tests.synth import make_shoe_dataset
 from via_tools.io import load, save
 
 runner = CliRunner()

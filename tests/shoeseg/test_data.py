@@ -20,7 +20,7 @@ from shoeseg.data import (
 )
 from shoeseg.geometry import mask_box_xyxy, polygons_to_mask
 from shoeseg.train import split_dataset
-from tests.shoeseg.synth import make_shoe_dataset
+from tests.synth import make_shoe_dataset
 from via_tools.images import ImageReadError
 from via_tools.model import AnnotationSet, ImageRecord, Region
 

@@ -16,7 +16,7 @@ import torch
 from shoeseg import distributed
 from shoeseg.distributed import DistEnv, per_process_batch
 from shoeseg.train import TrainConfig, TrainResult, train_step
-from tests.shoeseg.synth import make_shoe_dataset
+from tests.synth import make_shoe_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from shoeseg.edits import (
 )
 from shoeseg.geometry import mask_iou, mask_to_polygons, polygons_to_mask
 from shoeseg.predict import Detection, Predictor
-from tests.shoeseg.synth import make_shoe_dataset
+from tests.synth import make_shoe_dataset
 
 # The true shoe of most cases: a 40 x 60 px rectangle (box diagonal 72.1 px: tolerance 2 % = 1.44 px).
 # Traced polygons go through the boundary pixels' centres: its corners are (20.5, 20.5) ... (59.5, 79.5).

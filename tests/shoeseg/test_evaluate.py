@@ -13,7 +13,7 @@ from shoeseg.geometry import mask_iou, polygons_to_mask
 from shoeseg.losses import LOSS_KEYS
 from shoeseg.model import build_model
 from shoeseg.predict import Detection, Predictor
-from tests.shoeseg.synth import make_shoe_dataset
+from tests.synth import make_shoe_dataset
 
 
 def _rect_mask(x1, y1, x2, y2, h=100, w=100):

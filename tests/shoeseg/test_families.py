@@ -15,7 +15,7 @@ from shoeseg.backbones import PLANS, EfficientNetLiteBody, imagenet_weights_path
 from shoeseg.model import ARCHS, build_model, load_checkpoint, resolve_start, save_checkpoint
 from shoeseg.train import PROFILES, TrainConfig, train
 from tests.backend.conftest import POLYGON_CONFIG, jpeg_bytes
-from tests.shoeseg.synth import make_shoe_dataset
+from tests.synth import make_shoe_dataset
 
 TINY = dict(min_size=64, max_size=80, roi_batch_size_per_image=32, warmup_iters=2, base_lr=0.005, clip_grad_norm=5.0,
             device="cpu", progress_bar=False, log_period=1)

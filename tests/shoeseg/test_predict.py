@@ -11,7 +11,7 @@ from shoeseg.geometry import mask_iou, mask_to_polygons, polygons_to_mask
 from shoeseg.model import build_model, save_checkpoint
 from shoeseg.predict import Detection, Predictor
 from shoeseg.visualize import dilate_mask, draw_overlay, inpainting_masks, plot_losses
-from tests.shoeseg.synth import make_image
+from tests.synth import make_image
 
 
 @pytest.fixture(scope="module")

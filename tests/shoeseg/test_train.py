@@ -9,7 +9,7 @@ import pytest
 from shoeseg.losses import LOSS_KEYS, detectron2_losses
 from shoeseg.model import load_checkpoint
 from shoeseg.train import TrainConfig, train
-from tests.shoeseg.synth import make_shoe_dataset
+from tests.synth import make_shoe_dataset
 
 OVERFIT_ITERS = 80  # enough for the recipe below to reach IoU 0.77-0.90 on every shoe in trial runs
 TINY = dict(min_size=64, max_size=80, roi_batch_size_per_image=32, warmup_iters=4, base_lr=0.01, clip_grad_norm=10.0,

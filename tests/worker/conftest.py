@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from shoeseg.settings import Settings
-from tests.worker.synth import make_images
+from tests.synth import make_images
 from via_tools.labelstudio import labeling_config
 
 TINY = {

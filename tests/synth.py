@@ -1,4 +1,5 @@
-"""Generated shoe-like images for fast tests: coloured shoe silhouettes on textured backgrounds.
+"""The tests' one maker of generated shoe-like images (no files from ../shared): :func:`make_shoe_dataset`,
+coloured shoe silhouettes on textured backgrounds, and :func:`make_images`, the loop tests' small flat set.
 
 Each shoe is a side-view silhouette (toe, vamp, ankle opening, heel) with a darker sole band, scaled,
 mirrored and placed at random on a background of noise, a colour gradient and stripes. The annotation is the
@@ -79,3 +80,38 @@ def make_shoe_dataset(
         regions = [Region(label="shoe", polygons=(p,), region_id=str(k)) for k, p in enumerate(polys)]
         records.append(ImageRecord(file_name=name, width_px=w, height_px=h, regions=regions, image_id=str(i)))
     return AnnotationSet(images=records, labels=["shoe"])
+
+
+# --- the loop tests' set: small flat images, one or two shoes each, quick to train on -----------------------
+
+def side_outline(cx: float, cy: float, rx: float, ry: float, *, n: int = 16) -> np.ndarray:
+    """An ellipse-ish outline with a flat sole: a rough shoe seen from the side, in pixels."""
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    pts = np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
+    pts[:, 1] = np.minimum(pts[:, 1], cy + 0.6 * ry)
+    return pts
+
+
+def make_images(out_dir: Path, n: int, *, width_px: int = 80, height_px: int = 64, seed: int = 0,
+                prefix: str = "img") -> AnnotationSet:
+    """Writes ``n`` PNG images with one or two filled shoe shapes each; returns their annotations."""
+    from shoeseg.geometry import polygons_to_mask
+
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = []
+    for i in range(n):
+        pixels = rng.integers(90, 160, size=(height_px, width_px, 3), dtype=np.uint8)
+        regions = []
+        for k in range(1 + i % 2):
+            rx, ry = rng.uniform(10, 18), rng.uniform(7, 11)
+            cx = rng.uniform(rx + 2, width_px - rx - 2) if k == 0 else width_px - rx - 3
+            cy = rng.uniform(ry + 2, height_px - ry - 2)
+            poly = side_outline(cx, cy, rx, ry)
+            mask = polygons_to_mask((poly,), height_px, width_px)
+            pixels[mask] = np.array([30 + 40 * k, 20, 200 - 60 * k], dtype=np.uint8)
+            regions.append(Region(label="shoe", polygons=(poly,), region_id=f"r{k}"))
+        name = f"{prefix}{i:03d}.png"
+        Image.fromarray(pixels).save(out_dir / name)
+        images.append(ImageRecord(file_name=name, width_px=width_px, height_px=height_px, regions=regions))
+    return AnnotationSet(images=images, labels=["shoe"])
