@@ -12,6 +12,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY via_tools ./via_tools
 COPY shoeseg ./shoeseg
+COPY shoeseg_services ./shoeseg_services
 COPY backend ./backend
 COPY worker ./worker
 COPY shoeseg_app ./shoeseg_app

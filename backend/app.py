@@ -40,9 +40,9 @@ from backend.protocol import (
     WebhookEvent,
     WebhookResponse,
 )
-from shoeseg.fetch import SetupRefused
-from shoeseg.settings import Settings
-from via_tools.ls_config import LabelConfigError
+from shoeseg_services.fetch import SetupRefused
+from shoeseg_services.ls_config import LabelConfigError
+from shoeseg_services.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The backend's model: ``predict(tasks, context)``, ``fit(event, data)`` and ``model_version``.
 
 :class:`ShoeSegModel` keeps the shape of label-studio-ml's ``LabelStudioMLBase`` and stays thin: images
-come from :mod:`shoeseg.fetch`, the per-tag output from :mod:`via_tools.ls_config`, inference from
-:class:`shoeseg.predict.Predictor`, training from the RQ worker (enqueued through ``shoeseg.trigger``).
+come from :mod:`shoeseg_services.fetch`, the per-tag output from :mod:`shoeseg_services.ls_config`, inference from
+:class:`shoeseg.predict.Predictor`, training from the RQ worker (enqueued through ``shoeseg_services.trigger``).
 
 The promoted model is held by :class:`backend.model_cache.ModelCache` (hot reload). Results and task
-scores are written by :class:`shoeseg.predictions.PredictionWriter`, the same writer the worker uses: the
+scores are written by :class:`shoeseg_services.predictions.PredictionWriter`, the same writer the worker uses: the
 task score is the active-learning score of ``SHOESEG_AL_STRATEGY`` (lower = label first), each region
 carries its own detection score.
 """
@@ -26,7 +26,7 @@ import numpy as np
 from backend.context import boxes_from_context
 from backend.metrics import Metrics
 from backend.model_cache import LoadedModel, ModelCache
-from shoeseg.fetch import (
+from shoeseg_services.fetch import (
     FetchedImage,
     ImageFetcher,
     ImageFetchError,
@@ -34,9 +34,9 @@ from shoeseg.fetch import (
     configured_access,
     setup_access,
 )
-from shoeseg.predictions import ImagePrediction, PredictionWriter, as_ls, combine, task_images
-from shoeseg.settings import Settings
-from via_tools.ls_config import ImageObject, LabelConfig, LabelConfigError, cached_label_config
+from shoeseg_services.ls_config import ImageObject, LabelConfig, LabelConfigError, cached_label_config
+from shoeseg_services.predictions import ImagePrediction, PredictionWriter, as_ls, combine, task_images
+from shoeseg_services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -234,11 +234,11 @@ class ShoeSegModel:
 
     # -- setup -----------------------------------------------------------------------------------
     def default_access(self) -> LabelStudioAccess:
-        """The configured server and key (see :func:`shoeseg.fetch.configured_access`)."""
+        """The configured server and key (see :func:`shoeseg_services.fetch.configured_access`)."""
         return configured_access(self.settings)
 
     def access_for(self, hostname: str | None, token: str | None) -> LabelStudioAccess:
-        """Where a ``/setup``'s Label Studio is, and which credentials may go to it (:func:`shoeseg.fetch.setup_access`)."""
+        """Where a ``/setup``'s Label Studio is, and which credentials may go to it (:func:`shoeseg_services.fetch.setup_access`)."""
         return setup_access(self.settings, hostname, token)
 
     def setup(self, *, schema: str | None, hostname: str | None = None, access_token: str | None = None,
@@ -497,11 +497,11 @@ class ShoeSegModel:
         self.results.put(job.key, job.prediction)
 
     def _first_model(self, project: str | int | None) -> None:
-        """A project connected while no model exists asks for its first training (``shoeseg.trigger``)."""
+        """A project connected while no model exists asks for its first training (``shoeseg_services.trigger``)."""
         pid = str(project or "").split(".", 1)[0]
         if not self.settings.redis_url or not pid.isdigit():
             return
-        from shoeseg.trigger import request_first_model
+        from shoeseg_services.trigger import request_first_model
 
         try:
             summary = request_first_model(self._redis_conn(), int(pid), settings=self.settings)
@@ -512,10 +512,10 @@ class ShoeSegModel:
             log.info("project %s has no model yet: %s", pid, summary)
 
     def training(self) -> dict[str, Any] | None:
-        """Every project's training (``shoeseg.trigger.overview``), ``None`` without Redis."""
+        """Every project's training (``shoeseg_services.trigger.overview``), ``None`` without Redis."""
         if not self.settings.redis_url:
             return None
-        from shoeseg.trigger import overview
+        from shoeseg_services.trigger import overview
 
         try:
             return overview(self._redis_conn())
@@ -534,7 +534,7 @@ class ShoeSegModel:
             return self._redis
 
     def fit(self, event: str, data: dict) -> dict[str, Any]:
-        """Hands a training event to the queue (``shoeseg.trigger``); never trains in the request.
+        """Hands a training event to the queue (``shoeseg_services.trigger``); never trains in the request.
 
         Returns:
             The trigger's summary (``{"action": "queued" | "follow_up" | "counted" | ...}``), or
@@ -544,7 +544,13 @@ class ShoeSegModel:
             QueueUnavailable: no Redis configured or reachable.
             ValueError: a training event without a project id, or with one that is not a positive integer.
         """
-        from shoeseg.trigger import COUNTED_ACTIONS, FORGET_ACTIONS, START_ACTION, on_webhook, project_of
+        from shoeseg_services.trigger import (
+            COUNTED_ACTIONS,
+            FORGET_ACTIONS,
+            START_ACTION,
+            on_webhook,
+            project_of,
+        )
 
         if event in FORGET_ACTIONS:
             return {"action": "acceptance", "event": event, "acceptance_jobs": self._acceptance(data)}
@@ -564,9 +570,9 @@ class ShoeSegModel:
         return summary
 
     def _acceptance(self, data: dict) -> list[str]:
-        """Queues the live acceptance of the webhook's annotation (``shoeseg.trigger.request_acceptance``); a
+        """Queues the live acceptance of the webhook's annotation (``shoeseg_services.trigger.request_acceptance``); a
         failure is logged, never fatal to the webhook (the training part of it has been answered)."""
-        from shoeseg.trigger import request_acceptance
+        from shoeseg_services.trigger import request_acceptance
 
         try:
             return request_acceptance(self._redis_conn(), data, settings=self.settings)

@@ -3,7 +3,7 @@
 :class:`ModelCache` checks the registry's ``current`` pointer (one small file read) at most every
 ``reload_interval_s`` and loads a newly promoted version in the request that notices it, while other requests
 keep using the old one. On an S3 registry the check is one small LIST request, and a version's checkpoint is
-downloaded once per machine (``<SHOESEG_CACHE_DIR>/models/<sha256>.pt``, see :mod:`shoeseg.registry`).
+downloaded once per machine (``<SHOESEG_CACHE_DIR>/models/<sha256>.pt``, see :mod:`shoeseg_services.registry`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from backend.metrics import Metrics
-from shoeseg.settings import Settings
+from shoeseg_services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ModelCache:
     """
 
     def __init__(self, settings: Settings, *, metrics: Metrics, loader=None):
-        from shoeseg.registry import ModelRegistry
+        from shoeseg_services.registry import ModelRegistry
 
         self.settings = settings
         self.registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
@@ -88,7 +88,7 @@ class ModelCache:
         With no model held, the load happens here (callers wait for it) unless ``background``; otherwise in
         a background thread while the old version keeps serving, and it is swapped in when ready.
         """
-        from shoeseg.registry import RegistryError
+        from shoeseg_services.registry import RegistryError
 
         if not self._lock.acquire(blocking=block):
             return
@@ -132,7 +132,7 @@ class ModelCache:
             self._loading = None
 
     def _load(self, version: str) -> None:
-        from shoeseg.registry import RegistryError
+        from shoeseg_services.registry import RegistryError
 
         started = time.perf_counter()
         try:

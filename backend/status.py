@@ -2,7 +2,7 @@
 
 What it shows: the served version; each project (its title from Label Studio) and its training (``queued``,
 ``running`` with the job's stage and progress, ``idle``, ``failed`` with the reason) from
-:func:`shoeseg.trigger.overview` and the rq jobs' meta; every registry version with its validation mask AP,
+:func:`shoeseg_services.trigger.overview` and the rq jobs' meta; every registry version with its validation mask AP,
 the labels it trained on (``metrics.train_tasks``), the gate's decision (``meta["gate"]`` when the worker
 recorded one, else ``meta["decision"]``), its kind (``meta["kind"]``: a round on new labels or idle-time
 training) and its live acceptance (:mod:`shoeseg.acceptance`); and the learning curve, an inline SVG of
@@ -43,7 +43,7 @@ def fetch_title(model, project_id: int) -> str | None:
     """The project's title from its Label Studio (the ``/setup`` access, else the configured one), or None."""
     import httpx
 
-    from via_tools.ls_api import auth_headers
+    from shoeseg_services.ls_api import auth_headers
 
     access, _ = model._project_state(project_id)
     if not access.hostname or not access.token:
@@ -103,7 +103,7 @@ def training_rows(model) -> tuple[dict[str, dict], str | None]:
     """Each project's training (``trigger.overview`` plus the job's stage and progress), and why it is unknown."""
     if not model.settings.redis_url:
         return {}, "REDIS_URL is not set: no training queue"
-    from shoeseg.trigger import overview
+    from shoeseg_services.trigger import overview
 
     try:
         conn = model._redis_conn()

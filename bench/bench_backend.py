@@ -194,7 +194,7 @@ def main() -> None:
     import torch
 
     from shoeseg.predict import Predictor, image_to_tensor
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
     from via_tools.images import decode_image
 
     root = Path(tempfile.mkdtemp(prefix="bench-backend-"))

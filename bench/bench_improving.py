@@ -79,14 +79,14 @@ def run_stack(args, out: Path, events: Path) -> dict:
     import httpx
     import redis
 
-    from shoeseg import trigger
     from shoeseg.data import subset
-    from shoeseg.registry import ModelRegistry
     from shoeseg_app.stack.labelstudio import LabelStudioServer, free_port
     from shoeseg_app.stack.redis import RedisServer
+    from shoeseg_services import trigger
+    from shoeseg_services.ls_api import list_tasks
+    from shoeseg_services.registry import ModelRegistry
     from via_tools.io import load, save
     from via_tools.labelstudio import region_to_ls_results
-    from via_tools.ls_api import list_tasks
     from via_tools.options import ReadOptions
 
     data = Path(args.data)
@@ -202,7 +202,7 @@ def score_versions(args, out: Path) -> list[dict]:
     from shoeseg.data import subset
     from shoeseg.evaluate import evaluate
     from shoeseg.predict import Predictor
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
     from via_tools.io import load
     from via_tools.options import ReadOptions
 

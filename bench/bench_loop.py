@@ -161,7 +161,7 @@ def _healthy(url: str) -> bool:
 
 def _count_pushed(client, pid: int, version: str) -> tuple[int, int]:
     """(tasks holding a prediction of ``version``, tasks)."""
-    from via_tools.ls_api import list_tasks
+    from shoeseg_services.ls_api import list_tasks
 
     tasks = list_tasks(client, pid)
     done = sum(any(p.get("model_version") == version for p in t.get("predictions") or []) for t in tasks)
@@ -182,8 +182,8 @@ def push_throughput(client, pid: int, version: str, registry, image_paths: list[
 
     from shoeseg.active_learning import CANDIDATE_SCORE_THRESH
     from shoeseg.predict import Predictor, image_to_tensor
+    from shoeseg_services.ls_api import list_tasks
     from via_tools.images import decode_image_scaled
-    from via_tools.ls_api import list_tasks
     from worker.jobs import predict_project
 
     def clear_predictions():
@@ -240,8 +240,8 @@ def push_throughput(client, pid: int, version: str, registry, image_paths: list[
 def run_tiny(args) -> None:
     from shoeseg_app.stack.labelstudio import LabelStudioServer, free_port
     from shoeseg_app.stack.redis import RedisServer
+    from shoeseg_services.ls_api import import_dataset
     from via_tools.labelstudio import region_to_ls_results
-    from via_tools.ls_api import import_dataset
 
     root = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     procs: list[subprocess.Popen] = []
@@ -284,7 +284,7 @@ def run_tiny(args) -> None:
             t0 = time.perf_counter()
             annotate(names[4])
 
-            from shoeseg.registry import ModelRegistry
+            from shoeseg_services.registry import ModelRegistry
 
             registry = ModelRegistry(root / "models")
 
@@ -362,14 +362,14 @@ def run_shoes(args) -> dict | None:
     import httpx
     import redis
 
-    from shoeseg import trigger
     from shoeseg.data import subset
-    from shoeseg.registry import ModelRegistry
     from shoeseg_app.stack.labelstudio import LabelStudioServer, free_port
     from shoeseg_app.stack.redis import RedisServer
+    from shoeseg_services import trigger
+    from shoeseg_services.ls_api import list_tasks
+    from shoeseg_services.registry import ModelRegistry
     from via_tools.io import load, save
     from via_tools.labelstudio import region_to_ls_results
-    from via_tools.ls_api import list_tasks
     from via_tools.options import ReadOptions
 
     tiny = args.tiny

@@ -16,7 +16,7 @@ Each Label Studio polygon result is one shoe. Polygons are rasterised at the ima
 most :data:`MAX_SIDE_PX` on the longer side (coordinates are percentages, so the counts do not depend on it).
 
 :func:`summarize` adds the records of one version up: one record per annotation, so an annotation updated
-again replaces its record and is never counted twice (the store, :meth:`shoeseg.registry.ModelRegistry.record_acceptance`,
+again replaces its record and is never counted twice (the store, :meth:`shoeseg_services.registry.ModelRegistry.record_acceptance`,
 keys them by annotation id). ``kept_share`` = kept / predicted is the version's live acceptance.
 
 Only the standard library is imported at the top: the web service reads summaries without numpy.

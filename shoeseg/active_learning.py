@@ -252,7 +252,7 @@ def detections_score(strategy: str, detections: Sequence[_Detection], *, flipped
                      task_id: Any = None) -> float:
     """The task score of one image from what the model saw: every candidate (score >= 0.05), lower = label first.
 
-    The one rule behind every prediction's ``score`` (``shoeseg.predictions``), the backend's and the worker's.
+    The one rule behind every prediction's ``score`` (``shoeseg_services.predictions``), the backend's and the worker's.
 
     Args:
         strategy: one of :data:`STRATEGIES`.

@@ -92,7 +92,7 @@ class S3Server:
         raise TimeoutError(f"the moto S3 server did not answer on {self.endpoint} in {timeout_s:g} s")
 
     def stop(self) -> None:
-        from shoeseg.processes import stop_process_group
+        from shoeseg_services.processes import stop_process_group
 
         if self._proc is not None:
             stop_process_group(self._proc, timeout_s=10)

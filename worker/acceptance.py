@@ -5,13 +5,13 @@
     started from (the annotation's ``parent_prediction`` when it names one of the registry's versions, else the
     newest prediction of a registry version made before the annotation), compares them in the annotator's
     numbers and records the result under that version, keyed by the annotation id
-    (:meth:`shoeseg.registry.ModelRegistry.record_acceptance`): an annotation updated again replaces its record.
+    (:meth:`shoeseg_services.registry.ModelRegistry.record_acceptance`): an annotation updated again replaces its record.
     A cancelled (skipped) annotation removes its record.
 
 ``forget_annotation``
     removes the records of deleted annotations.
 
-Both are queued by the backend's ``/webhook`` through :func:`shoeseg.trigger.request_acceptance`.
+Both are queued by the backend's ``/webhook`` through :func:`shoeseg_services.trigger.request_acceptance`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from shoeseg.settings import Settings
-from via_tools.ls_api import call, connect
+from shoeseg_services.ls_api import call, connect
+from shoeseg_services.settings import Settings
 from worker.plumbing import Progress, current_job, now
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def pre_label(annotation: dict[str, Any], predictions: list[dict[str, Any]], ver
 
 
 def _registry(settings: Settings):
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     return ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)
 
@@ -65,14 +65,14 @@ def record_annotation(project_id: int | None, task_id: int, annotation_id: int) 
         summary), or ``{"annotation", "skipped": why}``.
 
     Raises:
-        via_tools.ls_api.LabelStudioUnavailable: Label Studio unreachable (rq retries the job).
+        shoeseg_services.ls_api.LabelStudioUnavailable: Label Studio unreachable (rq retries the job).
 
     Example:
         >>> record_annotation(3, 41, 17)  # doctest: +SKIP
         {'annotation': 17, 'task': 41, 'version': '20250101-120000-3fa2c1', 'counts': {'kept': 2, ...}, ...}
     """
     from shoeseg.acceptance import compare
-    from via_tools.ls_api import get_annotation, task_predictions
+    from shoeseg_services.ls_api import get_annotation, task_predictions
 
     settings = Settings.from_env()
     progress = Progress(current_job())

@@ -1,6 +1,6 @@
 """Training in idle time: while a project has no other job, keep improving its current version in chunks.
 
-One chunk (``worker.jobs.improve_project``, queued by :func:`shoeseg.trigger.request_idle` on the lowest
+One chunk (``worker.jobs.improve_project``, queued by :func:`shoeseg_services.trigger.request_idle` on the lowest
 queue) continues the current version on all the project's accepted labels but the validation subset, for
 ``SHOESEG_IDLE_CHUNK_ITERS`` iterations of :data:`shoeseg.schedule.IDLE_RECIPE` (a larger input size, a
 lower learning rate). The candidate then meets the same gate as a round (:func:`worker.training.judge`): it
@@ -9,7 +9,7 @@ until the project's budget (``SHOESEG_IDLE_MAX_ITERS`` iterations on one set of 
 new labels starts a new budget.
 
 Yielding: the chunk asks Redis after every iteration whether labelled work is waiting
-(:func:`shoeseg.trigger.labelled_work_waiting`: a push or a round on the queues, or this project's training
+(:func:`shoeseg_services.trigger.labelled_work_waiting`: a push or a round on the queues, or this project's training
 on another worker) and stops there, dropping the unfinished chunk, so the worker takes that job within one
 iteration (about 5 s on 2 CPU cores at 512 px) plus the time to free the model. Nothing is registered by a
 stopped or killed chunk: the current version stays what it was.
@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from shoeseg import trigger
-from shoeseg.settings import Settings
+from shoeseg_services import trigger
+from shoeseg_services.settings import Settings
 from worker.plumbing import Progress
 from worker.training import (
     clean_old_runs,
@@ -71,9 +71,9 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
     The summary's ``outcome`` is ``promoted`` or ``candidate`` (a version was registered), ``yielded``
     (labelled work came first), ``capped`` (the budget is spent), or ``skipped`` (nothing to improve).
     """
-    from shoeseg.registry import ModelRegistry
     from shoeseg.schedule import idle_config
     from shoeseg.train import TrainingStopped, train
+    from shoeseg_services.registry import ModelRegistry
 
     conn = job.connection if job is not None else None
     summary = {"project": project_id, "kind": "idle"}

@@ -2,7 +2,7 @@
 back to Label Studio.
 
 All are plain module-level functions with JSON-serialisable arguments, enqueued by import path
-(``"worker.jobs.train_project"``, ``"worker.jobs.predict_project"``) by :mod:`shoeseg.trigger`.
+(``"worker.jobs.train_project"``, ``"worker.jobs.predict_project"``) by :mod:`shoeseg_services.trigger`.
 
 ``train_project``
     pulls the accepted annotations (latest non-cancelled one per task) from Label Studio, fetches and caches
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import logging
 
-from shoeseg import trigger
-from shoeseg.settings import Settings
+from shoeseg_services import trigger
+from shoeseg_services.settings import Settings
 from worker.improving import run_improvement
 from worker.plumbing import Lease, Progress, current_job, now, will_retry
 from worker.predicting import run_prediction, task_order

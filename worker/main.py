@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from shoeseg.settings import Settings
-from shoeseg.trigger import QUEUES
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import QUEUES
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def run_worker(
 
     The same work can be done by a plain ``rq worker --with-scheduler shoeseg-train shoeseg-predict`` run from
     the repository root; this entry point adds two things: it re-enqueues the training of projects whose job
-    died with a killed worker (see :func:`shoeseg.trigger.recover_stale`), and it runs rq's scheduler so that
+    died with a killed worker (see :func:`shoeseg_services.trigger.recover_stale`), and it runs rq's scheduler so that
     jobs retried with back-off come back.
 
     Args:
@@ -69,7 +69,7 @@ def run_worker(
 
 
 def _recover(conn, settings: Settings) -> None:
-    from shoeseg import trigger
+    from shoeseg_services import trigger
 
     for r in trigger.recover_stale(conn, settings=settings):
         log.warning("re-enqueued training of project %s as %s (%s)", r["project"], r["job_id"], r["reason"])

@@ -8,8 +8,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from shoeseg import trigger
-from via_tools.ls_api import is_transient
+from shoeseg_services import trigger
+from shoeseg_services.ls_api import is_transient
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from shoeseg.settings import Settings
+from shoeseg_services.settings import Settings
 from worker.plumbing import Progress
 
 log = logging.getLogger(__name__)
@@ -27,15 +27,13 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     ``images`` (fetched and decoded), ``model`` (forward and polygons), ``store`` (regions written and stored
     in Label Studio), ``finish`` (the project's model version set, superseded predictions removed).
 
-    Images go through the backend's path: the shared fetcher and cache (:mod:`shoeseg.fetch`), decoded at the
-    model's input size, and the one writer (:mod:`shoeseg.predictions`), so a task reads the same whichever
+    Images go through the backend's path: the shared fetcher and cache (:mod:`shoeseg_services.fetch`), decoded at the
+    model's input size, and the one writer (:mod:`shoeseg_services.predictions`), so a task reads the same whichever
     service predicted it.
     """
-    from shoeseg.fetch import ImageFetcher, ImageFetchError, configured_access
     from shoeseg.predict import Predictor
-    from shoeseg.predictions import PredictionWriter, as_ls, combine, task_images
-    from shoeseg.registry import ModelRegistry
-    from via_tools.ls_api import (
+    from shoeseg_services.fetch import ImageFetcher, ImageFetchError, configured_access
+    from shoeseg_services.ls_api import (
         LabelStudioUnavailable,
         call,
         connect,
@@ -46,7 +44,9 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
         push_predictions,
         set_model_version,
     )
-    from via_tools.ls_config import parse_label_config
+    from shoeseg_services.ls_config import parse_label_config
+    from shoeseg_services.predictions import PredictionWriter, as_ls, combine, task_images
+    from shoeseg_services.registry import ModelRegistry
 
     t0 = time.perf_counter()
     registry = ModelRegistry(settings.model_dir, cache_dir=settings.cache_dir)

@@ -13,10 +13,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from shoeseg.losses import LOSS_KEYS
-from shoeseg.processes import stop_process_group
-from shoeseg.settings import Settings
-from shoeseg.trigger import FIRST_MODEL_REASON
-from via_tools.ls_api import LabelStudioUnavailable, connect, is_transient
+from shoeseg_services.ls_api import LabelStudioUnavailable, connect, is_transient
+from shoeseg_services.processes import stop_process_group
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import FIRST_MODEL_REASON
 from worker.plumbing import Progress
 from worker.promotion import validation_task_ids
 
@@ -36,7 +36,7 @@ def _localise_images(ds, fetcher, access, progress: Progress) -> Path:
     Returns:
         The directory the ``file_name`` values are relative to.
     """
-    from shoeseg.fetch import ImageFetchError
+    from shoeseg_services.fetch import ImageFetchError
     from via_tools.images import image_size_wh
 
     root = fetcher.settings.cache_dir / "images"
@@ -92,7 +92,7 @@ def _evaluate(checkpoint: Path, val_ds, images_dir: Path, settings: Settings):
 
 
 def clean_old_runs(runs_dir: Path) -> None:
-    # Only one training per project runs at a time (see shoeseg.trigger): older run dirs are leftovers of
+    # Only one training per project runs at a time (see shoeseg_services.trigger): older run dirs are leftovers of
     # killed workers.
     if runs_dir.is_dir():
         for old in runs_dir.iterdir():
@@ -107,8 +107,8 @@ def _numeric(task_id):
 def read_labels(project_id: int, settings: Settings, progress: Progress):
     """The project's accepted annotations with their images in the shared cache: ``(dataset, images_dir)``;
     ``(empty dataset, None)`` when there is none."""
-    from shoeseg.fetch import ImageFetcher, configured_access
-    from via_tools.ls_api import LabelStudioError, accepted_annotations
+    from shoeseg_services.fetch import ImageFetcher, configured_access
+    from shoeseg_services.ls_api import LabelStudioError, accepted_annotations
 
     progress.update(force=True, stage="reading annotations")
     client = connect(settings.label_studio_url, settings.label_studio_api_key)
@@ -170,7 +170,7 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
                          kind: str, reason: str, config, ds, train_ds, val_ds, settings: Settings, job) -> dict:
     """Registers a trained candidate with its evidence, promotes it when the gate says so (and the current
     version is still the one it was judged against), and queues the push of its predictions."""
-    from shoeseg.trigger import request_push
+    from shoeseg_services.trigger import request_push
 
     new_metrics = dict(result.eval.metrics) if result.eval is not None else {}
     train_losses = result.metrics[-1] if getattr(result, "metrics", None) else {}
@@ -228,8 +228,8 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
 
 
 def run_training(project_id: int, *, reason: str, settings: Settings, job, progress: Progress) -> dict:
-    from shoeseg.registry import ModelRegistry
     from shoeseg.train import train
+    from shoeseg_services.registry import ModelRegistry
 
     if settings.cache_dir is None:
         settings = settings.with_(cache_dir=Path(".cache/shoeseg"))

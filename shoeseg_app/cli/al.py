@@ -36,7 +36,7 @@ def next_batch(
     """
     import json
 
-    from via_tools.ls_api import connect, project_model_version, select_next, task_score
+    from shoeseg_services.ls_api import connect, project_model_version, select_next, task_score
 
     if not url or not api_key:
         raise typer.BadParameter("give --url and --api-key (or LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")

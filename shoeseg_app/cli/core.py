@@ -43,7 +43,7 @@ def _clean_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from shoeseg.model import WeightsUnavailableError
-        from shoeseg.registry import RegistryError
+        from shoeseg_services.registry import RegistryError
         from via_tools.errors import AnnotationError
         from via_tools.images import ImageReadError
 
@@ -101,7 +101,7 @@ def _resolve_model(model: str, registry: str | None) -> Path:
     p = Path(model)
     if p.is_file():
         return p
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     reg = ModelRegistry(registry)
     if model == "current":
@@ -110,7 +110,7 @@ def _resolve_model(model: str, registry: str | None) -> Path:
             raise FileNotFoundError(f"no model is promoted in {reg.root}")
         return cur.checkpoint
     if reg.versions_dir is None:  # S3
-        from shoeseg.registry import RegistryError
+        from shoeseg_services.registry import RegistryError
 
         try:
             return reg.get(model).checkpoint
@@ -140,8 +140,8 @@ def version_projects(version) -> list[int]:
 
 def _push_served(version, *, reason: str) -> None:
     """Queues the push of ``version``'s predictions to every task of its projects (needs ``REDIS_URL``)."""
-    from shoeseg.settings import Settings
-    from shoeseg.trigger import request_push
+    from shoeseg_services.settings import Settings
+    from shoeseg_services.trigger import request_push
 
     projects = version_projects(version)
     if not projects:
@@ -429,7 +429,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Lists registered versions (the promoted one marked with *)."""
-        from shoeseg.registry import ModelRegistry
+        from shoeseg_services.registry import ModelRegistry
 
         reg = ModelRegistry(registry)
         versions = reg.versions()
@@ -457,7 +457,7 @@ def register(app: typer.Typer) -> None:
         registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Adds a checkpoint to the registry as a candidate (its metrics and parent come with it)."""
-        from shoeseg.registry import ModelRegistry
+        from shoeseg_services.registry import ModelRegistry
 
         reg = ModelRegistry(registry)
         v = reg.register(checkpoint, metrics=None, parent=None, meta={"source": str(checkpoint)})
@@ -472,7 +472,7 @@ def register(app: typer.Typer) -> None:
         registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Makes a version the current one (atomic pointer swap)."""
-        from shoeseg.registry import ModelRegistry
+        from shoeseg_services.registry import ModelRegistry
 
         v = ModelRegistry(registry).promote(version)
         typer.echo(f"current model: {v.version}")
@@ -484,7 +484,7 @@ def register(app: typer.Typer) -> None:
         registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Goes back to the previously promoted version (else the current one's parent)."""
-        from shoeseg.registry import ModelRegistry
+        from shoeseg_services.registry import ModelRegistry
 
         v = ModelRegistry(registry).rollback()
         typer.echo(f"current model: {v.version}")

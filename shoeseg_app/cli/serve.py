@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
 
         import uvicorn
 
-        from shoeseg.settings import Settings
+        from shoeseg_services.settings import Settings
 
         overrides = {
             "SHOESEG_MODEL_DIR": model_dir or None,

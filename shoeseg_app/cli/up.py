@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
             request_first_model_after_import,
             run_stack,
         )
-        from via_tools.ls_api import connect, setup_project
+        from shoeseg_services.ls_api import connect, setup_project
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 

@@ -251,7 +251,7 @@ def import_(
     """
     if project is not None and title is not None:
         raise typer.BadParameter("give --project or --title, not both")
-    from via_tools.ls_api import connect, import_dataset
+    from shoeseg_services.ls_api import connect, import_dataset
 
     ds = _load(file, fmt, images, label_attr, default_label)
     client = connect(url, api_key)
@@ -278,7 +278,7 @@ def export(
     accepted_only: bool = typer.Option(False, "--accepted-only", help="Only tasks with a non-cancelled annotation."),
 ) -> None:
     """Export a Label Studio project's polygons (latest non-cancelled annotation per task) to a file."""
-    from via_tools.ls_api import accepted_annotations, connect, export_dataset
+    from shoeseg_services.ls_api import accepted_annotations, connect, export_dataset
 
     client = connect(url, api_key)
     ds = accepted_annotations(client, project) if accepted_only else export_dataset(client, project, include_predictions=predictions)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from shoeseg.processes import stop_process_group
+from shoeseg_services.processes import stop_process_group
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class LabelStudioServer:
 
     def client(self):
         """A ``label_studio_sdk.LabelStudio`` client logged in with the admin's token."""
-        from via_tools.ls_api import connect
+        from shoeseg_services.ls_api import connect
 
         return connect(self.url, self.token)
 

@@ -10,7 +10,7 @@
 
 then makes sure the admin's project exists, with a PolygonLabels config and the backend connected
 (a second run finds the same project and backend again), imports a VIA dataset when one is given
-(:func:`via_tools.ls_api.import_dataset` creates nothing twice), prints the URL and the credentials,
+(:func:`shoeseg_services.ls_api.import_dataset` creates nothing twice), prints the URL and the credentials,
 and waits. Ctrl-C or SIGTERM stops every child, last started first. The admin's password and API
 token are drawn once and kept in ``<state>/credentials.json`` (readable by the owner only).
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from via_tools.ls_api import setup_project
+from shoeseg_services.ls_api import setup_project
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class StackConfig:
         if self.images is not None and not Path(self.images).is_dir():
             raise FileNotFoundError(f"images folder {self.images} does not exist")
         if self.model_dir is None:
-            from shoeseg.settings import model_dir_text
+            from shoeseg_services.settings import model_dir_text
 
             self.model_dir = Path(model_dir_text() or "models")
         self.model_dir = Path(self.model_dir).resolve()
@@ -221,7 +221,7 @@ def wait_http(url: str, *, timeout_s: float, child: Child | None = None, what: s
 
 def backend_basic_auth() -> tuple[str, str] | None:
     """The backend's basic-auth pair (``BASIC_AUTH_USER`` / ``BASIC_AUTH_PASS``) for Label Studio, when both are set."""
-    from shoeseg.settings import Settings
+    from shoeseg_services.settings import Settings
 
     settings = Settings.from_env()
     return (settings.basic_auth_user, settings.basic_auth_pass) if settings.auth_enabled else None
@@ -239,8 +239,8 @@ def request_first_model_after_import(redis_url: str | None, project_id: int,
         return None
     import redis
 
-    from shoeseg.settings import Settings
-    from shoeseg.trigger import request_first_model
+    from shoeseg_services.settings import Settings
+    from shoeseg_services.trigger import request_first_model
 
     conn = redis.Redis.from_url(redis_url, socket_connect_timeout=5)
     try:
@@ -251,8 +251,8 @@ def request_first_model_after_import(redis_url: str | None, project_id: int,
 
 def import_via(client, *, project_id: int, via: Path, images: Path, files_root: Path | None = None):
     """Imports a VIA (or any ``via_tools`` format) file and its images as annotations; nothing twice."""
+    from shoeseg_services.ls_api import import_dataset
     from via_tools.io import load
-    from via_tools.ls_api import import_dataset
     from via_tools.options import ReadOptions
 
     ds = load(via, options=ReadOptions(images_dir=Path(images)))

@@ -14,9 +14,15 @@ from fastapi.testclient import TestClient
 
 from backend.app import create_app
 from backend.model import NO_MODEL_VERSION
-from shoeseg.settings import Settings
-from tests.backend.conftest import ALL_CONTROLS_CONFIG, POLYGON_CONFIG, fixture_body, new_registry, setup_body
-from tests.conftest import FIXTURES
+from shoeseg_services.settings import Settings
+from tests.helpers import (
+    ALL_CONTROLS_CONFIG,
+    FIXTURES,
+    POLYGON_CONFIG,
+    fixture_body,
+    new_registry,
+    setup_body,
+)
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +118,8 @@ def test_predict_recorded_body(client):
 
 def test_the_checkpoints_serving_threshold_is_served_unless_the_setting_overrides_it(app_client, tmp_path,
                                                                                    media_server):
-    from shoeseg.registry import ModelRegistry
-    from tests.backend.conftest import make_checkpoint
+    from shoeseg_services.registry import ModelRegistry
+    from tests.helpers import make_checkpoint
 
     # the model finds one shoe per image at a score below 0.999; say training chose 0.999 for it
     ckpt = make_checkpoint(tmp_path / "t.pt", version="thresh-v1", fg_logit=1.0, detections=1, seed=2,

@@ -15,8 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.backend.conftest import POLYGON_CONFIG, jpeg_bytes, make_checkpoint
 from tests.e2e.backend_process import start_backend, stop_backend
+from tests.helpers import POLYGON_CONFIG, jpeg_bytes, make_checkpoint
 
 #: The bound on the backend's peak-RSS growth for 12 worst-case images in one request, measured at 584 MB
 #: here (before bounding: 10.1 GB). Two full-size decodes at a time (SHOESEG_DECODE_WORKERS=2) of a 49 MP PNG
@@ -48,7 +48,7 @@ def big_images(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def bounded_backend(tmp_path_factory, big_images):
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("bounded")
     reg = ModelRegistry(root / "models")

@@ -7,8 +7,8 @@ import time
 
 from backend.metrics import Metrics
 from backend.model_cache import ModelCache
-from shoeseg.settings import Settings
-from tests.backend.conftest import new_registry
+from shoeseg_services.settings import Settings
+from tests.helpers import new_registry
 
 
 class _SlowPredictor:

@@ -16,7 +16,7 @@ def fuzz_app(registry, redis_server, tmp_path_factory):
     from fastapi.testclient import TestClient
 
     from backend.app import create_app
-    from shoeseg.settings import Settings
+    from shoeseg_services.settings import Settings
 
     s = Settings(model_dir=registry.root, device="cpu", fetch_timeout_s=1.0, reload_interval_s=0.0,
                  image_root=tmp_path_factory.mktemp("fuzz-images"), redis_url=f"redis://127.0.0.1:{redis_server.port}/0")

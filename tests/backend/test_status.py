@@ -8,11 +8,11 @@ import re
 import pytest
 from rq import Queue
 
-from shoeseg import trigger
-from shoeseg.registry import ModelRegistry
-from shoeseg.settings import Settings
-from shoeseg.trigger import PREDICT_QUEUE
-from tests.backend.conftest import fixture_body
+from shoeseg_services import trigger
+from shoeseg_services.registry import ModelRegistry
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import PREDICT_QUEUE
+from tests.helpers import fixture_body
 
 EVIL = "<script>alert(1)</script>"
 
@@ -27,7 +27,7 @@ def status_registry(tmp_path, checkpoints):
                        "gate": {"metric": "segm_AP", "compared_on": "3 images", "diff": 0.11, "ci_low": 0.02,
                                 "ci_high": 0.2, "decision": "promote <b>now</b>"}})
     reg.promote("test-v2")
-    from tests.backend.conftest import make_checkpoint
+    from tests.helpers import make_checkpoint
 
     v3 = make_checkpoint(tmp_path / "v3.pt", version="test-v3", fg_logit=1.0, detections=1, seed=3)
     reg.register(v3, metrics={"segm_AP": 0.40, "train_tasks": 18}, parent="test-v2",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
-from shoeseg.trigger import TRAIN_JOB, TRAIN_QUEUE
 from shoeseg_app.stack.labelstudio import free_port
-from tests.backend.conftest import fixture_body
+from shoeseg_services.trigger import TRAIN_JOB, TRAIN_QUEUE
+from tests.helpers import fixture_body
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from shoeseg.processes import stop_process_group
 from shoeseg_app.stack.labelstudio import free_port
-from tests.backend.conftest import jpeg_bytes, make_checkpoint
+from shoeseg_services.processes import stop_process_group
+from tests.helpers import jpeg_bytes, make_checkpoint
 from via_tools.labelstudio import labeling_config
 
 BIN = Path(sys.executable).parent

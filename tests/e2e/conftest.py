@@ -35,7 +35,7 @@ def ls_client(label_studio):
 @pytest.fixture(scope="session")
 def backend_registry(tmp_path_factory):
     """A registry with test-v1 promoted (a model biased to find three shoes per image) and test-v2."""
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("e2e-backend")
     return fill_registry(ModelRegistry(root / "models"), root)

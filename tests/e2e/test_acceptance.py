@@ -19,10 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shoeseg import trigger
 from shoeseg.acceptance import compare, summarize
-from shoeseg.settings import Settings
 from shoeseg_app.stack.labelstudio import free_port
+from shoeseg_services import trigger
+from shoeseg_services.settings import Settings
 from tests.e2e.stack import BIN, REPO, Loop, wait_for
 from tests.synth import make_images
 
@@ -36,9 +36,9 @@ QUIET = {"SHOESEG_MIN_NEW_ANNOTATIONS": "1000", "SHOESEG_IDLE_TRAINING": "false"
 
 @pytest.fixture(scope="module")
 def stack(label_studio, ls_client, redis_server, tmp_path_factory):
-    from shoeseg.registry import ModelRegistry
-    from tests.backend.conftest import make_checkpoint
-    from via_tools.ls_api import import_dataset
+    from shoeseg_services.ls_api import import_dataset
+    from shoeseg_services.registry import ModelRegistry
+    from tests.helpers import make_checkpoint
 
     root = tmp_path_factory.mktemp("acceptance")
     lp = Loop(ls=label_studio, client=ls_client, redis_server=redis_server, root=root, db=9)

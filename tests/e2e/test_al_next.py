@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from shoeseg_app.cli import app
-from via_tools.ls_api import select_next
+from shoeseg_services.ls_api import select_next
 
 runner = CliRunner()
 

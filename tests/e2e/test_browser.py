@@ -151,8 +151,8 @@ def shoe_registry(shoes, tmp_path_factory):
     """A registry whose current version is a cpu-profile model: ``$SHOESEG_BROWSER_CHECKPOINT``, or trained here."""
     need_chromium()  # before training: module fixtures start before the browser's skip
     from shoeseg.data import subset
-    from shoeseg.registry import ModelRegistry
     from shoeseg.train import TrainConfig, train
+    from shoeseg_services.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("browser-shoes")
     given = os.environ.get("SHOESEG_BROWSER_CHECKPOINT")

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from rq import Queue
 
-from shoeseg import trigger
-from shoeseg.trigger import TRAIN_QUEUE
+from shoeseg_services import trigger
+from shoeseg_services.trigger import TRAIN_QUEUE
 from tests.e2e.stack import BIN, REPO, Loop, wait_for
 from tests.synth import make_images
 from via_tools.io import save
@@ -39,13 +39,13 @@ def newcomer(label_studio, ls_client, redis_server, tmp_path_factory):
 
 
 def _predictions(lp: Loop) -> dict[int, list[dict]]:
-    from via_tools.ls_api import list_tasks
+    from shoeseg_services.ls_api import list_tasks
 
     return {int(t["id"]): list(t.get("predictions") or []) for t in list_tasks(lp.client, lp.project_id)}
 
 
 def _current(lp: Loop) -> str | None:
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     return ModelRegistry(lp.model_dir).current_version_id()
 

@@ -1,7 +1,7 @@
 """The retraining loop end to end, with real processes: Label Studio 1.23.2, Redis, `shoeseg worker`, `shoeseg serve`.
 
 Nothing is mocked here. Label Studio calls the backend's /webhook (connected as an ML backend), the backend
-asks ``shoeseg.trigger`` to queue training, a worker process trains a tiny model on CPU, promotes it and
+asks ``shoeseg_services.trigger`` to queue training, a worker process trains a tiny model on CPU, promotes it and
 pushes predictions back; the tests read the outcome from Label Studio, Redis and the model registry.
 """
 
@@ -21,11 +21,11 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from shoeseg import trigger
-from shoeseg.settings import Settings
-from shoeseg.trigger import TRAIN_QUEUE
 from shoeseg_app.stack.labelstudio import free_port
 from shoeseg_app.stack.redis import RedisServer
+from shoeseg_services import trigger
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import TRAIN_QUEUE
 from tests.e2e.stack import BIN, FIXTURES, N_TASKS, REPO, TINY, Loop, Process, descendants, health, wait_for  # noqa: F401
 from tests.synth import make_images
 
@@ -39,7 +39,7 @@ def loop(label_studio, ls_client, redis_server, tmp_path_factory):
         lp.start_backend()
         lp.worker = lp.start_worker()
         # the project: generated images, two of them imported with their polygons as annotations
-        from via_tools.ls_api import import_dataset
+        from shoeseg_services.ls_api import import_dataset
 
         images_dir = Path(label_studio.files_root) / f"loop-{time.time_ns()}"
         ds = make_images(images_dir, N_TASKS, seed=1)
@@ -71,13 +71,13 @@ def project_version(lp: Loop) -> str | None:
 
 
 def current_version(lp: Loop) -> str | None:
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     return ModelRegistry(lp.model_dir).current_version_id()
 
 
 def predictions_of(lp: Loop, version: str) -> dict[int, float]:
-    from via_tools.ls_api import list_tasks
+    from shoeseg_services.ls_api import list_tasks
 
     out = {}
     for t in list_tasks(lp.client, lp.project_id):
@@ -111,7 +111,7 @@ def wait_idle(lp: Loop, timeout_s: float = 300) -> None:
 def test_new_annotations_lead_to_a_promoted_model_and_ordered_predictions(loop):
     from shoeseg.active_learning import score_images
     from shoeseg.predict import Predictor
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
     from via_tools.images import read_image
 
     names = sorted(loop.task_ids)
@@ -158,7 +158,7 @@ def test_start_training_from_label_studio(loop):
     assert before is not None, "runs after the annotation test"
     loop.client.ml.train(id=loop.ml_id)  # Label Studio posts START_TRAINING to the backend's /webhook
     version = wait_pushed(loop, after=before)
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     v = ModelRegistry(loop.model_dir).get(version)
     assert v.parent == before and v.meta["reason"] == "START_TRAINING"
@@ -168,7 +168,7 @@ def test_start_training_from_label_studio(loop):
 
 @pytest.mark.slow
 def test_a_burst_of_200_webhooks_gives_one_queued_and_one_follow_up_job(loop):
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     wait_idle(loop)
     registry = ModelRegistry(loop.model_dir)
@@ -215,7 +215,7 @@ def test_a_burst_of_200_webhooks_gives_one_queued_and_one_follow_up_job(loop):
 @pytest.mark.slow
 def test_a_worker_killed_mid_training_leaves_the_current_version_and_the_next_worker_completes(loop):
     from shoeseg.predict import Predictor
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     wait_idle(loop)
     registry = ModelRegistry(loop.model_dir)

@@ -26,8 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.backend.conftest import jpeg_bytes
 from tests.e2e.backend_process import BIN, fill_registry, start_backend, stop_backend
+from tests.helpers import jpeg_bytes
 from via_tools.labelstudio import labeling_config
 
 pytestmark = pytest.mark.e2e
@@ -65,7 +65,7 @@ def buckets(s3_server):
 @pytest.fixture(scope="module")
 def s3_registry(s3_server, buckets, tmp_path_factory):
     """``s3://<bucket>/models`` with test-v1 promoted and test-v2 registered (real models)."""
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("s3-models")
     with aws_environ(s3_server):
@@ -168,9 +168,9 @@ def test_label_studio_s3_tasks_are_preannotated_by_the_backend(label_studio, s3_
 def test_the_workers_fetcher_reads_the_tasks_label_studio_lists(label_studio, s3_server, buckets, s3_project):
     """The worker lists tasks from the API (their URIs resolved to Label Studio's presign URLs) and fetches them
     with the shared fetcher: the presigned redirect leads to the S3 endpoint, followed as an allowed host."""
-    from shoeseg.fetch import ImageFetcher, configured_access
-    from shoeseg.settings import Settings
-    from via_tools.ls_api import connect, list_tasks
+    from shoeseg_services.fetch import ImageFetcher, configured_access
+    from shoeseg_services.ls_api import connect, list_tasks
+    from shoeseg_services.settings import Settings
 
     project_id, _, _ = s3_project
     settings = Settings(label_studio_url=label_studio.url, label_studio_api_key=label_studio.token,

@@ -1,7 +1,7 @@
 """Several workers on one Redis, with real processes: Label Studio 1.23.2, Redis and two `shoeseg worker`s.
 
 Three Label Studio projects share one Redis (and one model registry). Training jobs spread over both workers,
-a project never has two trainings running at once (the trigger's lease, :mod:`shoeseg.trigger`), one worker
+a project never has two trainings running at once (the trigger's lease, :mod:`shoeseg_services.trigger`), one worker
 trains in two processes under torchrun (``SHOESEG_GPUS_PER_JOB=2``, gloo on CPU), and a worker killed with
 SIGKILL in the middle of a training leaves its project to the other worker once the lease has run out.
 
@@ -21,9 +21,9 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from shoeseg import trigger
-from shoeseg.settings import Settings
-from shoeseg.trigger import PREDICT_QUEUE, TRAIN_QUEUE
+from shoeseg_services import trigger
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import PREDICT_QUEUE, TRAIN_QUEUE
 from tests.e2e.stack import BIN, Process, descendants, wait_for
 from tests.synth import make_images
 
@@ -96,7 +96,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(label_studio, ls_client, redis_server, tmp_path_factory):
-    from via_tools.ls_api import import_dataset
+    from shoeseg_services.ls_api import import_dataset
 
     cl = Cluster(ls=label_studio, client=ls_client, redis_server=redis_server, root=tmp_path_factory.mktemp("workers"))
     try:
@@ -116,7 +116,7 @@ def cluster(label_studio, ls_client, redis_server, tmp_path_factory):
 
 
 def _versions_by_job(cl: Cluster) -> dict[str, object]:
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     return {v.meta.get("job_id"): v for v in ModelRegistry(cl.model_dir).versions()}
 

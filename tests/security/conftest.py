@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from PIL import Image
 
-from tests.backend.conftest import POLYGON_CONFIG, make_checkpoint
 from tests.e2e.backend_process import start_backend, stop_backend
-
-SECRET_KEY = "SECRET-KEY-123"
+from tests.helpers import make_checkpoint
+from tests.security.requests import SECRET_KEY
 
 
 def png_bytes(width_px: int = 32, height_px: int = 24, colour=(10, 200, 30)) -> bytes:
@@ -101,7 +99,7 @@ def allowed_host():
 
 @pytest.fixture(scope="session")
 def security_registry(tmp_path_factory):
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("security-models")
     reg = ModelRegistry(root / "models")
@@ -134,14 +132,3 @@ def exposed_backend(security_registry, image_root, allowed_host, tmp_path_factor
     })
     yield backend
     stop_backend(backend)
-
-
-def answering(backend) -> bool:
-    """The service still answers after an attack."""
-    r = httpx.get(f"{backend.url}/health", timeout=10)
-    return r.status_code == 200 and r.json()["status"] == "UP"
-
-
-def predict_body(*urls: str, project: str = "9.1", config: str = POLYGON_CONFIG) -> dict:
-    return {"tasks": [{"id": i + 1, "data": {"image": u}} for i, u in enumerate(urls)],
-            "project": project, "label_config": config}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from tests.backend.conftest import POLYGON_CONFIG
-from tests.security.conftest import SECRET_KEY, answering, predict_body
+from tests.helpers import POLYGON_CONFIG
+from tests.security.requests import SECRET_KEY, answering, predict_body
 
 
 def setup(backend, hostname: str, *, project: str = "9.1", token: str = "") -> httpx.Response:

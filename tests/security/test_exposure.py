@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shoeseg.settings import Settings
 from shoeseg_app.cli.serve import exposure_problem
+from shoeseg_services.settings import Settings
 
 BIN = Path(sys.executable).parent
 

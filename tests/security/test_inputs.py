@@ -9,9 +9,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.backend.conftest import POLYGON_CONFIG, make_checkpoint
 from tests.e2e.backend_process import start_backend, stop_backend
-from tests.security.conftest import answering, predict_body
+from tests.helpers import POLYGON_CONFIG, make_checkpoint
+from tests.security.requests import answering, predict_body
 
 BILLION_LAUGHS = (
     '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
@@ -93,7 +93,7 @@ ROUTES = [("GET", "/versions"), ("GET", "/metrics"), ("POST", "/setup"), ("POST"
 
 @pytest.fixture(scope="module")
 def guarded_backend(tmp_path_factory):
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     root = tmp_path_factory.mktemp("guarded")
     reg = ModelRegistry(root / "models")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.security.conftest import answering, predict_body
+from tests.security.requests import answering, predict_body
 
 
 def error_of(backend, url: str) -> str:

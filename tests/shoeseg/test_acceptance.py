@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from shoeseg.acceptance import COUNTS, compare, summarize
-from shoeseg.registry import ModelRegistry, RegistryError
+from shoeseg_services.registry import ModelRegistry, RegistryError
 
 
 def poly(x0, y0, x1, y1, *, label="shoe", size=(200, 100), rid=None) -> dict:
@@ -58,7 +58,7 @@ def test_summarize_adds_up_and_gives_the_kept_share():
 
 @pytest.fixture
 def registry(tmp_path):
-    from tests.backend.conftest import make_checkpoint
+    from tests.helpers import make_checkpoint
 
     reg = ModelRegistry(tmp_path / "models")
     for version in ("acc-v1", "acc-v2"):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shoeseg import active_learning as al
-from via_tools import ls_api
+from shoeseg_services import ls_api
 
 
 def det(score: float, box=(2, 2, 10, 10), *, label: str = "shoe", size=(16, 16)):

@@ -14,7 +14,7 @@ from shoeseg import model as model_mod
 from shoeseg.backbones import PLANS, EfficientNetLiteBody, imagenet_weights_path
 from shoeseg.model import ARCHS, build_model, load_checkpoint, resolve_start, save_checkpoint
 from shoeseg.train import PROFILES, TrainConfig, train
-from tests.backend.conftest import POLYGON_CONFIG, jpeg_bytes
+from tests.helpers import POLYGON_CONFIG, jpeg_bytes
 from tests.synth import make_shoe_dataset
 
 TINY = dict(min_size=64, max_size=80, roi_batch_size_per_image=32, warmup_iters=2, base_lr=0.005, clip_grad_norm=5.0,
@@ -30,8 +30,8 @@ def shoes(tmp_path_factory):
 @pytest.mark.parametrize(("arch", "weights"), [("r50-fpn", "none"), ("lite0-fpn", "imagenet"), ("lite2-fpn", "imagenet")])
 def test_each_family_trains_reloads_through_the_registry_and_serves(shoes, tmp_path, arch, weights):
     from backend.app import create_app
-    from shoeseg.registry import ModelRegistry
-    from shoeseg.settings import Settings
+    from shoeseg_services.registry import ModelRegistry
+    from shoeseg_services.settings import Settings
 
     ds, d = shoes
     cfg = TrainConfig(iters=3, arch=arch, weights=weights, **TINY)

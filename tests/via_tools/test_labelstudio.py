@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import FIXTURES
+from tests.helpers import FIXTURES
 from via_tools import labelstudio as ls
 from via_tools.errors import AnnotationError
 from via_tools.model import AnnotationSet, ImageRecord, Region, as_polygon, polygons_close

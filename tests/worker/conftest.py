@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from shoeseg.settings import Settings
+from shoeseg_services.settings import Settings
 from tests.synth import make_images
 from via_tools.labelstudio import labeling_config
 
@@ -71,11 +71,11 @@ class FakeLabelStudio:
 def fake_ls(tmp_path, monkeypatch, loop_env):
     src = tmp_path / "src"
     ls = FakeLabelStudio(src, make_images(src, 6))
-    monkeypatch.setattr("via_tools.ls_api.connect", lambda url, api_key, **kw: ls)
+    monkeypatch.setattr("shoeseg_services.ls_api.connect", lambda url, api_key, **kw: ls)
     monkeypatch.setattr("worker.training.connect", lambda url, api_key, **kw: ls)
-    monkeypatch.setattr("via_tools.ls_api.accepted_annotations", lambda client, project_id: ls.annotated())
-    monkeypatch.setattr("via_tools.ls_api.list_tasks", lambda client, project_id: [dict(t) for t in ls.tasks])
-    monkeypatch.setattr("shoeseg.fetch.ImageFetcher._from_label_studio",
+    monkeypatch.setattr("shoeseg_services.ls_api.accepted_annotations", lambda client, project_id: ls.annotated())
+    monkeypatch.setattr("shoeseg_services.ls_api.list_tasks", lambda client, project_id: [dict(t) for t in ls.tasks])
+    monkeypatch.setattr("shoeseg_services.fetch.ImageFetcher._from_label_studio",
                         lambda self, url, **kw: (src / url.rsplit("/", 1)[-1]).read_bytes())
     return ls
 

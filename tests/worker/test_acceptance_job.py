@@ -6,9 +6,9 @@ from __future__ import annotations
 from rq import Queue
 from rq.job import Job
 
-from shoeseg.settings import Settings
-from shoeseg.trigger import ACCEPTANCE_JOB, FORGET_ACCEPTANCE_JOB, PREDICT_QUEUE, request_acceptance
-from tests.backend.conftest import fixture_body
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import ACCEPTANCE_JOB, FORGET_ACCEPTANCE_JOB, PREDICT_QUEUE, request_acceptance
+from tests.helpers import fixture_body
 from worker.acceptance import pre_label
 
 PREDS = [

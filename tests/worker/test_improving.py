@@ -18,10 +18,10 @@ import pytest
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from shoeseg import trigger
-from shoeseg.registry import ModelRegistry
-from shoeseg.settings import Settings
-from shoeseg.trigger import IDLE_QUEUE, QUEUES, TRAIN_QUEUE
+from shoeseg_services import trigger
+from shoeseg_services.registry import ModelRegistry
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import IDLE_QUEUE, QUEUES, TRAIN_QUEUE
 
 
 def _work_all(conn) -> None:

@@ -15,9 +15,9 @@ from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
-from shoeseg import trigger
-from shoeseg.settings import Settings
-from shoeseg.trigger import PREDICT_QUEUE, TRAIN_QUEUE
+from shoeseg_services import trigger
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import PREDICT_QUEUE, TRAIN_QUEUE
 from via_tools.labelstudio import labeling_config
 from worker import jobs
 
@@ -129,7 +129,7 @@ def test_task_order_puts_unlabelled_first():
 
 @pytest.mark.slow
 def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_env, monkeypatch):
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     first = trigger.request_training(redis_conn, 1, reason="test", settings=loop_env)
     work(redis_conn, TRAIN_QUEUE)

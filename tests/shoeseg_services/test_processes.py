@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from shoeseg.processes import stop_process_group
+from shoeseg_services.processes import stop_process_group
 
 
 def _group_alive(pgid: int) -> bool:

@@ -1,8 +1,10 @@
-"""Fixtures of the ML backend tests: model versions in a registry, images, a media server, app clients.
+"""Helpers shared by the tests of several packages (imported by tests; not a test module): the recorded Label
+Studio requests, labeling configs, generated JPEGs, tiny model versions with biased heads, and a stand-in for
+Label Studio's media routes.
 
-The models are Mask R-CNN R50-FPN networks with random weights whose box classifier and mask head biases
-are set so that every image yields a few confident detections with full-box masks; the backend is tested
-for what it does with detections, not for their quality.
+The models are Mask R-CNN networks with random weights whose box classifier and mask head biases are set so
+that every image yields a few confident detections with full-box masks: they test what the services do with
+detections, not their quality.
 """
 
 from __future__ import annotations
@@ -10,23 +12,24 @@ from __future__ import annotations
 import base64
 import io
 import json
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from tests.conftest import FIXTURES
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
 
 POLYGON_CONFIG = (
     '<View><Image name="image" value="$image"/>'
     '<PolygonLabels name="label" toName="image"><Label value="shoe"/></PolygonLabels></View>'
 )
+
+
 ALL_CONTROLS_CONFIG = (
     '<View><Image name="image" value="$image"/>'
     '<PolygonLabels name="label" toName="image"><Label value="shoe"/></PolygonLabels>'
@@ -34,6 +37,8 @@ ALL_CONTROLS_CONFIG = (
     '<BrushLabels name="brush" toName="image"><Label value="footwear" predicted_values="shoe"/></BrushLabels>'
     "</View>"
 )
+
+
 LEGACY_TOKEN = "legacy-token-0123456789"
 
 
@@ -68,17 +73,8 @@ class Checkpoints:
     v2: Path
 
 
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory) -> Checkpoints:
-    root = tmp_path_factory.mktemp("checkpoints")
-    return Checkpoints(
-        v1=make_checkpoint(root / "v1.pt", version="test-v1", fg_logit=4.0, detections=3, seed=1),
-        v2=make_checkpoint(root / "v2.pt", version="test-v2", fg_logit=1.0, detections=1, seed=2),
-    )
-
-
 def new_registry(root: Path, checkpoints: Checkpoints, *, promote: str | None = "test-v1"):
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     reg = ModelRegistry(root)
     reg.register(checkpoints.v1, metrics={"segm_AP": 0.1}, parent=None, meta={})
@@ -86,12 +82,6 @@ def new_registry(root: Path, checkpoints: Checkpoints, *, promote: str | None = 
     if promote:
         reg.promote(promote)
     return reg
-
-
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory, checkpoints):
-    """A registry with test-v1 promoted and test-v2 registered (do not change it: shared by the session)."""
-    return new_registry(tmp_path_factory.mktemp("registry"), checkpoints)
 
 
 def jpeg_bytes(width_px: int, height_px: int, *, orientation: int | None = None, seed: int = 0) -> bytes:
@@ -146,7 +136,7 @@ class MediaServer:
         p.write_bytes(data)
 
 
-def _handler(server: MediaServer):
+def media_handler(server: MediaServer):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -215,62 +205,6 @@ def _handler(server: MediaServer):
                 self._send(200, f.read_bytes(), "image/jpeg")
 
     return Handler
-
-
-@pytest.fixture(scope="session")
-def media_server(tmp_path_factory):
-    """The media stand-in, serving the images named in the recorded ``/predict`` body."""
-    server = MediaServer(root=tmp_path_factory.mktemp("media"))
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
-    server.port = httpd.server_address[1]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    server.put("upload/1/3c053945-img1.jpg", jpeg_bytes(96, 64, seed=1))
-    server.put("local/imgs/img1.jpg", jpeg_bytes(80, 120, seed=2))
-    server.put("local/imgs/img0.jpg", jpeg_bytes(64, 48, seed=3))
-    server.put("local/imgs/rotated.jpg", jpeg_bytes(96, 64, orientation=6, seed=4))
-    server.put("local/imgs/corrupt.jpg", b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    server.put("open/plain.jpg", jpeg_bytes(64, 64, seed=5))
-    yield server
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def settings_for(tmp_path, media_server):
-    """Builds backend settings for a registry root, with test-friendly limits; the media stand-in is the
-    configured Label Studio (``LABEL_STUDIO_URL``) unless changed."""
-    from shoeseg.settings import Settings
-
-    def make(registry_root: Path, **changes) -> Settings:
-        base = Settings(model_dir=Path(registry_root), device="cpu", score_thresh=0.5, fetch_timeout_s=2.0,
-                        reload_interval_s=0.0, batch_size=2, fetch_workers=4, label_studio_url=media_server.url)
-        return base.with_(**changes)
-
-    return make
-
-
-@pytest.fixture
-def app_client(request, settings_for):
-    """Makes a started TestClient of ``create_app`` (lifespan run); closes them at the end."""
-    from fastapi.testclient import TestClient
-
-    from backend.app import create_app
-
-    clients = []
-
-    def make(registry_root: Path | None = None, **changes):
-        if registry_root is None:
-            registry_root = request.getfixturevalue("registry").root
-        settings = settings_for(registry_root, **changes)
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
 
 
 def setup_body(media_server: MediaServer, *, token: str = LEGACY_TOKEN, schema: str = POLYGON_CONFIG) -> dict:

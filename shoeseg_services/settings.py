@@ -7,7 +7,7 @@ settings without loading torch.
 
 | variable | default | meaning |
 | --- | --- | --- |
-| ``SHOESEG_MODEL_DIR`` (or ``MODEL_DIR``) | ``models`` | model registry root: a folder, or ``s3://bucket/prefix`` (``shoeseg.registry``) |
+| ``SHOESEG_MODEL_DIR`` (or ``MODEL_DIR``) | ``models`` | model registry root: a folder, or ``s3://bucket/prefix`` (``shoeseg_services.registry``) |
 | ``SHOESEG_CACHE_DIR`` | ``.cache/shoeseg`` | the one image cache (Label Studio uploads), backend and worker |
 | ``REDIS_URL`` | none | Redis of the training queue (none: the backend answers 503 to training events) |
 | ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` | none | the one Label Studio server trusted, and its key |
@@ -258,7 +258,7 @@ class Settings:
         >>> Settings.from_env({"SHOESEG_MIN_NEW_ANNOTATIONS": "zero"})
         Traceback (most recent call last):
         ...
-        shoeseg.settings.SettingsError: environment variable SHOESEG_MIN_NEW_ANNOTATIONS='zero' is not an integer
+        shoeseg_services.settings.SettingsError: environment variable SHOESEG_MIN_NEW_ANNOTATIONS='zero' is not an integer
     """
 
     model_dir: Path | str = Path("models")

@@ -31,7 +31,7 @@ import redis
 from rq import Callback, Queue, Retry
 from rq.job import Job
 
-from shoeseg.settings import Settings
+from shoeseg_services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def request_first_model(conn: redis.Redis, project_id: int | str, *, settings: S
         >>> request_first_model(redis.Redis(), 3, force=True)["action"]  # doctest: +SKIP
         'queued'
     """
-    from shoeseg.registry import ModelRegistry
+    from shoeseg_services.registry import ModelRegistry
 
     settings = settings or Settings.from_env()
     project_id = _project(project_id)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shoeseg import settings as settings_module
-from shoeseg.registry import ModelRegistry
-from shoeseg.settings import Settings, SettingsError
+from shoeseg_services import settings as settings_module
+from shoeseg_services.registry import ModelRegistry
+from shoeseg_services.settings import Settings, SettingsError
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +26,7 @@ def test_model_dir_alone_names_the_registry():
 
 def test_shoeseg_model_dir_wins_with_one_warning(caplog):
     env = {"SHOESEG_MODEL_DIR": "/srv/ours", "MODEL_DIR": "/srv/theirs"}
-    with caplog.at_level(logging.WARNING, logger="shoeseg.settings"):
+    with caplog.at_level(logging.WARNING, logger="shoeseg_services.settings"):
         first = Settings.from_env(env)
         second = Settings.from_env(env)
     assert first.model_dir == second.model_dir == Path("/srv/ours")
@@ -36,7 +36,7 @@ def test_shoeseg_model_dir_wins_with_one_warning(caplog):
 
 
 def test_neither_set_is_the_default_and_no_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="shoeseg.settings"):
+    with caplog.at_level(logging.WARNING, logger="shoeseg_services.settings"):
         assert Settings.from_env({}).model_dir == Path("models")
         assert Settings.from_env({"SHOESEG_MODEL_DIR": "/srv/ours"}).model_dir == Path("/srv/ours")
     assert not caplog.records

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shoeseg.settings import AL_STRATEGIES, PROFILES, Settings, SettingsError
+from shoeseg_services.settings import AL_STRATEGIES, PROFILES, Settings, SettingsError
 
 
 @pytest.mark.parametrize("name, value, message", [

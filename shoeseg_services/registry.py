@@ -38,7 +38,7 @@ Files are created with the usual mode (``0o666`` less the umask, e.g. ``0644``) 
 ``0o777`` less the umask, so a backend running as another user can read what the worker wrote.
 
 **An S3 bucket prefix** (``SHOESEG_MODEL_DIR=s3://bucket/prefix``; endpoint and credentials from the standard
-AWS variables, ``AWS_ENDPOINT_URL`` for an S3-compatible store, see :mod:`shoeseg.s3`)::
+AWS variables, ``AWS_ENDPOINT_URL`` for an S3-compatible store, see :mod:`shoeseg_services.s3`)::
 
     <prefix>/versions/<version>/model.pt        the checkpoint, uploaded first
     <prefix>/versions/<version>/version.json    its metadata with the checkpoint's sha256 and size: the
@@ -441,7 +441,7 @@ class _S3Store:
     """A bucket prefix (layout and guarantees in the module docstring)."""
 
     def __init__(self, uri: str, cache_dir: Path) -> None:
-        from shoeseg.s3 import parse_s3_uri
+        from shoeseg_services.s3 import parse_s3_uri
 
         try:
             self.bucket, prefix = parse_s3_uri(uri)
@@ -460,7 +460,7 @@ class _S3Store:
         return f"s3://{self.bucket}/{key}"
 
     def _client(self):
-        from shoeseg.s3 import client, client_errors, explain
+        from shoeseg_services.s3 import client, client_errors, explain
 
         try:
             return client()
@@ -469,13 +469,13 @@ class _S3Store:
                                 f"{explain(e, bucket=self.bucket, action='connect to')}") from e
 
     def _fail(self, e: BaseException, key: str | None, action: str) -> RegistryError:
-        from shoeseg.s3 import explain
+        from shoeseg_services.s3 import explain
 
         return RegistryError(f"model registry {self.location}: {explain(e, bucket=self.bucket, key=key, action=action)}")
 
     def _get_json(self, key: str, *, what: str) -> dict[str, Any] | None:
         """The JSON object at ``key``; None when there is no such key."""
-        from shoeseg.s3 import client_errors, error_code
+        from shoeseg_services.s3 import client_errors, error_code
 
         c = self._client()
         try:
@@ -494,7 +494,7 @@ class _S3Store:
 
     def _list(self, prefix: str, *, delimiter: str | None = None, start_after: str | None = None):
         """(keys, common prefixes) under ``prefix``, every page."""
-        from shoeseg.s3 import client_errors
+        from shoeseg_services.s3 import client_errors
 
         c = self._client()
         keys, prefixes = [], []
@@ -529,7 +529,7 @@ class _S3Store:
         return data
 
     def check_checkpoint(self, version: str, record: dict[str, Any]) -> Path:
-        from shoeseg.s3 import client_errors, error_code
+        from shoeseg_services.s3 import client_errors, error_code
 
         key = self.key("versions", version, CHECKPOINT_NAME)
         sha, size = record.get("sha256"), record.get("bytes")
@@ -550,7 +550,7 @@ class _S3Store:
 
     def local_checkpoint(self, version: str, record: dict[str, Any]) -> Path:
         """The checkpoint in the local cache, downloaded (and its sha256 checked) when absent."""
-        from shoeseg.s3 import client_errors
+        from shoeseg_services.s3 import client_errors
 
         path = self.check_checkpoint(version, record)
         if path.is_file() and path.stat().st_size == record.get("bytes", path.stat().st_size):
@@ -581,7 +581,7 @@ class _S3Store:
         return path
 
     def add_version(self, version: str, src: Path, record: dict[str, Any]) -> None:
-        from shoeseg.s3 import client_errors, error_code
+        from shoeseg_services.s3 import client_errors, error_code
 
         c = self._client()
         meta_key = self.key("versions", version, S3_META_NAME)
@@ -653,7 +653,7 @@ class _S3Store:
         return copy.deepcopy(data["history"]) if data else _empty_history()
 
     def update(self, change: Callable[[str | None, dict[str, Any]], str], action: str) -> str:
-        from shoeseg.s3 import client_errors, error_code
+        from shoeseg_services.s3 import client_errors, error_code
 
         c = self._client()
         for attempt in range(S3_PROMOTE_ATTEMPTS):
@@ -686,7 +686,7 @@ class _S3Store:
 
     # small JSON documents beside the versions (live acceptance); S3 has no lock (see record_acceptance)
     def put_doc(self, parts: tuple[str, ...], data: dict[str, Any]) -> None:
-        from shoeseg.s3 import client_errors
+        from shoeseg_services.s3 import client_errors
 
         key = self.key(*parts)
         try:
@@ -708,7 +708,7 @@ class _S3Store:
         return [d for d in (self.get_doc((*parts, n)) for n in names) if d is not None]
 
     def delete_doc(self, parts: tuple[str, ...]) -> None:
-        from shoeseg.s3 import client_errors
+        from shoeseg_services.s3 import client_errors
 
         key = self.key(*parts)
         try:
@@ -750,7 +750,7 @@ class ModelRegistry:
     def __init__(self, root: str | os.PathLike[str] | None = None, *, cache_dir: str | os.PathLike[str] | None = None
                  ) -> None:
         if root is None:
-            from shoeseg.settings import model_dir_text
+            from shoeseg_services.settings import model_dir_text
 
             root = model_dir_text() or "models"
         self.versions_dir: Path | None = None

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shoeseg.fetch import ImageFetcher, ImageFetchError, LabelStudioAccess
-from shoeseg.settings import Settings
 from shoeseg_app.stack.labelstudio import free_port
-from tests.backend.conftest import LEGACY_TOKEN, jpeg_bytes
+from shoeseg_services.fetch import ImageFetcher, ImageFetchError, LabelStudioAccess
+from shoeseg_services.settings import Settings
+from tests.helpers import LEGACY_TOKEN, jpeg_bytes
 
 
 @pytest.fixture

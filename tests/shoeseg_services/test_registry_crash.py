@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shoeseg.model import build_model, load_checkpoint, save_checkpoint
-from shoeseg.registry import ModelRegistry
+from shoeseg_services.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,7 @@ CHILD = r"""
 import os, signal, sys
 from pathlib import Path
 
-from shoeseg.registry import ModelRegistry
+from shoeseg_services.registry import ModelRegistry
 
 root, checkpoint, version, mode = sys.argv[1:5]
 

@@ -4,12 +4,12 @@ Where an image may come from:
 
 * Label Studio's own URLs (``/data/upload/...``, ``/data/local-files/?d=...``, ``/tasks/.../resolve/...``
   and absolute URLs on Label Studio's host): fetched from the ``hostname`` that ``/setup`` sent, with the
-  header :func:`via_tools.ls_api.auth_headers` makes by the SDK's token handling (``Token <legacy token>``,
+  header :func:`shoeseg_services.ls_api.auth_headers` makes by the SDK's token handling (``Token <legacy token>``,
   or ``Bearer <access>`` for a personal access token, refreshed again on expiry or 401).
 * plain ``http(s)`` URLs: only from the hosts in ``SHOESEG_ALLOWED_HOSTS`` (exact names, or ``*.domain``);
   redirects are followed only to allowed hosts; no credentials are sent to them.
 * ``s3://bucket/key`` URIs (what Label Studio's S3 source storage puts in the tasks it sends the backend):
-  read with this machine's own AWS credentials (:mod:`shoeseg.s3`) when the bucket is in ``SHOESEG_S3_BUCKETS``;
+  read with this machine's own AWS credentials (:mod:`shoeseg_services.s3`) when the bucket is in ``SHOESEG_S3_BUCKETS``;
   otherwise asked of Label Studio (``/tasks/<id>/presign/?fileuri=<base64 URI>``, with its token), which
   answers with the bytes (a storage with "presign" off) or a redirect to a presigned URL of the S3 endpoint,
   followed only when that host is in ``SHOESEG_ALLOWED_HOSTS`` and without the Label Studio token. The AWS
@@ -42,7 +42,7 @@ import httpx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shoeseg.settings import Settings
+from shoeseg_services.settings import Settings
 from via_tools.files import atomic_write_bytes
 from via_tools.images import ImageReadError, decode_image_scaled
 
@@ -384,7 +384,7 @@ class ImageFetcher:
     # -- S3 --------------------------------------------------------------------------------------
     def _from_s3(self, url: str, *, task_id, access: LabelStudioAccess) -> bytes:
         """An ``s3://`` URI: read directly (allowed bucket) or through Label Studio's presign endpoint."""
-        from shoeseg.s3 import S3Error, parse_s3_uri, read_object
+        from shoeseg_services.s3 import S3Error, parse_s3_uri, read_object
 
         try:
             bucket, key = parse_s3_uri(url)
@@ -468,7 +468,7 @@ class ImageFetcher:
         return data
 
     def _auth_headers(self, access: LabelStudioAccess, *, force_refresh: bool, task_id, url: str) -> dict[str, str]:
-        from via_tools.ls_api import LabelStudioError, auth_headers
+        from shoeseg_services.ls_api import LabelStudioError, auth_headers
 
         try:
             return auth_headers(access.hostname or "", access.token, fresh=force_refresh,

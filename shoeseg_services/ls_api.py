@@ -8,7 +8,7 @@
   (:func:`set_model_version`) and the next tasks to label (:func:`select_next`);
 * which failures are worth a retry (:func:`is_transient`).
 
-Labeling configs are read by :mod:`via_tools.ls_config` (the SDK's ``LabelInterface``).
+Labeling configs are read by :mod:`shoeseg_services.ls_config` (the SDK's ``LabelInterface``).
 
 Images reach Label Studio in one of two ways:
 
@@ -39,6 +39,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from shoeseg_services.ls_config import LabelConfigError, polygon_control
 from via_tools.errors import AnnotationError
 from via_tools.labelstudio import (
     REGION_TYPES,
@@ -48,7 +49,6 @@ from via_tools.labelstudio import (
     ls_result_to_region,
     task_to_image,
 )
-from via_tools.ls_config import LabelConfigError, polygon_control
 from via_tools.model import AnnotationSet, ImageRecord, Region
 from via_tools.report import Report
 from via_tools.shapes import sanitize_many

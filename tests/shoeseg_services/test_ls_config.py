@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.backend.conftest import ALL_CONTROLS_CONFIG, POLYGON_CONFIG, fixture_body
-from via_tools.ls_config import (
+from shoeseg_services.ls_config import (
     BrushLabelsControl,
     LabelConfigError,
     PolygonLabelsControl,
@@ -16,6 +15,7 @@ from via_tools.ls_config import (
     parse_label_config,
     polygon_control,
 )
+from tests.helpers import ALL_CONTROLS_CONFIG, POLYGON_CONFIG, fixture_body
 
 
 def test_recorded_config_parses():

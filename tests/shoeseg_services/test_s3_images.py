@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shoeseg.fetch import ImageFetcher, ImageFetchError, LabelStudioAccess
-from shoeseg.settings import Settings
-from tests.backend.conftest import fixture_body, jpeg_bytes
+from shoeseg_services.fetch import ImageFetcher, ImageFetchError, LabelStudioAccess
+from shoeseg_services.settings import Settings
+from tests.helpers import fixture_body, jpeg_bytes
 
 TOKEN = "ls-token-for-presign-0123"
 

@@ -11,9 +11,9 @@ import redis
 from rq import Queue
 from rq.job import Job
 
-from shoeseg import trigger
-from shoeseg.settings import Settings
-from shoeseg.trigger import TRAIN_JOB, TRAIN_QUEUE
+from shoeseg_services import trigger
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import TRAIN_JOB, TRAIN_QUEUE
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SETTINGS = Settings.from_env({"SHOESEG_RETRY_INTERVALS": "0", "SHOESEG_RETRY_MAX": "2"})

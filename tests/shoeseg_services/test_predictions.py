@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from shoeseg.active_learning import entropy_score, random_score
-from shoeseg.predictions import ImagePrediction, PredictionWriter, as_ls, combine
-from via_tools.ls_config import parse_label_config
+from shoeseg_services.ls_config import parse_label_config
+from shoeseg_services.predictions import ImagePrediction, PredictionWriter, as_ls, combine
 
 CONFIG = (
     '<View><Image name="image" value="$image"/>'

@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from shoeseg.model import build_model, load_checkpoint, save_checkpoint
-from shoeseg.registry import ModelRegistry, RegistryError
+from shoeseg_services.registry import ModelRegistry, RegistryError
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_damaged_versions_are_skipped_and_stale_temporary_data_removed(tmp_path,
     stale_file = tmp_path / ".tmp-current-5e6f7a8b"  # a pointer write killed mid-way
     stale_file.write_text("20240104")
 
-    with caplog.at_level(logging.WARNING, logger="shoeseg.registry"):
+    with caplog.at_level(logging.WARNING, logger="shoeseg_services.registry"):
         reg = ModelRegistry(tmp_path)
         assert not stale_dir.exists() and not stale_file.exists()
         assert _warnings_naming(caplog, str(stale_dir)) and _warnings_naming(caplog, str(stale_file))

@@ -1,4 +1,4 @@
-"""Pre-labels follow the served version: ``shoeseg.trigger.request_push`` and `shoeseg models promote|rollback`,
+"""Pre-labels follow the served version: ``shoeseg_services.trigger.request_push`` and `shoeseg models promote|rollback`,
 against a real Redis."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from typer.testing import CliRunner
 
-from shoeseg import trigger
-from shoeseg.settings import Settings
-from shoeseg.trigger import ON_FAILURE, PREDICT_JOB, PREDICT_QUEUE
 from shoeseg_app.cli import app
+from shoeseg_services import trigger
+from shoeseg_services.settings import Settings
+from shoeseg_services.trigger import ON_FAILURE, PREDICT_JOB, PREDICT_QUEUE
 
 runner = CliRunner()
 SETTINGS = Settings(predict_timeout_s=123, retry_max=2, retry_intervals_s=(1, 5))
@@ -53,8 +53,8 @@ def test_a_waiting_push_is_not_queued_twice_and_an_ended_one_runs_again(redis_co
 
 @pytest.fixture
 def registry(tmp_path):
-    from shoeseg.registry import ModelRegistry
-    from tests.backend.conftest import make_checkpoint
+    from shoeseg_services.registry import ModelRegistry
+    from tests.helpers import make_checkpoint
 
     reg = ModelRegistry(tmp_path / "models")
     for version, projects in (("cli-v1", {"project": 5}), ("cli-v2", {"project": 5, "projects": [6]})):

@@ -3,7 +3,7 @@
 The steps both services run, in this order, each in one place:
 
 1. :func:`task_images`: which images of a task are predicted (those a control is bound to), with their URLs;
-2. the shared fetcher (:mod:`shoeseg.fetch`) reads and decodes each at the model's input size;
+2. the shared fetcher (:mod:`shoeseg_services.fetch`) reads and decodes each at the model's input size;
 3. :meth:`PredictionWriter.candidates`: the model's candidates for a batch of images (and of their mirror
    images when the task score needs them);
 4. :meth:`PredictionWriter.write_view`: one image's Label Studio result and task score, in the full image's
@@ -12,7 +12,7 @@ The steps both services run, in this order, each in one place:
 What differs between the services stays with them, as their own arguments to these steps: the backend's
 result cache, pixel budget and per-request errors; the worker's batches and bulk store.
 
-A :class:`PredictionWriter` is made for one labeling config (``via_tools.ls_config``), one model's class
+A :class:`PredictionWriter` is made for one labeling config (``shoeseg_services.ls_config``), one model's class
 names and one active-learning strategy. For each image it turns the model's candidates into
 
 * the **result**: one region per detection at or above the score threshold, for every control bound to the
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from shoeseg.active_learning import CANDIDATE_SCORE_THRESH, check_strategy, detections_score, needs_flip
-from via_tools.ls_config import ControlModel, LabelConfig, RegionSource
+from shoeseg_services.ls_config import ControlModel, LabelConfig, RegionSource
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from shoeseg.registry import ModelRegistry, RegistryError
-from shoeseg.settings import Settings, SettingsError
+from shoeseg_services.registry import ModelRegistry, RegistryError
+from shoeseg_services.settings import Settings, SettingsError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ def test_round_trip_register_promote_rollback_and_download_once(s3_env, ckpts, t
     assert reader.current_version_id() == c.version
     assert {v.version: v.status for v in reader.versions()} == {a.version: "candidate", b.version: "candidate",
                                                                  c.version: "promoted"}
-    with caplog.at_level(logging.INFO, logger="shoeseg.registry"):
+    with caplog.at_level(logging.INFO, logger="shoeseg_services.registry"):
         got = reader.current()
         again = reader.get(c.version)
     assert got.checkpoint == again.checkpoint == tmp_path / "backend-cache" / "models" / f"{c.sha256}.pt"
@@ -118,7 +118,7 @@ def test_a_version_without_its_commit_marker_is_not_there(s3_env, ckpts, tmp_pat
     reg.promote(a.version)
     # a register killed after the checkpoint upload, before version.json
     s3_env.client().upload_file(str(ckpts[1]), bucket, f"m/versions/{ckpts[1].stem}/model.pt")
-    with caplog.at_level(logging.WARNING, logger="shoeseg.registry"):
+    with caplog.at_level(logging.WARNING, logger="shoeseg_services.registry"):
         assert [v.version for v in reg.versions()] == [a.version]
     assert not caplog.records  # an upload in progress is no damage
     with pytest.raises(RegistryError, match=f"{ckpts[1].stem}.*not in the registry.*version.json"):
@@ -152,7 +152,7 @@ def test_a_damaged_checkpoint_is_refused_and_not_cached(s3_env, ckpts, tmp_path)
 PROMOTER = r"""
 import logging, sys, time
 from pathlib import Path
-from shoeseg.registry import ModelRegistry
+from shoeseg_services.registry import ModelRegistry
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 root, version, n, cache, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
