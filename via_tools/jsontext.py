@@ -94,7 +94,7 @@ def nesting_depth(data: bytes) -> int:
 
     Example:
         >>> nesting_depth(b'{"a": [[1], {"b": []}]}')
-        3
+        4
     """
     brackets = np.frombuffer(data.translate(None, _NOT_BRACKETS), dtype=np.uint8)
     if not brackets.size:

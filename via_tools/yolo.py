@@ -13,7 +13,9 @@ Reading takes one of:
   images folder or a list of them; a ``.txt`` list of image paths is refused), relative to ``path`` when
   given (itself relative to the yaml's folder) or else to the yaml's folder. As Ultralytics does, an entry
   ``../x`` that does not exist is tried as ``x`` too (Roboflow writes ``train: ../train/images`` beside
-  a ``train/`` folder).
+  a ``train/`` folder). A ``path`` or split folder outside the yaml's folder (absolute, or leaving it by
+  ``..``) is refused unless ``ReadOptions.allow_outside`` (``--allow-outside``) allows it, which is logged
+  and counted.
 * a bare folder with ``images/`` and ``labels/``: no yaml. The class names are, in this order, the
   ``names`` argument, one name per line of a ``classes.txt`` in the folder (Label Studio's YOLO export),
   or else the class ids themselves as strings (``"0"``, ``"1"``, ... up to the largest id used, so that
@@ -37,7 +39,8 @@ and an image with an empty one both have no instance (the writer gives back whic
   every reader (:func:`via_tools.shapes.sanitize_many`: self-intersections repaired and counted, zero
   area refused).
 
-Bad input (an odd number of coordinates, fewer than 3 points, a token that is not a finite number, a
+Numbers are ASCII decimal (``1_000`` and other scripts' digits are refused) and class ids ASCII digits
+(``0.0`` is refused). Bad input (an odd number of coordinates, fewer than 3 points, a token that is not a finite number, a
 class id that is not a whole number or outside ``names``, a yaml without ``names`` or with
 ``nc != len(names)``) raises :class:`AnnotationError` naming the file and the line.
 
