@@ -12,6 +12,7 @@ library is imported here, so the web service reads its settings without loading 
 | ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` | none | the one Label Studio server trusted, and its key |
 | ``LABEL_STUDIO_HOST`` | none | the URL that server announces in ``/setup`` when it differs from ``LABEL_STUDIO_URL`` |
 | ``SHOESEG_DEVICE`` | ``auto`` | ``auto``, ``cpu`` or ``cuda`` |
+| ``SHOESEG_RUNTIME`` | ``auto`` | what runs the model for ``/predict`` and the worker's push: ``torch``, ``onnx`` (ONNX Runtime on the version's exported ``model.onnx``) or ``auto`` (``shoeseg.runtime.resolve_runtime``) |
 | ``SHOESEG_IMAGE_ROOT`` | none | local directory images may be read from |
 | ``SHOESEG_ALLOWED_HOSTS`` | none | hosts plain image URLs, presigned-URL redirects and other ``/setup`` servers may name |
 | ``SHOESEG_S3_BUCKETS`` | none | buckets whose ``s3://`` image URIs are read with this machine's own AWS credentials |
@@ -56,6 +57,8 @@ from urllib.parse import urlsplit
 #: Strategies the task score may use (``shoeseg.active_learning.STRATEGIES``, kept here without its numpy import).
 AL_STRATEGIES = ("random", "least_confidence", "flip_consistency", "entropy")
 DEVICES = ("auto", "cpu", "cuda")
+#: Serving runtimes (``shoeseg.runtime.RUNTIMES``, kept here without its torch import).
+RUNTIMES = ("torch", "onnx", "auto")
 #: Training recipes (``shoeseg.train.PROFILES``, and ``auto``).
 PROFILES = ("auto", "cpu", "study", "gpu")
 
@@ -222,6 +225,7 @@ class Settings:
         s3_buckets: buckets whose ``s3://`` image URIs this process reads with its own AWS credentials
             (``SHOESEG_S3_BUCKETS``; empty: none, such URIs are then resolved through Label Studio).
         device: ``auto``, ``cpu`` or ``cuda``.
+        runtime: ``torch``, ``onnx`` or ``auto``: what serves predictions (:func:`shoeseg.runtime.load_predictor`).
         basic_auth_user / basic_auth_pass: require HTTP basic auth when both are set.
         insecure: allow serving on a non-loopback address without basic auth.
         min_new_annotations: new annotations that start a retraining (at least 1).
@@ -269,6 +273,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     s3_buckets: tuple[str, ...] = ()
     device: str = "auto"
+    runtime: str = "auto"
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     insecure: bool = False
@@ -354,6 +359,7 @@ class Settings:
             allowed_hosts=_split_hosts(env.get("SHOESEG_ALLOWED_HOSTS")),
             s3_buckets=_split_buckets(env.get("SHOESEG_S3_BUCKETS")),
             device=_choice(env, "SHOESEG_DEVICE", "auto", DEVICES),
+            runtime=_choice(env, "SHOESEG_RUNTIME", "auto", RUNTIMES),
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             insecure=_bool(env, "SHOESEG_INSECURE", False),

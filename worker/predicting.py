@@ -32,9 +32,9 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     service predicted it.
     """
     from shoeseg.fetch import ImageFetcher, ImageFetchError, configured_access
-    from shoeseg.predict import Predictor
     from shoeseg.predictions import PredictionWriter, as_ls, combine
     from shoeseg.registry import ModelRegistry
+    from shoeseg.runtime import load_predictor
     from via_tools.ls_api import (
         LabelStudioUnavailable,
         call,
@@ -63,8 +63,8 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     already = len(tasks) - len(todo)
     progress.update(force=True, stage="predicting", tasks_total=len(tasks), tasks_done=already, strategy=strategy)
 
-    predictor = Predictor.from_checkpoint(model_version.checkpoint, device=settings.device,
-                                          score_thresh=settings.score_thresh, batch_size=settings.predict_batch)
+    predictor = load_predictor(model_version.checkpoint, runtime=settings.runtime, device=settings.device,
+                               score_thresh=settings.score_thresh, batch_size=settings.predict_batch)
     writer = PredictionWriter(config, predictor.class_names, strategy=strategy, score_thresh=settings.score_thresh)
     fetcher = ImageFetcher(settings)
     access = configured_access(settings)

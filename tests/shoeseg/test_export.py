@@ -9,9 +9,9 @@ from torch import nn
 
 from shoeseg.export import ExportError, check_exportable, export_model, quantize_onnx, read_export_meta
 from shoeseg.geometry import mask_iou
-from shoeseg.model import build_model, load_checkpoint, save_checkpoint
+from shoeseg.model import load_checkpoint
 from shoeseg.predict import Predictor
-from tests.shoeseg.synth import make_image
+from tests.shoeseg.synth import make_image, tiny_checkpoint
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (the onnx extra)")
 
@@ -21,31 +21,11 @@ SIZES_PX = [(64, 96), (80, 60), (120, 90), (100, 230), (97, 131)]
 THRESH = 0.3
 
 
-def spread_scores(model: nn.Module, seed: int = 0) -> nn.Module:
-    """A random model whose objectness and class scores spread out (a fresh model scores everything near
-    0.5, where the order of near-ties decides which detections survive NMS)."""
-    g = torch.Generator().manual_seed(seed)
-    heads = ((model.rpn.head.cls_logits, 1.0), (model.roi_heads.box_predictor.cls_score, 0.5),
-             (model.roi_heads.mask_predictor.mask_fcn_logits, 0.3))
-    with torch.no_grad():
-        for layer, std in heads:
-            layer.weight.normal_(0, std, generator=g)
-    return model
-
-
-def tiny_checkpoint(path, *, arch: str, **kwargs) -> str:
-    torch.manual_seed(0)
-    model = spread_scores(build_model(num_classes=1, weights=None, arch=arch, min_size=64, max_size=96,
-                                      box_detections_per_img=8, **kwargs))
-    save_checkpoint(path, model=model, class_names=["shoe"], serve_score_thresh=THRESH, extra={"split": {"val": []}})
-    return str(path)
-
-
 @pytest.fixture(scope="module", params=["lite0-fpn", "r50-fpn"])
 def exported(request, tmp_path_factory):
     """A checkpoint of a family and its ONNX and TorchScript files."""
     d = tmp_path_factory.mktemp(request.param)
-    ckpt = tiny_checkpoint(d / "model.pt", arch=request.param)
+    ckpt = tiny_checkpoint(d / "model.pt", arch=request.param, serve_score_thresh=THRESH)
     files = {fmt: d / f"model{SUFFIX[fmt]}" for fmt in SUFFIX}
     for fmt, path in files.items():
         export_model(ckpt, path, fmt=fmt)
@@ -139,7 +119,7 @@ class _Cummax(nn.Module):
 def test_what_cannot_be_exported_is_named_by_its_layer(tmp_path):
     from shoeseg.predict import _int8_linear
 
-    ckpt = load_checkpoint(tiny_checkpoint(tmp_path / "model.pt", arch="lite0-fpn"))
+    ckpt = load_checkpoint(tiny_checkpoint(tmp_path / "model.pt", arch="lite0-fpn", serve_score_thresh=THRESH))
     quantized = load_checkpoint(ckpt.path)
     quantized.model.roi_heads.box_head = _int8_linear(quantized.model.roi_heads.box_head)
     with pytest.raises(ExportError, match=r"layer roi_heads\.box_head\.fc6 .*float model"):
@@ -153,7 +133,8 @@ def test_what_cannot_be_exported_is_named_by_its_layer(tmp_path):
 
 
 def test_serving_choices_are_left_out_and_said(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "model.pt", arch="lite0-fpn", int8_box_head=True, flip_tta=True)
+    ckpt = tiny_checkpoint(tmp_path / "model.pt", arch="lite0-fpn", serve_score_thresh=THRESH, int8_box_head=True,
+                           flip_tta=True)
     meta = export_model(ckpt, tmp_path / "model.ts", fmt="torchscript")
     assert [n.split(":")[0] for n in meta["left_out"]] == ["int8_box_head", "flip_tta"]
     predictor = Predictor.from_checkpoint(tmp_path / "model.ts")
