@@ -15,7 +15,7 @@ COPY shoeseg ./shoeseg
 COPY backend ./backend
 COPY worker ./worker
 COPY shoeseg_app ./shoeseg_app
-RUN pip install . \
+RUN pip install '.[onnx]' \
  && useradd --create-home --uid 1000 shoeseg \
  && mkdir -p /models /cache \
  && chown shoeseg:shoeseg /models /cache
