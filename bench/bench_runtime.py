@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, help="the model (default: train one with the cpu profile)")
     parser.add_argument("--out", type=Path, help="folder of the exported files and runtime.json")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"a subset of {', '.join(ROWS)}")
+    parser.add_argument("--child-timeout", type=int, default=CHILD_TIMEOUT_S,
+                        help="seconds one runtime may take (torch.compile compiles for minutes on 2 cores)")
     parser.add_argument("--shoes", type=Path, default=SHOES, help="the shoe photos (default: ../shared beside the "
                         "checkout)")
     args = parser.parse_args(argv or [])
@@ -194,9 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         cmd = [sys.executable, "-m", "bench.bench_runtime", "--row", row, str(checkpoint),
                files[row]["path"] if row in files else "-", str(shoes)]
         try:
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
         except subprocess.TimeoutExpired:
-            results.append({"row": row, "error": f"did not finish in {CHILD_TIMEOUT_S} s"})
+            results.append({"row": row, "error": f"did not finish in {args.child_timeout} s"})
             continue
         if res.returncode != 0:
             last = (res.stderr.strip().splitlines() or ["?"])[-1]
