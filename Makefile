@@ -17,7 +17,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) $(BIN)/pip -e '.[dev]'
+	$(PIP) $(BIN)/pip -e '.[dev,onnx]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -37,7 +37,7 @@ class ModelCache:
     Args:
         settings: registry root, device, score threshold, polling interval.
         metrics: where model loads are counted.
-        loader: ``(checkpoint_path, version) -> predictor`` (default :meth:`Predictor.from_checkpoint`).
+        loader: ``(checkpoint_path, version) -> predictor`` (default :func:`shoeseg.runtime.load_predictor` in ``SHOESEG_RUNTIME``).
 
     Example:
         >>> cache = ModelCache(Settings(model_dir=Path("models")), metrics=Metrics())  # doctest: +SKIP
@@ -60,11 +60,12 @@ class ModelCache:
         self._loading: str | None = None
 
     def _load_predictor(self, checkpoint, version: str):
-        from shoeseg.predict import Predictor
+        from shoeseg.runtime import load_predictor
 
-        return Predictor.from_checkpoint(
-            checkpoint, device=self.settings.device, score_thresh=self.settings.score_thresh,
-            batch_size=self.settings.batch_size, **self.settings.polygon_options(),
+        return load_predictor(
+            checkpoint, runtime=self.settings.runtime, device=self.settings.device,
+            score_thresh=self.settings.score_thresh, batch_size=self.settings.batch_size,
+            **self.settings.polygon_options(),
         )
 
     @property

@@ -18,7 +18,6 @@ normalised as ``(x - 127) / 128`` per channel (TensorFlow's EfficientNet-Lite pr
 from __future__ import annotations
 
 import importlib
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,11 +82,21 @@ def imagenet_weights_path(size: str) -> Path:
     return path
 
 
+def _same_pad(size: int, kernel: int, stride: int) -> int:
+    # (ceil(size / stride) - 1) * stride + kernel - size, which depends on size % stride alone
+    rest = size % stride
+    return max(kernel - (rest if rest else stride), 0)
+
+
 def _same_padding(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
-    """TensorFlow's ``SAME`` padding (more on the bottom/right for even totals), as the weights were trained."""
-    h, w = x.shape[-2:]
-    pad_h = max((math.ceil(h / stride) - 1) * stride + kernel - h, 0)
-    pad_w = max((math.ceil(w / stride) - 1) * stride + kernel - w, 0)
+    """TensorFlow's ``SAME`` padding (more on the bottom/right for even totals), as the weights were trained.
+
+    The padding depends on the input's size modulo the stride only, so a traced or exported graph (where it is
+    a constant) is right for every input whose sides are multiples of 32, which Mask R-CNN's transform makes.
+    """
+    h, w = (int(v) for v in x.shape[-2:])
+    pad_h = _same_pad(h, kernel, stride)
+    pad_w = _same_pad(w, kernel, stride)
     if pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))

@@ -54,8 +54,12 @@ class Detection:
         return Region(label=self.label, polygons=self.polygons, score=min(max(float(self.score), 0.0), 1.0))
 
 
-def image_to_tensor(image: np.ndarray, device: torch.device, *, where: str = "image") -> torch.Tensor:
-    """An RGB uint8 ``(H, W, 3)`` array (gray and RGBA accepted) as a float ``(3, H, W)`` tensor in ``[0, 1]``."""
+def as_rgb_uint8(image: np.ndarray, *, where: str = "image") -> np.ndarray:
+    """An RGB uint8 ``(H, W, 3)`` array, C-contiguous and writable, from an RGB, gray or RGBA uint8 image.
+
+    Raises:
+        ValueError: another shape or pixel type; the message starts with ``where``.
+    """
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
@@ -67,7 +71,12 @@ def image_to_tensor(image: np.ndarray, device: torch.device, *, where: str = "im
         arr = arr[:, :, :3]
     if not arr.flags.writeable or not arr.flags.c_contiguous:
         arr = np.array(arr, copy=True, order="C")  # torch wants writable memory
-    t = torch.from_numpy(arr).to(device, non_blocking=True)
+    return arr
+
+
+def image_to_tensor(image: np.ndarray, device: torch.device, *, where: str = "image") -> torch.Tensor:
+    """An RGB uint8 ``(H, W, 3)`` array (gray and RGBA accepted) as a float ``(3, H, W)`` tensor in ``[0, 1]``."""
+    t = torch.from_numpy(as_rgb_uint8(image, where=where)).to(device, non_blocking=True)
     return t.permute(2, 0, 1).float().div_(255.0)
 
 
@@ -155,12 +164,20 @@ class Predictor:
 
         The checkpoint's own threshold (or None) stays in ``checkpoint_score_thresh`` whatever is served.
 
+        An exported file (``.onnx``, ``.ts``, see :mod:`shoeseg.export`) gives a
+        :class:`shoeseg.runtime.ExportedPredictor`, which runs it with ONNX Runtime or TorchScript.
+
         Example:
             >>> Predictor.from_checkpoint("runs/shoes/model.pt", device="cpu").class_names  # doctest: +SKIP
             ['shoe']
         """
+        from shoeseg.export import export_format_of
         from shoeseg.model import load_checkpoint
 
+        if export_format_of(path) is not None:
+            from shoeseg.runtime import ExportedPredictor
+
+            return ExportedPredictor(path, device=device, score_thresh=score_thresh, flip_tta=flip_tta, **kwargs)
         ckpt = load_checkpoint(path)
         if score_thresh is None:
             score_thresh = DEFAULT_SCORE_THRESH if ckpt.serve_score_thresh is None else ckpt.serve_score_thresh

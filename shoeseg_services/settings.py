@@ -13,6 +13,7 @@ settings without loading torch.
 | ``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY`` | none | the one Label Studio server trusted, and its key |
 | ``LABEL_STUDIO_HOST`` | none | the URL that server announces in ``/setup`` when it differs from ``LABEL_STUDIO_URL`` |
 | ``SHOESEG_DEVICE`` | ``auto`` | ``auto``, ``cpu`` or ``cuda`` |
+| ``SHOESEG_RUNTIME`` | ``auto`` | what runs the model for ``/predict`` and the worker's push: ``torch``, ``onnx`` (ONNX Runtime on the version's exported ``model.onnx``) or ``auto`` (``shoeseg.runtime.resolve_runtime``) |
 | ``SHOESEG_IMAGE_ROOT`` | none | local directory images may be read from |
 | ``SHOESEG_ALLOWED_HOSTS`` | none | hosts plain image URLs, presigned-URL redirects and other ``/setup`` servers may name |
 | ``SHOESEG_S3_BUCKETS`` | none | buckets whose ``s3://`` image URIs are read with this machine's own AWS credentials |
@@ -60,6 +61,8 @@ from shoeseg.active_learning import STRATEGIES as _AL_TABLE
 #: Strategies the task score may use: the one table, ``shoeseg.active_learning.STRATEGIES``.
 AL_STRATEGIES = tuple(_AL_TABLE)
 DEVICES = ("auto", "cpu", "cuda")
+#: Serving runtimes (``shoeseg.runtime.RUNTIMES``, kept here without its torch import).
+RUNTIMES = ("torch", "onnx", "auto")
 #: Training recipes (``shoeseg.train.PROFILES``, and ``auto``).
 PROFILES = ("auto", "cpu", "study", "gpu")
 
@@ -223,6 +226,7 @@ class Settings:
         s3_buckets: buckets whose ``s3://`` image URIs this process reads with its own AWS credentials
             (``SHOESEG_S3_BUCKETS``; empty: none, such URIs are then resolved through Label Studio).
         device: ``auto``, ``cpu`` or ``cuda``.
+        runtime: ``torch``, ``onnx`` or ``auto``: what serves predictions (:func:`shoeseg.runtime.load_predictor`).
         basic_auth_user / basic_auth_pass: require HTTP basic auth when both are set.
         insecure: allow serving on a non-loopback address without basic auth.
         min_new_annotations: new annotations that start a retraining (at least 1).
@@ -271,6 +275,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     s3_buckets: tuple[str, ...] = ()
     device: str = "auto"
+    runtime: str = "auto"
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     insecure: bool = False
@@ -364,6 +369,7 @@ class Settings:
             allowed_hosts=_split_hosts(env.get("SHOESEG_ALLOWED_HOSTS")),
             s3_buckets=_split_buckets(env.get("SHOESEG_S3_BUCKETS")),
             device=_choice(env, "SHOESEG_DEVICE", "auto", DEVICES),
+            runtime=_choice(env, "SHOESEG_RUNTIME", "auto", RUNTIMES),
             basic_auth_user=env.get("BASIC_AUTH_USER") or None,
             basic_auth_pass=env.get("BASIC_AUTH_PASS") or None,
             insecure=_bool(env, "SHOESEG_INSECURE", False),

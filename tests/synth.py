@@ -115,3 +115,33 @@ def make_images(out_dir: Path, n: int, *, width_px: int = 80, height_px: int = 6
         Image.fromarray(pixels).save(out_dir / name)
         images.append(ImageRecord(file_name=name, width_px=width_px, height_px=height_px, regions=regions))
     return AnnotationSet(images=images, labels=["shoe"])
+
+
+# --- tiny models with spread scores (the runtime tests) ---------------------------------------------------
+
+def spread_scores(model, seed: int = 0):
+    """A random model whose objectness and class scores spread out (a fresh model scores everything near
+    0.5, where the order of near-ties decides which detections survive NMS)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    heads = ((model.rpn.head.cls_logits, 1.0), (model.roi_heads.box_predictor.cls_score, 0.5),
+             (model.roi_heads.mask_predictor.mask_fcn_logits, 0.3))
+    with torch.no_grad():
+        for layer, std in heads:
+            layer.weight.normal_(0, std, generator=g)
+    return model
+
+
+def tiny_checkpoint(path, *, arch: str = "lite0-fpn", serve_score_thresh: float | None = 0.3, **kwargs) -> str:
+    """A 64-96 px model of ``arch`` with spread scores saved at ``path`` (split ``{"val": []}``); returns the path."""
+    import torch
+
+    from shoeseg.model import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = spread_scores(build_model(num_classes=1, weights=None, arch=arch, min_size=64, max_size=96,
+                                      box_detections_per_img=8, **kwargs))
+    save_checkpoint(path, model=model, class_names=["shoe"], serve_score_thresh=serve_score_thresh,
+                    extra={"split": {"val": []}})
+    return str(path)

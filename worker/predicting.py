@@ -31,7 +31,7 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     model's input size, and the one writer (:mod:`shoeseg_services.predictions`), so a task reads the same whichever
     service predicted it.
     """
-    from shoeseg.predict import Predictor
+    from shoeseg.runtime import load_predictor
     from shoeseg_services.fetch import ImageFetcher, ImageFetchError, configured_access
     from shoeseg_services.ls_api import (
         LabelStudioUnavailable,
@@ -63,9 +63,9 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     already = len(tasks) - len(todo)
     progress.update(force=True, stage="predicting", tasks_total=len(tasks), tasks_done=already, strategy=strategy)
 
-    predictor = Predictor.from_checkpoint(model_version.checkpoint, device=settings.device,
-                                          score_thresh=settings.score_thresh, batch_size=settings.predict_batch,
-                                          **settings.polygon_options())
+    predictor = load_predictor(model_version.checkpoint, runtime=settings.runtime, device=settings.device,
+                               score_thresh=settings.score_thresh, batch_size=settings.predict_batch,
+                               **settings.polygon_options())
     writer = PredictionWriter(config, predictor.class_names, strategy=strategy, score_thresh=predictor.score_thresh)
     fetcher = ImageFetcher(settings)
     access = configured_access(settings)

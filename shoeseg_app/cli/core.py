@@ -1,4 +1,4 @@
-"""`shoeseg train`, `shoeseg eval`, `shoeseg predict` and `shoeseg models list|register|promote|rollback`.
+"""`shoeseg train`, `shoeseg eval`, `shoeseg predict`, `shoeseg export` and `shoeseg models list|register|promote|rollback`.
 
 Heavy modules (torch, the model code) are imported inside the commands so that `shoeseg --help` is fast.
 """
@@ -28,6 +28,11 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
 
 
 class SplitPart(str, Enum):
@@ -292,7 +297,8 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     @_clean_errors
     def eval_cmd(
-        model: str = typer.Option(..., "--model", help="Checkpoint path, registry version id, or 'current'."),
+        model: str = typer.Option(..., "--model", help="Checkpoint path, exported .onnx / .ts file, registry "
+                                  "version id, or 'current'."),
         data: Path = typer.Option(..., "--data", help="Annotations to evaluate against."),
         images: Path | None = typer.Option(None, "--images", help="Image folder (default: images/ beside --data)."),
         split: SplitPart = typer.Option(SplitPart.val, "--split", help="Part of the model's split, or all."),
@@ -313,6 +319,7 @@ def register(app: typer.Typer) -> None:
         """
         from shoeseg.data import subset
         from shoeseg.evaluate import evaluate
+        from shoeseg.export import export_format_of, read_export_meta
         from shoeseg.model import read_checkpoint_meta
         from shoeseg.predict import Predictor
 
@@ -322,6 +329,12 @@ def register(app: typer.Typer) -> None:
         if split != SplitPart.all:
             if split_file is not None:
                 parts = json.loads(split_file.read_text(encoding="utf-8"))
+            elif export_format_of(ckpt) is not None:
+                parts = read_export_meta(ckpt).get("split")
+                if parts is None and (ckpt.parent / "split.json").is_file():
+                    parts = json.loads((ckpt.parent / "split.json").read_text(encoding="utf-8"))
+                if parts is None:
+                    raise FileNotFoundError(f"{ckpt}: no split recorded; pass --split-file or --split all")
             else:
                 parts = read_checkpoint_meta(ckpt).get("extra", {}).get("split")
                 if parts is None and (ckpt.parent / "split.json").is_file():
@@ -348,7 +361,8 @@ def register(app: typer.Typer) -> None:
     @_clean_errors
     def predict_cmd(
         images: list[Path] = typer.Argument(..., help="Image files or folders."),
-        model: str = typer.Option(..., "--model", help="Checkpoint path, registry version id, or 'current'."),
+        model: str = typer.Option(..., "--model", help="Checkpoint path, exported .onnx / .ts file, registry "
+                                  "version id, or 'current'."),
         out: Path = typer.Option(..., "--out", help="Output folder."),
         score_thresh: float | None = typer.Option(
             None, "--score-thresh",
@@ -419,6 +433,40 @@ def register(app: typer.Typer) -> None:
         n = sum(len(r["detections"]) for r in rows)
         typer.echo(f"{n} shoes in {len(rows)} images -> {out}/predictions.json, predictions_via.json"
                    + (", overlays/" if overlay else "") + (", masks/" if masks else ""))
+
+    @app.command("export")
+    @_clean_errors
+    def export_cmd(
+        model: str = typer.Argument(..., help="Checkpoint path, registry version id, or 'current'."),
+        fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx or torchscript."),
+        out: Path = typer.Option(..., "--out", help="The file to write (.onnx; .ts for TorchScript)."),
+        int8: bool = typer.Option(False, "--int8", help="ONNX: quantise the matrix products to int8 with ONNX "
+                                  "Runtime's dynamic quantiser (the box head)."),
+        registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
+    ) -> None:
+        """Exports the whole detector (resize and normalisation, body, FPN, RPN, box and mask heads) to one file
+        with its classes, input size, serving thresholds and version; `shoeseg predict --model FILE` and
+        `shoeseg eval --model FILE` run it. The int8 box head and flip TTA are serving choices of PyTorch and
+        are not exported (use --int8 for ONNX Runtime's int8).
+
+        Example: shoeseg export current --format onnx --out model.onnx
+        """
+        from shoeseg.export import ExportError, export_format_of, export_model
+
+        suffix_fmt = export_format_of(out)
+        if suffix_fmt != fmt.value:
+            wanted = ".onnx" if fmt is ExportFormat.onnx else ".ts or .torchscript"
+            raise ValueError(f"--out {out}: a {fmt.value} file needs the suffix {wanted}, so that it is read back "
+                             "as one")
+        ckpt = _resolve_model(model, registry)
+        try:
+            meta = export_model(ckpt, out, fmt=fmt.value, int8=int8)
+        except ExportError as e:
+            raise ValueError(str(e)) from e
+        notes = "".join(f"\n  not exported: {n}" for n in meta["left_out"])
+        typer.echo(f"exported {meta['version']} ({meta['arch']}, classes {', '.join(meta['class_names'])}, input "
+                   f"{meta['input']['min_size']}-{meta['input']['max_size']} px, dynamic size) -> {out}"
+                   + (f" ({meta['quantized']})" if meta.get("quantized") else "") + notes)
 
     app.add_typer(models_app)
 
