@@ -21,7 +21,7 @@ settings without loading torch.
 | ``SHOESEG_INSECURE`` | ``false`` | serve off loopback without basic auth |
 | ``SHOESEG_MIN_NEW_ANNOTATIONS`` (or ``MIN_NEW_ANNOTATIONS``) | ``10`` | new annotations that start a training |
 | ``SHOESEG_SCORE_THRESH`` | the checkpoint's | detections below are not written as regions; unset: the threshold training chose on its validation images (fewest edits, ``shoeseg.edits``), else 0.5 |
-| ``SHOESEG_POLYGON_TOLERANCE`` / ``SHOESEG_POLYGON_TOLERANCE_REL`` / ``SHOESEG_POLYGON_MAX_VERTICES`` | ``1`` / ``0`` / none | the pre-labels' vertex budget, backend and worker alike: simplification tolerance in pixels, relative to each shoe's box diagonal (the larger wins), and the most vertices of a polygon |
+| ``SHOESEG_POLYGON_TOLERANCE`` / ``SHOESEG_POLYGON_TOLERANCE_REL`` / ``SHOESEG_POLYGON_MAX_VERTICES`` | ``1`` / ``0.005`` / ``40`` | the pre-labels' vertex budget, backend and worker alike: simplification tolerance in pixels, relative to each shoe's box diagonal (the larger wins), and the most vertices of a polygon |
 | ``SHOESEG_AL_STRATEGY`` | ``least_confidence`` | the task score of every prediction (``shoeseg.active_learning``) |
 | ``SHOESEG_PROFILE`` | ``auto`` | training recipe (``shoeseg.train.PROFILES``) |
 | ``SHOESEG_TRAIN_ITERS``, ``SHOESEG_IMS_PER_BATCH``, ``SHOESEG_BASE_LR``, ``SHOESEG_ROI_BATCH``, ``SHOESEG_MIN_SIZE``, ``SHOESEG_MAX_SIZE`` | the profile's | training overrides |
@@ -282,8 +282,8 @@ class Settings:
     min_new_annotations: int = 10
     score_thresh: float | None = None
     polygon_tolerance_px: float = 1.0
-    polygon_tolerance_rel: float = 0.0
-    polygon_max_vertices: int | None = None
+    polygon_tolerance_rel: float = 0.005
+    polygon_max_vertices: int | None = 40
     al_strategy: str = "least_confidence"
     # the backend's bounds on one request
     max_image_bytes: int = 30 * 1024 * 1024
@@ -376,8 +376,8 @@ class Settings:
             min_new_annotations=_int(env, min_new, 10, minimum=1),
             score_thresh=_float(env, "SHOESEG_SCORE_THRESH", None, lo=0.0, hi=1.0),
             polygon_tolerance_px=_float(env, "SHOESEG_POLYGON_TOLERANCE", 1.0, lo=0.0),
-            polygon_tolerance_rel=_float(env, "SHOESEG_POLYGON_TOLERANCE_REL", 0.0, lo=0.0, hi=0.5),
-            polygon_max_vertices=_int(env, "SHOESEG_POLYGON_MAX_VERTICES", None, minimum=3),
+            polygon_tolerance_rel=_float(env, "SHOESEG_POLYGON_TOLERANCE_REL", 0.005, lo=0.0, hi=0.5),
+            polygon_max_vertices=_int(env, "SHOESEG_POLYGON_MAX_VERTICES", 40, minimum=3),
             al_strategy=_choice(env, "SHOESEG_AL_STRATEGY", "least_confidence", AL_STRATEGIES),
             max_image_bytes=_int(env, "SHOESEG_MAX_IMAGE_BYTES", 30 * 1024 * 1024, minimum=1),
             max_image_pixels=_int(env, "SHOESEG_MAX_IMAGE_PIXELS", 50_000_000, minimum=1),
