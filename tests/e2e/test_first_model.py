@@ -8,6 +8,7 @@ state in /health, and, after the next version, the superseded predictions gone w
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import time
 
@@ -59,6 +60,7 @@ def test_a_labelled_import_trains_the_first_model_and_a_new_version_replaces_its
     lp = newcomer
     images_dir = label_studio.files_root / f"newcomer-{time.time_ns()}"
     ds = make_images(images_dir, N_TASKS, seed=3)
+    truth = [copy.deepcopy(im) for im in ds.images]
     for im in ds.images[N_LABELLED:]:
         im.regions = []
     via = lp.root / "via.json"
@@ -93,6 +95,18 @@ def test_a_labelled_import_trains_the_first_model_and_a_new_version_replaces_its
     # the next version: its predictions are stored, the first version's are removed, annotations untouched
     wait_for("the queue to drain", lambda: not Queue(TRAIN_QUEUE, connection=lp.conn).count
              and trigger.training_state(lp.conn, lp.project_id).get("state") == "idle", timeout_s=120, logs=lp.logs())
+    # a new label (a round with nothing new since the version it would fine-tune is not trained)
+    from via_tools.labelstudio import region_to_ls_results
+
+    labelled, unlabelled = truth[0], ds.images[N_LABELLED]
+    from shoeseg_services.ls_api import list_tasks
+
+    task_id = next(int(t["id"]) for t in list_tasks(lp.client, lp.project_id)
+                   if t["data"].get("file_name") == unlabelled.file_name)
+    result = [r for region in labelled.regions for r in region_to_ls_results(
+        region, labelled.width_px, labelled.height_px, from_name="label", to_name="image")]
+    lp.client.annotations.create(id=task_id, result=result, project=lp.project_id)
+    annotations[task_id] = 1
     trigger.request_training(lp.conn, lp.project_id, reason="START_TRAINING")
     second = wait_for("a second version pushed", lambda: (v := _current(lp)) != first and v and _pushed(lp, v) and v,
                       timeout_s=300, every_s=1, logs=lp.logs())
