@@ -66,6 +66,16 @@ def annotate(lp: Loop, file_name: str) -> int:
     return ann.id
 
 
+def new_label(lp: Loop, file_name: str) -> int:
+    """Re-annotates a task (a changed label, so the next training has something new) without reaching
+    ``SHOESEG_MIN_NEW_ANNOTATIONS``: the webhook's count is cleared first and its +1 awaited."""
+    lp.conn.set(trigger.count_key(lp.project_id), 0)
+    ann = annotate(lp, file_name)
+    wait_for("the webhook to count the annotation", lambda: trigger.training_state(lp.conn, lp.project_id)["count"] >= 1,
+             timeout_s=30, every_s=0.2)
+    return ann
+
+
 def project_version(lp: Loop) -> str | None:
     return lp.client.projects.get(id=lp.project_id).model_version
 
@@ -156,6 +166,7 @@ def test_new_annotations_lead_to_a_promoted_model_and_ordered_predictions(loop):
 def test_start_training_from_label_studio(loop):
     before = current_version(loop)
     assert before is not None, "runs after the annotation test"
+    new_label(loop, sorted(loop.task_ids)[0])  # a click with nothing new trains nothing
     loop.client.ml.train(id=loop.ml_id)  # Label Studio posts START_TRAINING to the backend's /webhook
     version = wait_pushed(loop, after=before)
     from shoeseg_services.registry import ModelRegistry
@@ -171,6 +182,7 @@ def test_a_burst_of_200_webhooks_gives_one_queued_and_one_follow_up_job(loop):
     from shoeseg_services.registry import ModelRegistry
 
     wait_idle(loop)
+    new_label(loop, sorted(loop.task_ids)[1])  # something new for the first run
     registry = ModelRegistry(loop.model_dir)
     n_before = len(registry.versions())
     body = json.loads((FIXTURES / "webhook_annotation_created.json").read_text())["body"]
@@ -219,6 +231,7 @@ def test_a_worker_killed_mid_training_leaves_the_current_version_and_the_next_wo
 
     wait_idle(loop)
     registry = ModelRegistry(loop.model_dir)
+    new_label(loop, sorted(loop.task_ids)[2])  # something new to train on
     before, n_before = registry.current_version_id(), len(registry.versions())
     loop.worker.stop()
     slow = loop.start_worker("slow-worker", SHOESEG_TRAIN_ITERS="500")

@@ -57,6 +57,20 @@ class Cluster:
         self.settings = Settings.from_env(self.env)
         self.workers: dict[str, Process] = {}
         self.projects: list[int] = []
+        self.data: dict[int, tuple] = {}  # project -> (its dataset, task ids by file name)
+        self.relabelled = 0
+
+    def relabel(self, project: int) -> None:
+        """A changed label in the project (a second annotation of one of its tasks), so that a training has
+        something new to learn (a round with nothing new since the version it would fine-tune is skipped)."""
+        from via_tools.labelstudio import region_to_ls_results
+
+        ds, task_ids = self.data[project]
+        im = ds.images[self.relabelled % len(ds.images)]
+        self.relabelled += 1
+        result = [r for region in im.regions for r in region_to_ls_results(
+            region, im.width_px, im.height_px, from_name="label", to_name="image")]
+        self.client.annotations.create(id=task_ids[im.file_name], result=result, project=project)
 
     def start_worker(self, role: str, **env) -> str:
         name = f"{role}-{time.time_ns()}"
@@ -109,6 +123,7 @@ def cluster(label_studio, ls_client, redis_server, tmp_path_factory):
             res = import_dataset(ls_client, ds, images_dir=images_dir, title=f"workers e2e {k}",
                                  files_root=label_studio.files_root)
             cl.projects.append(res.project_id)
+            cl.data[res.project_id] = (ds, res.task_ids)
         cl.wait_registered({cl.plain, cl.torchrun})
         yield cl
     finally:
@@ -156,6 +171,7 @@ def test_three_projects_share_two_workers_one_training_per_project_at_a_time(clu
     while len(asked) < N_PROJECTS and time.perf_counter() - t0 < 120:
         for p in set(cl.projects) - asked:
             if trigger.training_state(cl.conn, p)["liveness"] == "running":
+                cl.relabel(p)
                 answers = {cl.request(p, f"labels during the run ({k})")["action"] for k in range(5)}
                 assert answers == {"follow_up"}, answers
                 asked.add(p)
@@ -199,6 +215,8 @@ def test_a_worker_killed_mid_training_leaves_its_project_to_the_other_worker(clu
     cl.wait_registered({cl.plain, slow})
 
     a, b = cl.projects[:2]
+    for p in (a, b):
+        cl.relabel(p)
     queued = {p: cl.request(p, "before the crash")["job_id"] for p in (a, b)}  # one job for each worker
 
     def on_slow():
