@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -122,13 +123,24 @@ def run_row(row: str, checkpoint: Path, file: Path | None, shoes: Path) -> dict:
         t0 = time.perf_counter()
         predictor.forward_raw([arr], score_thresh=serve_thresh)
         forward.append(time.perf_counter() - t0)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_rss_mb()
     metrics = evaluate(predictor, held, images_dir=images_dir, with_losses=False).metrics
     return {"row": row, "ms": statistics.median(end_to_end) * 1000, "ms_mean": statistics.mean(end_to_end) * 1000,
             "forward_ms": statistics.median(forward) * 1000, "segm_AP": metrics.get("segm_AP"),
             "bbox_AP": metrics.get("bbox_AP"), "peak_rss_mb": peak_mb, "load_s": load_s, "warm_up_s": warm_s,
             "images": len(arrays), "image_px": sorted({a.shape[:2] for a in arrays})[:3],
             "serve_thresh": serve_thresh, "threads": torch.get_num_threads()}
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory: ``VmHWM`` (ru_maxrss keeps the parent's peak across fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _train(out: Path, shoes: Path) -> Path:
@@ -201,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
             results.append({"row": row, "error": f"did not finish in {args.child_timeout} s"})
             continue
         if res.returncode != 0:
-            last = (res.stderr.strip().splitlines() or ["?"])[-1]
+            lines = res.stderr.strip().splitlines() or ["?"]
+            last = next((x for x in reversed(lines) if re.match(r"^\w+(Error|Exception)\b", x)), lines[-1])
             results.append({"row": row, "error": last[:200]})
             continue
         results.append({**json.loads(res.stdout.strip().splitlines()[-1]), **files.get(row, {})})

@@ -402,6 +402,8 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
 def load_torchscript(path: str | Path, extra: dict[str, Any]) -> Any:
     """:func:`torch.jit.load` on the CPU, filling ``extra`` with the archive's extra files (``torch.jit`` is
     deprecated from torch 2.14, which warns on every load; TorchScript files still load)."""
+    import torchvision  # noqa: F401 - registers the torchvision::nms and roi_align operators the file calls
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location="cpu", _extra_files=extra)

@@ -11,8 +11,10 @@ objects come from the same code as PyTorch's. ``Predictor.from_checkpoint("model
   registry version's folder, exported on first use and reused while it holds the same version); a checkpoint
   that asks for the int8 box head gets ONNX Runtime's int8 file (``model.int8.onnx``) instead;
 * ``auto`` (:func:`resolve_runtime`): ``onnx`` on the CPU when ONNX Runtime is installed, else ``torch``. On
-  the benchmark's 2-core CPU ONNX Runtime was the faster at the same mask AP (``python -m bench runtime``);
-  on a GPU PyTorch runs the batch in float16.
+  the benchmark's 2-core CPU (``python -m bench runtime``, README) the `cpu` profile's model ran fastest with
+  ONNX Runtime's int8 box head: 205 ms per image against 287 ms for PyTorch's int8 box head, at a mask AP
+  0.003 below PyTorch float; float models ran about as fast in either (280 ms ONNX Runtime, 258 ms PyTorch
+  channels-last). On a GPU PyTorch runs the batch in float16.
 
 An exported file holds neither flip TTA nor the model's insides: :meth:`ExportedPredictor.predict_in_box` and
 :meth:`ExportedPredictor.embed` run the PyTorch checkpoint it came from (loaded when first needed) when one is

@@ -156,3 +156,16 @@ def test_onnx_runtime_int8_file_keeps_the_detections(exported, images, tmp_path)
     for a, b in zip(float_dets, int8_dets, strict=True):
         for x, y in zip(a, b, strict=False):
             assert abs(x.score - y.score) < 0.05
+
+
+def test_a_torchscript_file_loads_in_a_fresh_process(exported):
+    """The file calls torchvision's operators, which only importing torchvision registers."""
+    import subprocess
+    import sys
+
+    _, files = exported
+    code = ("from shoeseg.runtime import ExportedPredictor; import numpy as np; "
+            f"p = ExportedPredictor({str(files['torchscript'])!r}); "
+            "print(len(p.predict([np.zeros((40, 50, 3), np.uint8)], score_thresh=0.0)[0]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
