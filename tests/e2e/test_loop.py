@@ -185,6 +185,7 @@ def test_a_burst_of_200_webhooks_gives_one_queued_and_one_follow_up_job(loop):
     new_label(loop, sorted(loop.task_ids)[1])  # something new for the first run
     registry = ModelRegistry(loop.model_dir)
     n_before = len(registry.versions())
+    seq_before = int(trigger.training_state(loop.conn, loop.project_id).get("seq") or 0)
     body = json.loads((FIXTURES / "webhook_annotation_created.json").read_text())["body"]
     body["project"]["id"] = loop.project_id
     start = {"action": "START_TRAINING", "project": {"id": loop.project_id}}
@@ -216,10 +217,13 @@ def test_a_burst_of_200_webhooks_gives_one_queued_and_one_follow_up_job(loop):
     stop.set()
     watcher.join()
     assert seen["queued"] <= 1 and seen["started"] <= 1, seen
+    # the run and exactly one follow-up job; the follow-up trains only if the run read Label Studio before the
+    # late annotations were made (otherwise it has nothing new and is not trained)
+    assert int(trigger.training_state(loop.conn, loop.project_id)["seq"]) == seq_before + 2
     versions = registry.versions()
-    assert len(versions) == n_before + 2  # the run and exactly one follow-up
+    assert len(versions) in (n_before + 1, n_before + 2)
     newest = versions[-1]
-    assert "follow-up" in newest.meta["reason"]
+    assert len(versions) == n_before + 1 or "follow-up" in newest.meta["reason"]
     assert set(late) <= set(newest.meta["annotation_ids"].values())
     assert newest.meta["task_ids"] == sorted(loop.task_ids[n] for n in names[:7])
 
