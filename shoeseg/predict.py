@@ -139,6 +139,17 @@ class Predictor:
         self.model = model.eval().to(self.device)
         self.class_names = list(class_names)
         self.model_version = model_version
+        self._set_outputs(score_thresh=score_thresh, mask_thresh=mask_thresh, tolerance_px=tolerance_px,
+                          tolerance_rel=tolerance_rel, max_vertices=max_vertices, min_area_px=min_area_px,
+                          batch_size=batch_size)
+        self.flip_tta = bool(flip_tta)
+        n_out = model.roi_heads.box_predictor.cls_score.out_features - 1
+        if n_out != len(self.class_names):
+            raise ValueError(f"{len(self.class_names)} class names {self.class_names} for a model with {n_out} classes")
+
+    def _set_outputs(self, *, score_thresh: float, mask_thresh: float, tolerance_px: float, tolerance_rel: float,
+                     max_vertices: int | None, min_area_px: float, batch_size: int) -> None:
+        """The settings of what a prediction gives back (scores kept, masks, the polygons' vertex budget)."""
         self.score_thresh = float(score_thresh)
         self.mask_thresh = float(mask_thresh)
         self.tolerance_px = float(tolerance_px)
@@ -146,11 +157,7 @@ class Predictor:
         self.max_vertices = None if max_vertices is None else int(max_vertices)
         self.min_area_px = float(min_area_px)
         self.batch_size = max(1, int(batch_size))
-        self.flip_tta = bool(flip_tta)
         self._lock = threading.Lock()
-        n_out = model.roi_heads.box_predictor.cls_score.out_features - 1
-        if n_out != len(self.class_names):
-            raise ValueError(f"{len(self.class_names)} class names {self.class_names} for a model with {n_out} classes")
 
     @classmethod
     def from_checkpoint(

@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -194,16 +193,11 @@ class ExportedPredictor(Predictor):
         self.checkpoint_score_thresh = meta.get("serve_score_thresh")
         if score_thresh is None:
             score_thresh = DEFAULT_SCORE_THRESH if self.checkpoint_score_thresh is None else self.checkpoint_score_thresh
-        self.score_thresh = float(score_thresh)
-        self.mask_thresh = float(mask_thresh)
-        self.tolerance_px = float(tolerance_px)
-        self.tolerance_rel = float(tolerance_rel)
-        self.max_vertices = None if max_vertices is None else int(max_vertices)
-        self.min_area_px = float(min_area_px)
-        self.batch_size = max(1, int(batch_size))
+        self._set_outputs(score_thresh=score_thresh, mask_thresh=mask_thresh, tolerance_px=tolerance_px,
+                          tolerance_rel=tolerance_rel, max_vertices=max_vertices, min_area_px=min_area_px,
+                          batch_size=batch_size)
         self.flip_tta = False
         self.source_checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self._lock = threading.Lock()
         self._torch: Predictor | None = None
 
     @property
