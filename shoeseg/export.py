@@ -362,6 +362,17 @@ def quantize_onnx(src: str | Path, dst: str | Path, *, op_types: tuple[str, ...]
 
 # -- reading ---------------------------------------------------------------------------------------------------
 
+def checked_format(path: Path) -> str:
+    """The exported file's format (``onnx`` or ``torchscript``); the file missing or of an unknown type is an
+    error naming it."""
+    fmt = export_format_of(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if fmt is None:
+        raise ValueError(f"{path}: unknown model file type {path.suffix!r} (expected .onnx, .ts or .torchscript)")
+    return fmt
+
+
 def read_export_meta(path: str | Path) -> dict[str, Any]:
     """The ShoeSeg metadata of an exported file (ONNX or TorchScript, by its suffix).
 
@@ -375,11 +386,7 @@ def read_export_meta(path: str | Path) -> dict[str, Any]:
         384
     """
     path = Path(path)
-    fmt = export_format_of(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    if fmt is None:
-        raise ValueError(f"{path}: unknown model file type {path.suffix!r} (expected .onnx, .ts or .torchscript)")
+    fmt = checked_format(path)
     if fmt == "onnx":
         import onnx
 

@@ -38,6 +38,7 @@ from shoeseg.export import (
     INPUT_NAMES,
     META_KEY,
     TORCHSCRIPT_META_FILE,
+    checked_format,
     export_format_of,
     export_model,
     load_torchscript,
@@ -172,11 +173,7 @@ class ExportedPredictor(Predictor):
         checkpoint: str | Path | None = None,
     ) -> None:
         path = Path(path)
-        fmt = export_format_of(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {path} does not exist")
-        if fmt is None:
-            raise ValueError(f"{path}: unknown model file type {path.suffix!r} (expected .onnx, .ts or .torchscript)")
+        fmt = checked_format(path)
         if flip_tta:
             raise ValueError(f"{path}: an exported model has no flip TTA; serve the checkpoint with PyTorch for it")
         wanted = resolve_device(device)
