@@ -68,7 +68,7 @@ def _seeds(value: str) -> list[int]:
 
 
 def _echo_answer(rows: list[dict]) -> None:
-    from shoeseg.al_simulate import format_label_shares, format_summary, labels_to_reach
+    from shoeseg.simulation.summary import format_label_shares, format_summary, labels_to_reach
 
     typer.echo(format_summary(rows))
     typer.echo("")
@@ -139,7 +139,8 @@ def simulate(
     Example: shoeseg al simulate --data ../shared/datasets/shoes/via_project.json -s random,least_confidence
     --seeds 0,1,2 --start 8 --batch 8 --rounds 4 --profile cpu --out runs/al
     """
-    from shoeseg.al_simulate import SimulationConfig, run_simulation
+    from shoeseg.simulation.config import SimulationConfig
+    from shoeseg.simulation.loop import run_simulation
     from shoeseg.train import TrainConfig
     from via_tools.io import load
 
@@ -181,7 +182,8 @@ def plot(
 
     Example: shoeseg al plot runs/a/simulation.csv runs/b/simulation.csv --out docs/al.png
     """
-    from shoeseg.al_simulate import plot_curves, read_csv, write_csv
+    from shoeseg.simulation.plot import plot_curves
+    from shoeseg.simulation.results import read_csv, write_csv
 
     rows, seen = [], set()
     for f in csv_files:
