@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from shoeseg.model import build_model, load_checkpoint, save_checkpoint
+from shoeseg.checkpoint import load_checkpoint, save_checkpoint
+from shoeseg.model import build_model
 from shoeseg_services.registry import ModelRegistry
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 #: argv: registry root, checkpoint, version, mode. The child exits with 3 if it was not killed.
 CHILD = r"""

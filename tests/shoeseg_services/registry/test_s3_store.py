@@ -18,14 +18,14 @@ import pytest
 from shoeseg_services.registry import ModelRegistry, RegistryError
 from shoeseg_services.settings import Settings, SettingsError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def tiny_checkpoint(path: Path, version: str, *, parent: str | None = None, seed: int = 0) -> Path:
     """A checkpoint file the registry accepts: ShoeSeg's format with a few random weights."""
     import torch
 
-    from shoeseg.model import CHECKPOINT_FORMAT
+    from shoeseg.checkpoint import CHECKPOINT_FORMAT
 
     g = torch.Generator().manual_seed(seed)
     meta = {"format": CHECKPOINT_FORMAT, "version": version, "class_names": ["shoe"], "model_config": {},
@@ -214,7 +214,7 @@ def test_bad_locations_and_environments_name_the_bucket(s3_env, ckpts, tmp_path,
     with pytest.raises(RegistryError, match=f"s3://{bucket}/m.*no AWS credentials.*AWS_ACCESS_KEY_ID"):
         ModelRegistry(f"s3://{bucket}/m", cache_dir=tmp_path).current_version_id()
 
-    from shoeseg_app.stack.labelstudio import free_port
+    from shoeseg_app.stack.service import free_port
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")

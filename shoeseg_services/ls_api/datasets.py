@@ -1,14 +1,7 @@
-"""The Label Studio client of ShoeSeg, on ``label_studio_sdk``: every call any part makes to a Label Studio server.
+"""Datasets into and out of Label Studio: a dataset imported as tasks, a project's tasks exported as a dataset.
 
-* connecting (:func:`connect`) and the credentials of image downloads (:func:`auth_headers`, the SDK's own
-  token handling: a legacy token as ``Token``, a personal access token refreshed to ``Bearer``);
-* project set-up (:func:`setup_project`), import and export of datasets (:func:`import_dataset`,
-  :func:`export_dataset`, :func:`accepted_annotations`), tasks (:func:`list_tasks`);
-* predictions (:func:`push_predictions`, :func:`delete_predictions`), the project's model version
-  (:func:`set_model_version`) and the next tasks to label (:func:`select_next`);
-* which failures are worth a retry (:func:`is_transient`).
-
-Labeling configs are read by :mod:`shoeseg_services.ls_config` (the SDK's ``LabelInterface``).
+* :func:`import_dataset`: one task per image, its regions as an annotation or a prediction;
+* :func:`export_dataset` (every task) and :func:`accepted_annotations` (only the accepted ones, for training).
 
 Images reach Label Studio in one of two ways:
 
@@ -25,13 +18,9 @@ when the task has none with the same regions (within 0.05 px).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import mimetypes
 import re
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +28,8 @@ from urllib.parse import quote
 
 import numpy as np
 
+from shoeseg_services.ls_api.connection import LabelStudioError, base_url, calls, request_json
+from shoeseg_services.ls_api.projects import list_tasks
 from shoeseg_services.ls_config import LabelConfigError, polygon_control
 from via_tools.errors import AnnotationError
 from via_tools.labelstudio import (
@@ -60,14 +51,6 @@ TASK_BATCH = 200
 UPLOAD_BATCH = 20
 #: Two regions are the same when every point is this close (pixels).
 SAME_TOL_PX = 0.05
-
-
-class LabelStudioError(AnnotationError):
-    """The Label Studio server cannot be reached, refuses the key, or refuses a request; names the URL."""
-
-
-class LabelStudioUnavailable(RuntimeError):
-    """Label Studio (or an image host) could not be reached: a transient failure worth retrying."""
 
 
 @dataclass
@@ -101,52 +84,6 @@ class ImportResult:
         )
 
 
-# ------------------------------------------------------------------------------------ plumbing
-def base_url(client: Any) -> str:
-    """The server URL a client talks to."""
-    try:
-        return client._client_wrapper.get_base_url()
-    except AttributeError:
-        return "<unknown Label Studio URL>"
-
-
-@contextlib.contextmanager
-def _calls(client: Any, what: str) -> Iterator[None]:
-    """Turns transport and API errors into one-line :class:`LabelStudioError` naming the server and the call."""
-    import httpx
-    from label_studio_sdk.core.api_error import ApiError
-
-    url = base_url(client)
-    try:
-        yield
-    except httpx.TransportError as e:
-        raise LabelStudioError(f"cannot reach Label Studio at {url} ({what}): {e}") from e
-    except ApiError as e:
-        if e.status_code in (401, 403):
-            raise LabelStudioError(
-                f"Label Studio at {url} refused the API key ({e.status_code}) while trying to {what}; "
-                "check the key (a legacy token or a personal access token)"
-            ) from e
-        body = e.body if not isinstance(e.body, dict) else (e.body.get("detail") or e.body.get("validation_errors") or e.body)
-        raise LabelStudioError(f"Label Studio at {url} answered {e.status_code} to {what}: {str(body)[:300]}") from e
-
-
-def _http(client: Any, path: str, *, method: str, what: str, **kw: Any) -> Any:
-    """A raw request through the client's own HTTP session (auth included); returns the decoded JSON."""
-    import httpx
-
-    url = base_url(client)
-    try:
-        r = client._client_wrapper.httpx_client.request(path, method=method, **kw)
-    except httpx.TransportError as e:
-        raise LabelStudioError(f"cannot reach Label Studio at {url} ({what}): {e}") from e
-    if r.status_code in (401, 403):
-        raise LabelStudioError(f"Label Studio at {url} refused the API key ({r.status_code}) while trying to {what}")
-    if r.status_code >= 400:
-        raise LabelStudioError(f"Label Studio at {url} answered {r.status_code} to {what}: {r.text[:300]}")
-    return r.json() if r.content else None
-
-
 def _polygon_control(project: Any) -> tuple[str, str, list[str]] | None:
     """``(from_name, to_name, labels)`` of the project's first PolygonLabels control, if any."""
     try:
@@ -159,46 +96,20 @@ def _find_or_create_project(
     client: Any, *, project_id: int | None, title: str | None, labels: list[str], label_config: str | None
 ) -> Any:
     if project_id is not None:
-        with _calls(client, f"read project {project_id}"):
+        with calls(client, f"read project {project_id}"):
             return client.projects.get(id=project_id)
     assert title is not None
-    with _calls(client, f"list projects titled {title!r}"):
+    with calls(client, f"list projects titled {title!r}"):
         same = [p for p in client.projects.list(title=title) if p.title == title]
     if same:
         if len(same) > 1:
             log.warning("%d projects are titled %r; using the oldest (id %d)", len(same), title, min(p.id for p in same))
         return client.projects.get(id=min(p.id for p in same))
     config = label_config or labeling_config(labels or ["shoe"])
-    with _calls(client, f"create project {title!r}"):
+    with calls(client, f"create project {title!r}"):
         created = client.projects.create(title=title, label_config=config)
         log.info("created Label Studio project %d %r", created.id, title)
         return client.projects.get(id=created.id)
-
-
-def list_tasks(client: Any, project_id: int) -> list[dict[str, Any]]:
-    """Every task of a project with its annotations and predictions, as plain dicts."""
-    with _calls(client, f"list the tasks of project {project_id}"):
-        return [t.model_dump(mode="json") for t in client.tasks.list(project=project_id, fields="all", page_size=100)]
-
-
-def get_annotation(client: Any, annotation_id: int) -> dict[str, Any] | None:
-    """One annotation as a plain dict (``result``, ``task``, ``was_cancelled``, ``parent_prediction``,
-    ``created_at``...), or ``None`` when it no longer exists."""
-    from label_studio_sdk.core.api_error import ApiError
-
-    with _calls(client, f"read annotation {annotation_id}"):
-        try:
-            return client.annotations.get(id=int(annotation_id)).model_dump(mode="json")
-        except ApiError as e:
-            if e.status_code == 404:
-                return None
-            raise
-
-
-def task_predictions(client: Any, task_id: int) -> list[dict[str, Any]]:
-    """A task's predictions as plain dicts (``id``, ``model_version``, ``result``, ``created_at``...)."""
-    with _calls(client, f"read the predictions of task {task_id}"):
-        return [p.model_dump(mode="json") for p in client.predictions.list(task=int(task_id))]
 
 
 def _task_key(task: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -238,14 +149,14 @@ def _local_url(path: Path, files_root: Path) -> str:
 
 def _ensure_local_storage(client: Any, project_id: int, images_dir: Path, names: list[str]) -> int:
     path = str(images_dir.resolve())
-    with _calls(client, f"list the local storages of project {project_id}"):
+    with calls(client, f"list the local storages of project {project_id}"):
         for s in client.import_storage.local.list(project=project_id):
             if s.path == path:
                 return s.id
     # the storage only grants access to the folder: it is never synced (tasks are imported here), and its
     # filter lists the dataset's files so that a sync from the UI would not add other files
     regex = "^(" + "|".join(re.escape(n) for n in names) + ")$" if names else None
-    with _calls(client, f"attach local storage {path} to project {project_id}"):
+    with calls(client, f"attach local storage {path} to project {project_id}"):
         s = client.import_storage.local.create(
             project=project_id, path=path, use_blob_urls=True, regex_filter=regex, recursive_scan=True,
             title=f"images: {images_dir.name}",
@@ -256,7 +167,7 @@ def _ensure_local_storage(client: Any, project_id: int, images_dir: Path, names:
 
 def _upload_images(client: Any, project_id: int, files: list[tuple[str, Path]]) -> tuple[dict[str, str], int]:
     """Uploads the files not yet uploaded to the project; returns ``{file_name: url}`` and the upload count."""
-    known = _http(client, f"api/projects/{project_id}/file-uploads", method="GET", what="list uploaded files") or []
+    known = request_json(client, f"api/projects/{project_id}/file-uploads", method="GET", what="list uploaded files") or []
     by_name_size: dict[tuple[str, int], str] = {}
     for fu in known:
         name = file_name_from_ls_url("/data/" + fu["file"])
@@ -278,10 +189,10 @@ def _upload_images(client: Any, project_id: int, files: list[tuple[str, Path]]) 
             f"file{k}": (path.name, path.read_bytes(), mimetypes.guess_type(path.name)[0] or "application/octet-stream")
             for k, (_, path) in enumerate(batch)
         }
-        r = _http(client, f"api/projects/{project_id}/import", method="POST", what=f"upload {len(batch)} image(s)",
+        r = request_json(client, f"api/projects/{project_id}/import", method="POST", what=f"upload {len(batch)} image(s)",
                   params={"commit_to_project": "false"}, files=payload)
         ids = r.get("file_upload_ids") or []
-        got = _http(client, f"api/projects/{project_id}/file-uploads", method="GET", what="read uploaded files",
+        got = request_json(client, f"api/projects/{project_id}/file-uploads", method="GET", what="read uploaded files",
                     params={"ids": "[" + ",".join(str(i) for i in ids) + "]"}) or []
         by_name: dict[str, list[str]] = {}
         for fu in got:
@@ -313,7 +224,7 @@ def import_dataset(
     Running it again creates nothing twice (see the module notes on matching).
 
     Args:
-        client: a ``label_studio_sdk.LabelStudio`` client.
+        client: a client made by :func:`~shoeseg_services.ls_api.connection.connect` (uploads use its connection).
         ds: the dataset (image sizes must be known: read it with ``ReadOptions(images_dir=...)``).
         images_dir: the folder holding the images (``images_dir / file_name``).
         project_id: an existing project; else the project titled ``title`` (created when missing).
@@ -328,8 +239,7 @@ def import_dataset(
         AnnotationError: a missing image file, unknown image size, or a label missing from the project.
 
     Example:
-        >>> from label_studio_sdk import LabelStudio  # doctest: +SKIP
-        >>> ls = LabelStudio(base_url="http://127.0.0.1:8080", api_key="...")  # doctest: +SKIP
+        >>> ls = connect("http://127.0.0.1:8080", "...")  # doctest: +SKIP
         >>> import_dataset(ls, load("via_project.json"), images_dir="images", title="shoes").summary()  # doctest: +SKIP
         'project 3: 76 task(s) created, 0 already there; 76 annotations created, 0 already there; 76 image(s) uploaded'
     """
@@ -414,7 +324,7 @@ def import_dataset(
                 task[as_] = [_item(as_, res, img, mv)]
                 result.created += 1
             payload.append(task)
-        with _calls(client, f"import {len(payload)} task(s) into project {pid}"):
+        with calls(client, f"import {len(payload)} task(s) into project {pid}"):
             r = client.projects.import_tasks(id=pid, request=payload, return_task_ids=True)
         ids = list(r.task_ids or [])
         if len(ids) != len(batch):
@@ -442,7 +352,7 @@ def import_dataset(
             result.skipped += 1
             continue
         item = _item(as_, res, img, mv)
-        with _calls(client, f"add {as_[:-1]} to task {tid} ({img.file_name})"):
+        with calls(client, f"add {as_[:-1]} to task {tid} ({img.file_name})"):
             if as_ == "annotations":
                 client.annotations.create(id=tid, result=item["result"], project=pid)
             else:
@@ -465,7 +375,7 @@ def _item(as_: str, results: list[dict], img: ImageRecord, model_version: str) -
 
 # --------------------------------------------------------------------------------------- export
 def _project_labels(client: Any, project_id: int) -> list[str]:
-    with _calls(client, f"read project {project_id}"):
+    with calls(client, f"read project {project_id}"):
         project = client.projects.get(id=project_id)
     control = _polygon_control(project)
     return control[2] if control else []
@@ -506,7 +416,7 @@ def export_dataset(client: Any, project_id: int, *, include_predictions: bool = 
     Labels come in the order of the project's PolygonLabels control.
 
     Args:
-        client: a ``label_studio_sdk.LabelStudio`` client.
+        client: a client made by :func:`~shoeseg_services.ls_api.connection.connect`.
         project_id: the project.
         include_predictions: tasks without an annotation take their latest prediction's regions (with scores).
 
@@ -514,7 +424,7 @@ def export_dataset(client: Any, project_id: int, *, include_predictions: bool = 
         LabelStudioError: server unreachable, key refused, project missing (names the URL).
 
     Example:
-        >>> ds = export_dataset(LabelStudio(base_url=URL, api_key=KEY), 3)  # doctest: +SKIP
+        >>> ds = export_dataset(connect(URL, KEY), 3)  # doctest: +SKIP
         >>> ds.images[0].image_id, ds.images[0].file_name  # doctest: +SKIP
         ('17', 'IMG_0001.jpg')
     """
@@ -533,282 +443,3 @@ def accepted_annotations(client: Any, project_id: int) -> AnnotationSet:
         42
     """
     return _tasks_to_dataset(client, project_id, only_annotated=True, include_predictions=False)
-
-
-# ------------------------------------------------------------------------------------- the client
-def connect(url: str | None, api_key: str | None, *, timeout_s: float = 60.0) -> Any:
-    """A ``label_studio_sdk.LabelStudio`` client for ``url`` with ``api_key`` (legacy token or personal access token).
-
-    Raises:
-        LabelStudioError: either is missing.
-
-    Example:
-        >>> client = connect("http://localhost:8080", "0123abcd")  # doctest: +SKIP
-    """
-    from label_studio_sdk import LabelStudio
-
-    if not url or not api_key:
-        raise LabelStudioError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to read and write Label Studio")
-    return LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout_s)
-
-
-_auth_clients: dict[tuple[str, str], Any] = {}
-_auth_lock = threading.Lock()
-_MAX_AUTH_CLIENTS = 256
-
-
-def auth_headers(base_url: str, token: str | None, *, fresh: bool = False, timeout_s: float = 20.0) -> dict[str, str]:
-    """The ``Authorization`` header for ``base_url``, by the SDK's token handling.
-
-    A legacy token is sent as ``Token <key>``; a personal access token (a JWT refresh token) is exchanged for
-    an access token at ``base_url`` (``POST /api/token/refresh``), reused until it expires and sent as
-    ``Bearer <access>``. ``fresh=True`` forgets the access token (the server refused it). The header is
-    only ever made for ``base_url``: a token never goes to another server.
-
-    Raises:
-        LabelStudioError: the server refused to refresh the personal access token, or could not be reached.
-    """
-    if not token:
-        return {}
-    import httpx
-    from label_studio_sdk.core.api_error import ApiError
-
-    key = (base_url.rstrip("/"), token)
-    try:
-        with _auth_lock:
-            client = None if fresh else _auth_clients.get(key)
-            if client is None:
-                client = connect(key[0], token, timeout_s=timeout_s)
-                if len(_auth_clients) >= _MAX_AUTH_CLIENTS:
-                    _auth_clients.pop(next(iter(_auth_clients)))
-                _auth_clients[key] = client
-        header = client._client_wrapper.get_headers()["Authorization"]
-    except ApiError as e:
-        raise LabelStudioError(
-            f"Label Studio at {key[0]} refused to refresh the personal access token (HTTP {e.status_code})") from e
-    except httpx.HTTPError as e:
-        raise LabelStudioError(f"cannot reach Label Studio at {key[0]} to refresh the personal access token ({e})") from e
-    return {"Authorization": header}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures a retry may cure: Label Studio or an image host unreachable, timeouts, HTTP 5xx, 429."""
-    import httpx
-
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, LabelStudioUnavailable | httpx.TransportError | ConnectionError | TimeoutError):
-            return True
-        status = getattr(e, "status_code", None)
-        if isinstance(status, int) and (status >= 500 or status == 429):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-def call(what: str, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, a transient failure raised as :class:`LabelStudioUnavailable` naming ``what``."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as e:
-        if is_transient(e):
-            raise LabelStudioUnavailable(f"{what}: Label Studio is unreachable or failing: {e}") from e
-        raise
-
-
-def project_polygon_control(client: Any, project_id: int) -> tuple[str, str, list[str]]:
-    """``(from_name, to_name, labels)`` of the project's first PolygonLabels control (read by ``LabelInterface``).
-
-    Raises:
-        LabelConfigError: the project's labeling config has none.
-    """
-    with _calls(client, f"read project {project_id}"):
-        project = client.projects.get(id=project_id)
-    return polygon_control(project.label_config or "", where=f"project {project_id}")
-
-
-def label_config_of(client: Any, project_id: int) -> str:
-    """The project's labeling config (XML)."""
-    with _calls(client, f"read project {project_id}"):
-        return client.projects.get(id=project_id).label_config or ""
-
-
-# ------------------------------------------------------------------------------------- project set-up
-#: The title under which :func:`setup_project` connects ShoeSeg's ML backend to a project.
-BACKEND_TITLE = "ShoeSeg Mask R-CNN"
-
-
-def setup_project(
-    client,
-    *,
-    title: str,
-    backend_url: str,
-    labels: tuple[str, ...] = ("shoe",),
-    project_id: int | None = None,
-    basic_auth: tuple[str, str] | None = None,
-) -> tuple[int, bool]:
-    """Finds or creates the project and connects it to the ML backend; returns ``(project_id, created)``.
-
-    The project is ``project_id`` when it still exists, else the oldest project titled ``title``, else
-    a new one with a PolygonLabels config over ``labels``. The backend is connected once: an ML
-    backend of the project at another URL (a port that changed) is moved to ``backend_url``.
-    ``basic_auth`` (user, password) is given to Label Studio when the backend requires it.
-
-    Example:
-        >>> setup_project(ls, title="ShoeSeg", backend_url="http://127.0.0.1:9090")  # doctest: +SKIP
-        (1, True)
-    """
-    project = None
-    if project_id is not None:
-        try:
-            project = client.projects.get(id=project_id)
-        except Exception:  # noqa: BLE001 - deleted by hand: look it up by title
-            project = None
-    if project is None:
-        same_title = sorted((p for p in client.projects.list(title=title) if p.title == title), key=lambda p: p.id)
-        project = same_title[0] if same_title else None
-    created = project is None
-    if created:
-        project = client.projects.create(
-            title=title,
-            label_config=labeling_config(list(labels)),
-            description="Shoe instance segmentation with a Mask R-CNN pre-annotating every shoe; "
-            "tasks sorted by prediction score show the most informative images first.",
-        )
-        log.info("created project %d %r", project.id, title)
-    pid = int(project.id)
-    auth = {} if basic_auth is None else dict(
-        auth_method="BASIC_AUTH", basic_auth_user=basic_auth[0], basic_auth_pass=basic_auth[1])
-    backends = list(client.ml.list(project=pid))
-    if any(b.url.rstrip("/") == backend_url.rstrip("/") for b in backends):
-        return pid, created
-    mine = [b for b in backends if (b.title or "") == BACKEND_TITLE]
-    if mine:
-        client.ml.update(id=mine[0].id, url=backend_url, **auth)
-        log.info("project %d: ML backend %d moved to %s", pid, mine[0].id, backend_url)
-    else:
-        client.ml.create(project=pid, url=backend_url, title=BACKEND_TITLE, is_interactive=False, auto_update=True,
-                         **auth)
-        log.info("project %d: ML backend %s connected", pid, backend_url)
-    return pid, created
-
-
-# ------------------------------------------------------------------------------------- predictions
-def push_predictions(client: Any, project_id: int, items: list[dict], *, model_version: str) -> int:
-    """Stores predictions (``{"task", "result", "score"}`` dicts) in Label Studio in one request.
-
-    Falls back to one request per task when the bulk route is refused. Returns how many were stored.
-    """
-    from label_studio_sdk.core.api_error import ApiError
-
-    items = [dict(item, model_version=model_version) for item in items]
-    if not items:
-        return 0
-    try:
-        client.projects.import_predictions(id=project_id, request=items)
-    except ApiError as e:
-        if e.status_code not in (404, 405):
-            raise
-        log.info("bulk prediction import refused (%s): one request per task", e.status_code)
-        for item in items:
-            client.predictions.create(task=item["task"], result=item["result"], score=item["score"],
-                                      model_version=model_version)
-    return len(items)
-
-
-def delete_predictions(client: Any, prediction_ids: list[int]) -> int:
-    """Deletes predictions by id (never annotations); returns how many were deleted. One already gone counts as done."""
-    from label_studio_sdk.core.api_error import ApiError
-
-    done = 0
-    for pid in prediction_ids:
-        try:
-            client.predictions.delete(id=int(pid))
-        except ApiError as e:
-            if e.status_code != 404:
-                raise
-        done += 1
-    return done
-
-
-def project_model_version(client: Any, project_id: int) -> str | None:
-    """The project's ``model_version``: the version whose prediction scores Label Studio sorts by."""
-    with _calls(client, f"read project {project_id}"):
-        return getattr(client.projects.get(id=project_id), "model_version", None) or None
-
-
-def set_model_version(client: Any, project_id: int, model_version: str) -> None:
-    """Makes ``model_version`` the project's: Label Studio orders by the scores of its predictions only."""
-    client.projects.update(id=project_id, model_version=model_version)
-
-
-def task_score(task: Any, model_version: str | None) -> float | None:
-    """The score of ``task``'s prediction made by ``model_version`` (the newest one), else ``None``.
-
-    When ``model_version`` is ``None``, the newest prediction's score counts.
-    """
-    preds = _get(task, "predictions") or []
-    best = None
-    for p in preds:
-        if model_version is not None and _get(p, "model_version") != model_version:
-            continue
-        score = _get(p, "score")
-        if score is None:
-            continue
-        key = (_get(p, "created_at") or "", _get(p, "id") or 0)
-        if best is None or key > best[0]:
-            best = (key, float(score))
-    return None if best is None else best[1]
-
-
-def _get(obj: Any, name: str) -> Any:
-    if isinstance(obj, dict):
-        return obj.get(name)
-    return getattr(obj, name, None)
-
-
-def _unannotated_query() -> str:
-    return json.dumps(
-        {
-            "filters": {
-                "conjunction": "and",
-                "items": [
-                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0},
-                    {"filter": "filter:tasks:cancelled_annotations", "operator": "equal", "type": "Number", "value": 0},
-                ],
-            },
-            "ordering": ["tasks:predictions_score"],
-        }
-    )
-
-
-def select_next(client: Any, project_id: int, k: int) -> list[Any]:
-    """The ``k`` unlabelled tasks of a project to label next: lowest prediction score first.
-
-    Tasks without annotations (neither submitted nor skipped) are asked for in Label Studio's
-    ``tasks:predictions_score`` order, then ordered again here by the score of their prediction
-    from the project's current ``model_version``, so the answer does not depend on that ordering
-    being applied server side. Tasks that have no such prediction come last, by id.
-
-    Returns:
-        Task objects of the SDK (with ``id``, ``data`` and ``predictions``), most informative first.
-
-    Example:
-        >>> for task in select_next(ls, 3, 10):  # doctest: +SKIP
-        ...     print(task.id, task_score(task, None))
-    """
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    model_version = project_model_version(client, project_id)
-    with _calls(client, f"list the unlabelled tasks of project {project_id}"):
-        tasks = list(client.tasks.list(project=project_id, query=_unannotated_query(), fields="all"))
-    tasks = [t for t in tasks if not (_get(t, "total_annotations") or 0) and not (_get(t, "cancelled_annotations") or 0)]
-
-    def key(task):
-        s = task_score(task, model_version)
-        return (s is None, s if s is not None else 0.0, _get(task, "id") or 0)
-
-    tasks.sort(key=key)
-    return tasks[:k]
