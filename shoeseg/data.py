@@ -18,6 +18,9 @@ of another (already transformed) sample's instances onto each sample with probab
 
 Instances the pasted pixels occlude lose those pixels (and are dropped when too little is left), and every box
 of an augmented sample is recomputed from its mask (:func:`shoeseg.geometry.mask_box_xyxy`).
+
+:func:`split_dataset` splits the annotations into train, validation and test images by file name, and
+:func:`subset` takes one part of such a split.
 """
 
 from __future__ import annotations
@@ -33,10 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from shoeseg.geometry import mask_box_xyxy, polygons_to_mask
-from via_tools.images import ImageReadError, read_image
+from via_tools.images import ImageReadError, decode_image_scaled, read_image
 from via_tools.model import AnnotationSet, ImageRecord
 
 log = logging.getLogger(__name__)
+
+#: Training images a checkpoint keeps for calibrating a static int8 quantisation (:func:`calibration_images`).
+CALIBRATION_IMAGES = 8
 
 Target = dict[str, torch.Tensor]
 Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
@@ -499,6 +505,47 @@ def with_copy_paste(
     return CopyPaste(dataset, p=p, scale_range=scale_range, min_area_px=min_area_px, seed=seed)
 
 
+def split_dataset(ds: AnnotationSet, *, train_frac: float = 0.7, val_frac: float = 0.2, seed: int = 0) -> dict[str, Any]:
+    """A deterministic train/val/test split by file name (same seed and names -> same split, in any order).
+
+    Args:
+        ds: the annotations.
+        train_frac / val_frac: shares of the images; the rest is the test part.
+        seed: shuffling seed.
+
+    Returns:
+        ``{"seed", "train_frac", "val_frac", "train": [...], "val": [...], "test": [...]}`` (file names).
+
+    Example:
+        >>> s = split_dataset(ds, seed=0)  # doctest: +SKIP
+        >>> len(s["train"]), len(s["val"]), len(s["test"])  # doctest: +SKIP
+        (53, 15, 8)
+    """
+    if not (0 < train_frac <= 1 and 0 <= val_frac <= 1 and train_frac + val_frac <= 1 + 1e-9):
+        raise ValueError(f"bad split fractions train={train_frac} val={val_frac}")
+    names = [image_key(r) for r in ds.images]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"file names must be unique to split by name; repeated: {dupes[:5]}")
+    names = sorted(names)
+    random.Random(seed).shuffle(names)
+    n = len(names)
+    n_train = min(n, max(1, round(n * train_frac))) if n else 0
+    n_val = min(n - n_train, round(n * val_frac))
+    if val_frac > 0 and n_val == 0 and n - n_train == 0 and n >= 2:
+        n_train -= 1  # keep at least one image to validate on
+    if val_frac > 0 and n_val == 0 and n - n_train > 0:
+        n_val = 1
+    return {
+        "seed": seed,
+        "train_frac": train_frac,
+        "val_frac": val_frac,
+        "train": names[:n_train],
+        "val": names[n_train : n_train + n_val],
+        "test": names[n_train + n_val :],
+    }
+
+
 def subset(dataset: AnnotationSet, file_names: Sequence[str]) -> AnnotationSet:
     """The images of ``dataset`` named in ``file_names`` (in that order), with the same labels.
 
@@ -516,3 +563,20 @@ def subset(dataset: AnnotationSet, file_names: Sequence[str]) -> AnnotationSet:
 def image_key(record: ImageRecord) -> str:
     """The name an image goes by in split files: its file name."""
     return record.file_name
+
+
+def calibration_images(dataset: AnnotationSet, *, images_dir: str | Path, fit: tuple[int, int],
+                       n: int | None = None) -> list[np.ndarray]:
+    """Up to ``n`` (:data:`CALIBRATION_IMAGES`) training images, evenly spread over the
+    dataset, decoded to fit the model's input as served: what a static int8 quantisation is calibrated on."""
+    records = list(dataset.images)
+    n = CALIBRATION_IMAGES if n is None else n
+    picked = [records[round(i * len(records) / n)] for i in range(n)] if len(records) > n else records
+    out = []
+    for rec in picked:
+        try:
+            path = resolve_image_path(Path(images_dir), rec)
+            out.append(decode_image_scaled(path.read_bytes(), name=str(path), fit_within=fit)[0])
+        except (OSError, ImageReadError) as e:  # trained on, so readable; a file removed since is skipped
+            log.warning("calibration image %s left out: %s", rec.file_name, e)
+    return out

@@ -279,10 +279,9 @@ def evaluate(
     if choice is not None:
         serve_score_thresh = choice.score_thresh
     elif serve_score_thresh is None:
-        from shoeseg.predict import DEFAULT_SCORE_THRESH
+        from shoeseg.predict import serving_score_thresh
 
-        serve_score_thresh = getattr(predictor, "checkpoint_score_thresh", None)
-        serve_score_thresh = DEFAULT_SCORE_THRESH if serve_score_thresh is None else serve_score_thresh
+        serve_score_thresh = serving_score_thresh(None, getattr(predictor, "checkpoint_score_thresh", None))
     return EvalResult(metrics=metrics, losses=losses, per_image=per_image, n_images=len(truth),
                       n_instances=sum(len(t["masks"]) for t in truth),
                       annotator=annotator_numbers(measures, serve_score_thresh), score_choice=choice)

@@ -1,4 +1,6 @@
-"""Mask R-CNN: build it, save it, load it, in one of three families.
+"""Mask R-CNN's network: its settings, declared once, and the network built from them and a start.
+
+Three families:
 
 * ``r50-fpn``: torchvision's Mask R-CNN with a ResNet-50-FPN backbone, the architecture detectron2's
   ``mask_rcnn_R_50_FPN_3x`` configuration describes (the study's model);
@@ -15,24 +17,16 @@ Starting points (``weights``):
   for ``num_classes``;
 * ``"imagenet"``: a Lite body's packaged ImageNet weights (frozen batch norm, stem and first stage frozen);
   the pyramid and heads start fresh;
-* ``weights=PATH``: a ShoeSeg checkpoint (see :func:`save_checkpoint`; its family is kept) or a plain
+* ``weights=PATH``: a ShoeSeg checkpoint (:mod:`shoeseg.checkpoint`; its family is kept) or a plain
   torchvision state dict.
-
-A checkpoint is a plain dict of tensors plus JSON-able metadata, written atomically with :func:`torch.save`
-and read back with ``weights_only=True``: it carries the weights, the class names, the model's own
-configuration (so that the same model is rebuilt), the training configuration, metrics, a ``version`` id
-and the ``parent_version`` it was fine-tuned from.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import secrets
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -40,11 +34,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from via_tools.files import atomic_path
-
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = "shoeseg-checkpoint/1"
 
 #: Keys of the class-specific layers; they are re-initialised when the class count changes.
 _HEAD_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
@@ -67,49 +57,102 @@ def check_arch(arch: str) -> str:
     return arch
 
 
+#: Epsilon of frozen batch norm unless the weights need another (torchvision's COCO weights: 0.0).
+FROZEN_BN_EPS = 1e-5
+
+
 @dataclass(frozen=True)
-class ModelConfig:
-    """What is needed to rebuild the same network; stored in every checkpoint.
+class ModelSettings:
+    """The network's settings that a recipe chooses, each declared here once (detectron2's names in brackets).
+
+    :class:`ModelConfig` (a built network's settings, stored in every checkpoint) and
+    :class:`shoeseg.train.TrainConfig` (a training recipe: ``TrainConfig(min_size=...)``, ``shoeseg train
+    --min-size``) have them as their own fields.
 
     Args:
-        num_classes: object classes, background not counted (detectron2's ``ROI_HEADS.NUM_CLASSES``).
-        min_size / max_size: the resize applied to inputs (shorter side / cap on the longer side), in pixels.
-        roi_batch_size_per_image: ROIs sampled per image for the box head (``ROI_HEADS.BATCH_SIZE_PER_IMAGE``).
-        norm: ``"frozen_bn"`` (pretrained start) or ``"bn"`` (random start).
-        frozen_bn_eps: epsilon of frozen batch norm (0.0 for torchvision's COCO weights).
-        trainable_backbone_layers: ResNet stages trained (0-5).
-        box_score_thresh / box_detections_per_img: inference settings (detectron2's ``SCORE_THRESH_TEST``
-            and ``DETECTIONS_PER_IMAGE``).
-        arch: the model family (:data:`ARCHS`); checkpoints written before families existed are ``r50-fpn``.
+        arch: the model family (:data:`ARCHS`); ``None``: what the starting weights imply (a checkpoint's own
+            family, ``r50-fpn`` for random or COCO weights, :data:`OFFLINE_ARCH` for ``auto`` offline).
+        min_size / max_size: the resize applied to inputs, shorter side and cap on the longer side, in pixels
+            (``INPUT.MIN_SIZE_TRAIN`` / ``INPUT.MAX_SIZE_TRAIN``).
+        roi_batch_size_per_image: ROIs sampled per image for the box head during training
+            (``ROI_HEADS.BATCH_SIZE_PER_IMAGE``).
+        trainable_backbone_layers: backbone stages trained: ResNet 0-5 for ``r50-fpn`` (the complement of
+            ``BACKBONE.FREEZE_AT``), Lite 0-7; ``None``: as the start suits, every stage from random weights,
+            3 ResNet stages from COCO, 6 Lite stages (stem and first stage frozen) from ImageNet.
         rpn_post_nms_top_n_test: proposals kept per image at inference (``RPN.POST_NMS_TOPK_TEST``), the
-            number of boxes the box head scores.
-        trainable_backbone_layers: ResNet stages trained (0-5) for ``r50-fpn``; Lite stages (0-7) for Lite.
+            boxes the box head scores.
+        box_detections_per_img: at most this many detections per image (``TEST.DETECTIONS_PER_IMAGE``).
         int8_box_head: serve with the box head's linear layers in dynamic int8 on the CPU (a serving choice:
-            training and the stored weights stay float32; see :class:`shoeseg.predict.Predictor`).
-        flip_tta: serve with test-time flip augmentation (a serving choice, see :class:`shoeseg.predict.Predictor`).
+            training and the stored weights stay float32; see :meth:`shoeseg.predict.Predictor.from_checkpoint`).
+        flip_tta: serve with test-time flip augmentation (a serving choice, see
+            :class:`shoeseg.predict.Predictor`).
     """
 
-    num_classes: int
-    arch: str = "r50-fpn"
+    arch: str | None = None
     min_size: int = 800
     max_size: int = 1333
     roi_batch_size_per_image: int = 512
-    norm: str = "bn"
-    frozen_bn_eps: float = 1e-5
-    trainable_backbone_layers: int = 5
-    box_score_thresh: float = 0.05
-    box_detections_per_img: int = 100
+    trainable_backbone_layers: int | None = None
     rpn_post_nms_top_n_test: int = 1000
+    box_detections_per_img: int = 100
     int8_box_head: bool = False
     flip_tta: bool = False
 
+    def __post_init__(self) -> None:
+        if self.min_size < 8 or self.max_size < self.min_size:
+            raise ValueError(f"min_size/max_size must satisfy 8 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
+        if self.roi_batch_size_per_image < 1:
+            raise ValueError(f"roi_batch_size_per_image must be at least 1, got {self.roi_batch_size_per_image}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ModelSettings):
+    """A network's settings: :class:`ModelSettings`' and what the data and the starting weights decide.
+
+    :func:`build_model` builds one (its ``arch`` and ``trainable_backbone_layers`` left ``None`` are filled in
+    from the start) and every checkpoint stores the built network's, so that the same network is rebuilt.
+
+    Args:
+        num_classes: object classes, background not counted (``ROI_HEADS.NUM_CLASSES``; 1 for shoes).
+        norm: ``"frozen_bn"`` (a pretrained start) or ``"bn"`` (a random one); :func:`build_model` sets it
+            from the starting weights.
+        frozen_bn_eps: epsilon of frozen batch norm (0.0 for torchvision's COCO weights); likewise set from the
+            starting weights.
+        box_score_thresh: detections below this score are dropped at inference (``ROI_HEADS.SCORE_THRESH_TEST``);
+            a :class:`~shoeseg.predict.Predictor` serves with its own threshold.
+
+    Example:
+        >>> ModelConfig(num_classes=1, arch="lite0-fpn", min_size=384).max_size
+        1333
+    """
+
+    num_classes: int
+    norm: str = "bn"
+    frozen_bn_eps: float = FROZEN_BN_EPS
+    box_score_thresh: float = 0.05
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        """The configuration a checkpoint stored. Keys this version does not know are ignored; checkpoints
+        written before ``arch`` and ``trainable_backbone_layers`` were stored are ``r50-fpn`` with 5 stages
+        trained."""
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        return cls(**{"arch": "r50-fpn", "trainable_backbone_layers": 5, **known})
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings, **more: Any) -> ModelConfig:
+        """A configuration with the network settings of ``settings`` (a :class:`shoeseg.train.TrainConfig`, say)
+        and the fields in ``more`` (``num_classes``...).
+
+        Example:
+            >>> ModelConfig.from_settings(ModelSettings(min_size=384), num_classes=2).min_size
+            384
+        """
+        chosen = {f.name: getattr(settings, f.name) for f in fields(ModelSettings)}
+        return cls(**{**chosen, **more})
 
 
 def _coco_weights():
@@ -166,7 +209,9 @@ def load_coco_state_dict(*, progress: bool = True) -> dict[str, torch.Tensor]:
         ) from e
 
 
-def _build_network(cfg: ModelConfig) -> nn.Module:
+def build_network(cfg: ModelConfig) -> nn.Module:
+    """The network a complete :class:`ModelConfig` describes (a built model's or a checkpoint's), with random
+    weights; :func:`build_model` completes one for a start and loads the start's weights."""
     from torchvision.models import resnet50
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -322,40 +367,19 @@ def resolve_start(*, arch: str | None, weights: str | Path | None) -> StartChoic
     return StartChoice(arch or "r50-fpn", spec, f"weights from {spec}")
 
 
-def build_model(
-    *,
-    num_classes: int,
-    weights: str | Path | None = "auto",
-    arch: str | None = None,
-    roi_batch_size_per_image: int = 512,
-    min_size: int = 800,
-    max_size: int = 1333,
-    box_score_thresh: float = 0.05,
-    box_detections_per_img: int = 100,
-    rpn_post_nms_top_n_test: int = 1000,
-    int8_box_head: bool = False,
-    flip_tta: bool = False,
-    trainable_backbone_layers: int | None = None,
-    progress: bool = True,
-) -> nn.Module:
-    """Builds Mask R-CNN of a family (:data:`ARCHS`) for ``num_classes`` object classes.
+def build_model(config: ModelConfig | None = None, *, weights: str | Path | None = "auto", progress: bool = True,
+                **settings: Any) -> nn.Module:
+    """Builds the Mask R-CNN ``config`` describes (a family of :data:`ARCHS`) from a start (``weights``).
 
     Args:
-        num_classes: object classes, background not counted (1 for shoes).
+        config: the network's settings; ``arch`` and ``trainable_backbone_layers`` left ``None`` are chosen as
+            the start suits, and ``norm`` and ``frozen_bn_eps`` always follow the start (see
+            :class:`ModelConfig`).
         weights: ``"auto"``, ``None``/``"none"`` (random), ``"coco"`` (r50-fpn), ``"imagenet"`` (Lite), or a path
             to a ShoeSeg checkpoint (its family is kept) or a torchvision state dict (see the module docstring).
-        arch: ``r50-fpn``, ``lite0-fpn`` or ``lite2-fpn``; ``None``: what ``weights`` implies (a checkpoint's
-            own family, ``r50-fpn`` for ``none``/``coco``, the offline choice for ``auto``).
-        roi_batch_size_per_image: ROIs per image sampled for the box head during training.
-        min_size / max_size: input resize (shorter side, cap on the longer side), in pixels.
-        box_score_thresh: detections below this score are dropped at inference.
-        box_detections_per_img: at most this many detections per image.
-        rpn_post_nms_top_n_test: proposals per image scored by the box head at inference.
-        int8_box_head: record that the model is to be served with a dynamic-int8 box head on the CPU.
-        flip_tta: record that the model is to be served with test-time flip augmentation.
-        trainable_backbone_layers: backbone stages trained (ResNet 0-5; Lite 0-7); default all from random
-            weights, 3 ResNet stages from COCO, 6 Lite stages (stem and first stage frozen) from ImageNet.
         progress: show a download progress bar.
+        **settings: :class:`ModelConfig` fields, instead of ``config`` or changing it
+            (``build_model(num_classes=1, min_size=256)``).
 
     Returns:
         The model in training mode, on the CPU. Its :class:`ModelConfig` is ``model.shoeseg_config`` and the
@@ -366,40 +390,23 @@ def build_model(
         FileNotFoundError / ValueError: a weights path that is missing or does not fit; an unknown family.
 
     Example:
-        >>> model = build_model(num_classes=1, weights=None, min_size=256, max_size=512)
+        >>> model = build_model(ModelConfig(num_classes=1, min_size=256, max_size=512), weights=None)
         >>> model.roi_heads.box_predictor.cls_score.out_features  # background + shoe
         2
     """
-    common = dict(
-        num_classes=num_classes,
-        min_size=min_size,
-        max_size=max_size,
-        roi_batch_size_per_image=roi_batch_size_per_image,
-        box_score_thresh=box_score_thresh,
-        box_detections_per_img=box_detections_per_img,
-        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        int8_box_head=int8_box_head,
-        flip_tta=flip_tta,
-    )
-    start = resolve_start(arch=arch, weights=weights)
+    config = ModelConfig(**settings) if config is None else replace(config, **settings)
+    start = resolve_start(arch=config.arch, weights=weights)
     if start.weights is None:
-        all_layers = 5 if start.arch == "r50-fpn" else 7
-        cfg = ModelConfig(arch=start.arch, norm="bn",
-                          trainable_backbone_layers=_layers(trainable_backbone_layers, all_layers, start.arch), **common)
-        return _started(_build_network(cfg), start)
+        return _started(build_network(_for_start(config, start.arch, "bn")), start)
     if start.weights == "coco":
         state = load_coco_state_dict(progress=progress)
-        cfg = ModelConfig(arch="r50-fpn", norm="frozen_bn", frozen_bn_eps=0.0,
-                          trainable_backbone_layers=_layers(trainable_backbone_layers, 3, "r50-fpn"), **common)
-        model = _build_network(cfg)
+        model = build_network(_for_start(config, "r50-fpn", "frozen_bn", eps=0.0))
         _load_partial(model, state, source="torchvision COCO weights")
         return _started(model, start)
     if start.weights == "imagenet":
         from shoeseg.backbones import load_imagenet_body
 
-        cfg = ModelConfig(arch=start.arch, norm="frozen_bn",
-                          trainable_backbone_layers=_layers(trainable_backbone_layers, 6, start.arch), **common)
-        model = _build_network(cfg)
+        model = build_network(_for_start(config, start.arch, "frozen_bn"))
         path = load_imagenet_body(model.backbone.body, start.arch.removesuffix("-fpn"))
         log.info("%s body from the ImageNet weights in %s", start.arch, path)
         return _started(model, start)
@@ -407,50 +414,46 @@ def build_model(
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file {path} does not exist (expected auto, none, coco, imagenet or a checkpoint path)")
-    raw = _torch_load(path)
-    if _is_checkpoint(raw):
+    # imported here: shoeseg.checkpoint imports this module (a checkpoint rebuilds its network)
+    from shoeseg.checkpoint import is_checkpoint, load_weights_file
+
+    raw = load_weights_file(path)
+    if is_checkpoint(raw):
         src_cfg = ModelConfig.from_dict(raw["meta"]["model_config"])
+        arch, norm, eps = src_cfg.arch, src_cfg.norm, src_cfg.frozen_bn_eps
         state = raw["state_dict"]
     elif isinstance(raw, dict) and raw and all(isinstance(v, torch.Tensor) for v in raw.values()):
         # A torchvision state dict: frozen batch norm unless it tracks batch statistics; torchvision's
         # legacy detection weights use epsilon 0.
         has_bn_stats = any(k.endswith("num_batches_tracked") for k in raw)
-        src_cfg = ModelConfig(num_classes=num_classes, arch=arch or "r50-fpn",
-                              norm="bn" if has_bn_stats else "frozen_bn", frozen_bn_eps=0.0)
+        arch, norm, eps = config.arch or "r50-fpn", "bn" if has_bn_stats else "frozen_bn", 0.0
         state = raw
     else:
         raise ValueError(f"{path}: neither a ShoeSeg checkpoint nor a torchvision state dict")
-    check_arch(src_cfg.arch)
-    if arch is not None and arch != src_cfg.arch:
-        raise ValueError(f"{path} holds a {src_cfg.arch} model, not {arch}: fine-tuning keeps the family")
-    if src_cfg.norm == "bn":
-        default_layers = 5 if src_cfg.arch == "r50-fpn" else 7
-    else:
-        default_layers = 3 if src_cfg.arch == "r50-fpn" else 6
-    cfg = ModelConfig(
-        arch=src_cfg.arch,
-        norm=src_cfg.norm,
-        frozen_bn_eps=src_cfg.frozen_bn_eps,
-        trainable_backbone_layers=_layers(trainable_backbone_layers, default_layers, src_cfg.arch),
-        **common,
-    )
-    model = _build_network(cfg)
+    check_arch(arch)
+    if config.arch is not None and config.arch != arch:
+        raise ValueError(f"{path} holds a {arch} model, not {config.arch}: fine-tuning keeps the family")
+    model = build_network(_for_start(config, arch, norm, eps=eps))
     _load_partial(model, state, source=str(path))
-    return _started(model, StartChoice(src_cfg.arch, str(path), f"fine-tuning {path} ({src_cfg.arch})"))
+    return _started(model, StartChoice(arch, str(path), f"fine-tuning {path} ({arch})"))
+
+
+def _for_start(config: ModelConfig, arch: str, norm: str, *, eps: float = FROZEN_BN_EPS) -> ModelConfig:
+    """``config`` for a start: its family, the batch norm its weights need, and the backbone stages trained
+    (by default every stage from random weights, the upper ones from pretrained weights)."""
+    top, pretrained = (5, 3) if arch == "r50-fpn" else (7, 6)
+    layers = config.trainable_backbone_layers
+    if layers is None:
+        layers = top if norm == "bn" else pretrained
+    if not 0 <= int(layers) <= top:
+        raise ValueError(f"trainable_backbone_layers must be in 0..{top} for {arch}, got {layers}")
+    return replace(config, arch=arch, norm=norm, frozen_bn_eps=eps, trainable_backbone_layers=int(layers))
 
 
 def _started(model: nn.Module, start: StartChoice) -> nn.Module:
     model.shoeseg_start = start  # type: ignore[attr-defined]
     log.info("model %s: %s", start.arch, start.reason)
     return model
-
-
-def _layers(value: int | None, default: int, arch: str = "r50-fpn") -> int:
-    v = default if value is None else int(value)
-    top = 5 if arch == "r50-fpn" else 7
-    if not 0 <= v <= top:
-        raise ValueError(f"trainable_backbone_layers must be in 0..{top} for {arch}, got {v}")
-    return v
 
 
 def model_config_of(model: nn.Module) -> ModelConfig:
@@ -473,176 +476,9 @@ def model_config_of(model: nn.Module) -> ModelConfig:
         max_size=int(model.transform.max_size),
         roi_batch_size_per_image=int(model.roi_heads.fg_bg_sampler.batch_size_per_image),
         norm="frozen_bn" if frozen else "bn",
-        frozen_bn_eps=float(frozen[0].eps) if frozen else 1e-5,
+        frozen_bn_eps=float(frozen[0].eps) if frozen else FROZEN_BN_EPS,
         box_score_thresh=float(model.roi_heads.score_thresh),
         box_detections_per_img=int(model.roi_heads.detections_per_img),
         rpn_post_nms_top_n_test=int(model.rpn._post_nms_top_n["testing"]),
-    )
-
-
-def new_version_id(*, now: datetime | None = None) -> str:
-    """A sortable, unique version id: UTC timestamp plus a short random hex, e.g. ``20250101-120000-3fa2c1``."""
-    now = now or datetime.now(timezone.utc)
-    return f"{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def _jsonable(value: Any, *, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value, default=_json_default))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"checkpoint {what} is not JSON-able: {e}") from e
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item") and callable(o.item):  # numpy / torch scalars
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, tuple | set | frozenset):
-        return list(o)
-    raise TypeError(f"{type(o).__name__} is not JSON-able")
-
-
-@dataclass
-class Checkpoint:
-    """A loaded checkpoint: the rebuilt model (eval mode) and its metadata."""
-
-    model: nn.Module
-    class_names: list[str]
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    parent_version: str | None
-    version: str
-    created_at: str
-    model_config: ModelConfig
-    path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: the score threshold to serve with, chosen on validation images at the end of training (None: not chosen)
-    serve_score_thresh: float | None = None
-
-
-def save_checkpoint(
-    path: str | Path,
-    *,
-    model: nn.Module,
-    class_names: list[str],
-    config: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-    parent_version: str | None = None,
-    version: str | None = None,
-    extra: dict[str, Any] | None = None,
-    serve_score_thresh: float | None = None,
-) -> str:
-    """Writes a checkpoint atomically (temporary file, then rename) and returns its version id.
-
-    Args:
-        path: the ``.pt`` file to write.
-        model: a model from :func:`build_model` (any device; weights are stored on the CPU).
-        class_names: class names in class-index order (index 0 = label 1 of the model).
-        config: the training configuration, JSON-able.
-        metrics: evaluation or training metrics, JSON-able.
-        parent_version: the version this model was fine-tuned from, if any.
-        version: the version id; a new one (:func:`new_version_id`) by default.
-        extra: any further JSON-able metadata.
-        serve_score_thresh: the score threshold :meth:`shoeseg.predict.Predictor.from_checkpoint` serves by
-            default (see :func:`shoeseg.edits.choose_score_thresh`); None leaves the predictor's default.
-
-    Example:
-        >>> model = build_model(num_classes=1, weights=None)
-        >>> v = save_checkpoint("model.pt", model=model, class_names=["shoe"], config={"iters": 600})  # doctest: +SKIP
-    """
-    path = Path(path)
-    mcfg = model_config_of(model)
-    if len(class_names) != mcfg.num_classes:
-        raise ValueError(f"{len(class_names)} class names {class_names} for a model with {mcfg.num_classes} classes")
-    version = version or new_version_id()
-    if serve_score_thresh is not None and not 0.0 <= float(serve_score_thresh) <= 1.0:
-        raise ValueError(f"serving score threshold must be in [0, 1], got {serve_score_thresh}")
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "version": version,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "class_names": [str(c) for c in class_names],
-        "model_config": mcfg.to_dict(),
-        "config": _jsonable(config or {}, what="config"),
-        "metrics": _jsonable(metrics or {}, what="metrics"),
-        "parent_version": parent_version,
-        "extra": _jsonable(extra or {}, what="extra"),
-        "serve_score_thresh": None if serve_score_thresh is None else float(serve_score_thresh),
-    }
-    state = {k: v.detach().to("cpu", copy=True) if v.device.type != "cpu" else v.detach() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, "meta": meta, "state_dict": state}, tmp)
-    return version
-
-
-def _torch_load(path: Path, *, map_location: str | torch.device = "cpu") -> Any:
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path}: cannot be loaded as a weights file ({type(e).__name__}: {e})") from e
-
-
-def _is_checkpoint(raw: Any) -> bool:
-    return isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT and "state_dict" in raw and "meta" in raw
-
-
-def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
-    """The metadata of a checkpoint without building the model (memory-mapped load)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a checkpoint ({type(e).__name__}: {e})") from e
-    if not _is_checkpoint(raw):
-        raise ValueError(f"{path}: not a ShoeSeg checkpoint (format {CHECKPOINT_FORMAT})")
-    return raw["meta"]
-
-
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Loads a checkpoint safely (``weights_only=True``) and rebuilds its model in eval mode.
-
-    Args:
-        path: a file written by :func:`save_checkpoint`.
-        map_location: device to put the model on.
-
-    Example:
-        >>> ckpt = load_checkpoint("runs/shoes/model.pt")  # doctest: +SKIP
-        >>> ckpt.class_names, ckpt.version  # doctest: +SKIP
-        (['shoe'], '20250101-120000-3fa2c1')
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    raw = _torch_load(path)
-    if not _is_checkpoint(raw):
-        raise ValueError(f"{path}: not a ShoeSeg checkpoint (format {CHECKPOINT_FORMAT}); a plain state dict "
-                         "can be used with build_model(weights=PATH)")
-    meta = raw["meta"]
-    mcfg = ModelConfig.from_dict(meta["model_config"])
-    try:
-        model = _build_network(mcfg)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
-    try:
-        model.load_state_dict(raw["state_dict"], strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the model it describes ({e})") from e
-    model.eval().to(map_location)
-    return Checkpoint(
-        model=model,
-        class_names=list(meta["class_names"]),
-        config=meta.get("config", {}),
-        metrics=meta.get("metrics", {}),
-        parent_version=meta.get("parent_version"),
-        version=meta["version"],
-        created_at=meta.get("created_at", ""),
-        model_config=mcfg,
-        path=path,
-        extra=meta.get("extra", {}),
-        serve_score_thresh=meta.get("serve_score_thresh"),
+        trainable_backbone_layers=5,  # the layers do not tell; checkpoints of such models have always said 5
     )

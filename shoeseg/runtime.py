@@ -9,12 +9,14 @@ objects come from the same code as PyTorch's. ``Predictor.from_checkpoint("model
 * ``torch``: the checkpoint in PyTorch (its int8 box head and flip TTA as it records);
 * ``onnx``: ONNX Runtime on the file exported beside the checkpoint (``model.onnx`` beside ``model.pt`` in a
   registry version's folder, exported on first use and reused while it holds the same version); a checkpoint
-  that asks for the int8 box head gets ONNX Runtime's int8 file (``model.int8.onnx``) instead;
+  that asks for the int8 box head gets ONNX Runtime's int8 file (``model.int8.onnx``) instead: its box head
+  dynamic int8 and, calibrated on the training images the checkpoint keeps, its pyramid's and RPN's
+  convolutions static int8 (:func:`shoeseg.export.quantize_onnx`);
 * ``auto`` (:func:`resolve_runtime`): ``onnx`` on the CPU when ONNX Runtime is installed, else ``torch``. On
   the benchmark's 2-core CPU (``python -m bench runtime``, README) the `cpu` profile's model ran fastest with
-  ONNX Runtime's int8 box head: 205 ms per image against 287 ms for PyTorch's int8 box head, at a mask AP
-  0.003 below PyTorch float; float models ran about as fast in either (280 ms ONNX Runtime, 258 ms PyTorch
-  channels-last). On a GPU PyTorch runs the batch in float16.
+  ONNX Runtime's calibrated int8 file: 120 ms per image against 296 ms for PyTorch float and 204 ms for the
+  box-head-only int8 file, at a mask AP 0.006 below PyTorch float (192 ms against 517 ms at 512 px).
+  On a GPU PyTorch runs the batch in float16.
 
 An exported file holds neither flip TTA nor the model's insides: :meth:`ExportedPredictor.predict_in_box` and
 :meth:`ExportedPredictor.embed` run the PyTorch checkpoint it came from (loaded when first needed) when one is
@@ -27,6 +29,7 @@ import importlib.util
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,7 @@ from shoeseg.export import (
     quantize_onnx,
     read_export_meta,
 )
-from shoeseg.predict import DEFAULT_SCORE_THRESH, Predictor, as_rgb_uint8
+from shoeseg.predict import OutputSettings, Predictor, as_rgb_uint8, serving_score_thresh
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +147,8 @@ class ExportedPredictor(Predictor):
         threads: ONNX Runtime intra-op threads (default: torch's thread count).
         checkpoint: the PyTorch checkpoint the file was exported from, for :meth:`predict_in_box` and
             :meth:`embed`.
-        mask_thresh / tolerance_px / tolerance_rel / max_vertices / min_area_px / batch_size: as
-            :class:`~shoeseg.predict.Predictor`.
+        **outputs: the rest of what a prediction gives back, as :class:`~shoeseg.predict.Predictor` takes it
+            (:class:`~shoeseg.predict.OutputSettings`).
 
     Raises:
         FileNotFoundError / ValueError: a missing, unknown, corrupt or metadata-less file (the message names it).
@@ -162,15 +165,10 @@ class ExportedPredictor(Predictor):
         *,
         device: str | torch.device = "auto",
         score_thresh: float | None = None,
-        mask_thresh: float = 0.5,
-        tolerance_px: float = 1.0,
-        tolerance_rel: float = 0.0,
-        max_vertices: int | None = None,
-        min_area_px: float = 16.0,
-        batch_size: int = 2,
         flip_tta: bool | None = None,
         threads: int | None = None,
         checkpoint: str | Path | None = None,
+        **outputs: Any,
     ) -> None:
         path = Path(path)
         fmt = checked_format(path)
@@ -188,11 +186,8 @@ class ExportedPredictor(Predictor):
         self.model_version = str(meta["version"])
         self.checkpoint_path = path
         self.checkpoint_score_thresh = meta.get("serve_score_thresh")
-        if score_thresh is None:
-            score_thresh = DEFAULT_SCORE_THRESH if self.checkpoint_score_thresh is None else self.checkpoint_score_thresh
-        self._set_outputs(score_thresh=score_thresh, mask_thresh=mask_thresh, tolerance_px=tolerance_px,
-                          tolerance_rel=tolerance_rel, max_vertices=max_vertices, min_area_px=min_area_px,
-                          batch_size=batch_size)
+        self._set_outputs(OutputSettings(score_thresh=serving_score_thresh(score_thresh, self.checkpoint_score_thresh),
+                                         **outputs))
         self.flip_tta = False
         self.source_checkpoint = Path(checkpoint) if checkpoint is not None else None
         self._torch: Predictor | None = None
@@ -220,11 +215,8 @@ class ExportedPredictor(Predictor):
                     f"{self.checkpoint_path}: {what} needs the model's insides, which an exported file does not "
                     "expose; use the PyTorch checkpoint")
             log.info("%s: %s runs the PyTorch checkpoint %s", self.checkpoint_path, what, self.source_checkpoint)
-            self._torch = Predictor.from_checkpoint(self.source_checkpoint, device="cpu",
-                                                    score_thresh=self.score_thresh, mask_thresh=self.mask_thresh,
-                                                    tolerance_px=self.tolerance_px, tolerance_rel=self.tolerance_rel,
-                                                    max_vertices=self.max_vertices, min_area_px=self.min_area_px,
-                                                    flip_tta=False)
+            self._torch = Predictor.from_checkpoint(self.source_checkpoint, device="cpu", flip_tta=False,
+                                                    **asdict(self.outputs))
         return self._torch
 
     def predict_in_box(self, image: np.ndarray, box_xyxy: Sequence[float]):
@@ -242,6 +234,12 @@ def onnx_path_beside(checkpoint: str | Path, *, int8: bool = False) -> Path:
     return checkpoint.with_name(checkpoint.stem + (".int8" if int8 else "") + ".onnx")
 
 
+def _quantized(meta: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether an exported file is int8, and whether statically (calibrated), from its metadata."""
+    what = meta.get("quantized") or ""
+    return bool(what), "static" in what
+
+
 def ensure_onnx(checkpoint: str | Path, *, int8: bool = False) -> Path:
     """The ONNX file of ``checkpoint``, exported beside it unless one of the same version is already there
     (in a temporary folder when the checkpoint's folder is read-only).
@@ -249,10 +247,11 @@ def ensure_onnx(checkpoint: str | Path, *, int8: bool = False) -> Path:
     Raises:
         shoeseg.export.ExportError: the model cannot be exported.
     """
-    from shoeseg.model import read_checkpoint_meta
+    from shoeseg.checkpoint import read_calibration_images, read_checkpoint_meta
 
     checkpoint = Path(checkpoint)
     version = read_checkpoint_meta(checkpoint)["version"]
+    calibration = read_calibration_images(checkpoint) if int8 else []
     candidates = [onnx_path_beside(checkpoint, int8=int8),
                   Path(tempfile.gettempdir()) / "shoeseg-onnx" / onnx_path_beside(f"{version}.pt", int8=int8).name]
     for path in candidates:
@@ -262,13 +261,13 @@ def ensure_onnx(checkpoint: str | Path, *, int8: bool = False) -> Path:
             except ValueError as e:
                 log.warning("%s: exporting again (%s)", path, e)
             else:
-                if meta.get("version") == version and bool(meta.get("quantized")) == int8:
+                if meta.get("version") == version and _quantized(meta) == (int8, bool(calibration)):
                     return path
     for path in candidates:
         try:
             export_model(checkpoint, path, fmt="onnx")
             if int8:
-                quantize_onnx(path, path)
+                quantize_onnx(path, path, calibration=calibration)
             return path
         except OSError as e:
             log.warning("cannot write %s (%s)", path, e)
@@ -294,8 +293,9 @@ def load_predictor(checkpoint: str | Path, *, runtime: str = "auto", device: str
         >>> load_predictor("models/versions/v1/model.pt", runtime="onnx").runtime  # doctest: +SKIP
         'onnx'
     """
+    from shoeseg.checkpoint import read_checkpoint_meta
     from shoeseg.export import ExportError
-    from shoeseg.model import ModelConfig, read_checkpoint_meta
+    from shoeseg.model import ModelConfig
 
     chosen = resolve_runtime(runtime, device)
     if chosen == "torch" or export_format_of(checkpoint) is not None:

@@ -34,26 +34,31 @@ import torch
 
 from shoeseg.data import (
     ShoeDataset,
+    calibration_images,
     collate,
     image_key,
     resolve_image_path,
     train_transforms,
     with_copy_paste,
 )
-from shoeseg.device import autocast, configure_for_speed, resolve_device
-from shoeseg.losses import LOSS_KEYS, LOSS_NAMES, detectron2_losses
+from shoeseg.device import configure_for_speed, resolve_device
+from shoeseg.losses import LOSS_KEYS
+from shoeseg.model import ModelSettings
+from shoeseg.optim import OPTIMIZERS, WeightAverage, make_optimizer, train_step
 from via_tools.files import atomic_write_text
 from via_tools.images import ImageReadError
 from via_tools.model import AnnotationSet
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adamw")
-
-
-@dataclass
-class TrainConfig:
+@dataclass(frozen=True)
+class TrainConfig(ModelSettings):
     """Training settings, named after detectron2's config keys.
+
+    The network's settings (``arch``, ``min_size`` / ``max_size``, ``roi_batch_size_per_image``,
+    ``trainable_backbone_layers`` and the serving settings the checkpoint stores: ``rpn_post_nms_top_n_test``,
+    ``box_detections_per_img``, ``int8_box_head``, ``flip_tta``) are fields of this class too, declared once
+    in :class:`shoeseg.model.ModelSettings`. The others:
 
     Args:
         iters: iterations to run (``SOLVER.MAX_ITER``); the study ran 600.
@@ -71,25 +76,18 @@ class TrainConfig:
         steps: iterations at which the learning rate is multiplied by ``gamma`` (``SOLVER.STEPS``); ``None``
             means 75% and 90% of ``iters``.
         gamma: the decay factor.
-        roi_batch_size_per_image: ROIs per image for the box head (``ROI_HEADS.BATCH_SIZE_PER_IMAGE``).
-        min_size / max_size: input resize, shorter side and cap on the longer side (``INPUT.MIN_SIZE_TRAIN``).
         scale_jitter: the shorter side is drawn from ``min_size * [1 - j, 1 + j]`` (5 choices); 0 disables.
         flip / photometric: horizontal flips and brightness/contrast/saturation jitter.
         device: ``auto``, ``cpu`` or ``cuda``.
         weights: starting weights when ``init_from`` is not given: ``auto`` (COCO R50-FPN when it can be had,
             else the ImageNet-pretrained lite2-fpn), ``coco``, ``imagenet``, ``none`` or a path.
-        arch: the model family (``r50-fpn``, ``lite0-fpn``, ``lite2-fpn``); ``None``: what ``weights`` implies.
         copy_paste: probability of Simple Copy-Paste per training image (0: off).
-        rpn_post_nms_top_n_test / box_detections_per_img / int8_box_head / flip_tta: serving settings stored in
-            the checkpoint.
         init_from: a ShoeSeg checkpoint to fine-tune (its version becomes the parent version).
         log_period: iterations between log lines and ``metrics.jsonl`` rows (``window`` medians).
         seed: seeds Python, NumPy and torch (data order, augmentation, sampling).
         num_workers: data-loading processes; ``None``: 0 on CPU, up to 4 on CUDA.
         amp: mixed precision on CUDA.
         clip_grad_norm: clip the gradients' total norm to this (``SOLVER.CLIP_GRADIENTS``); ``None``: off.
-        trainable_backbone_layers: ResNet stages trained (0-5, the complement of ``BACKBONE.FREEZE_AT``);
-            ``None``: 5 from random weights, 3 from pretrained ones.
         progress_bar: show a tqdm bar.
     """
 
@@ -104,41 +102,29 @@ class TrainConfig:
     warmup_factor: float = 0.001
     steps: tuple[int, ...] | None = None
     gamma: float = 0.1
-    roi_batch_size_per_image: int = 512
-    min_size: int = 800
-    max_size: int = 1333
     scale_jitter: float = 0.1
     flip: bool = True
     photometric: bool = True
     device: str = "auto"
     weights: str | None = "auto"
-    arch: str | None = None
     copy_paste: float = 0.0
-    rpn_post_nms_top_n_test: int = 1000
-    box_detections_per_img: int = 100
-    int8_box_head: bool = False
-    flip_tta: bool = False
     init_from: str | None = None
     log_period: int = 20
     seed: int = 0
     num_workers: int | None = None
     amp: bool = True
     clip_grad_norm: float | None = None
-    trainable_backbone_layers: int | None = None
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.iters < 1:
             raise ValueError(f"iters must be at least 1, got {self.iters}")
         if self.ims_per_batch < 1:
             raise ValueError(f"ims_per_batch must be at least 1, got {self.ims_per_batch}")
         if not (self.base_lr > 0 and math.isfinite(self.base_lr)):
             raise ValueError(f"base_lr must be a positive number, got {self.base_lr}")
-        if self.min_size < 8 or self.max_size < self.min_size:
-            raise ValueError(f"min_size/max_size must satisfy 8 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
-        if self.roi_batch_size_per_image < 1:
-            raise ValueError(f"roi_batch_size_per_image must be at least 1, got {self.roi_batch_size_per_image}")
-        self.optimizer = str(self.optimizer).lower()
+        object.__setattr__(self, "optimizer", str(self.optimizer).lower())  # frozen: set once, here
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r} (known: {', '.join(OPTIMIZERS)})")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -146,8 +132,8 @@ class TrainConfig:
         if not 0.0 <= self.copy_paste <= 1.0:
             raise ValueError(f"copy_paste must be a probability in 0..1, got {self.copy_paste}")
         if self.steps is not None:
-            self.steps = tuple(sorted(int(s) for s in self.steps))
-        self.log_period = max(1, int(self.log_period))
+            object.__setattr__(self, "steps", tuple(sorted(int(s) for s in self.steps)))
+        object.__setattr__(self, "log_period", max(1, int(self.log_period)))
 
     @classmethod
     def for_profile(cls, profile: str = "auto", *, device: str = "auto", **overrides: Any) -> TrainConfig:
@@ -295,47 +281,6 @@ class TrainResult:
         )
 
 
-def split_dataset(ds: AnnotationSet, *, train_frac: float = 0.7, val_frac: float = 0.2, seed: int = 0) -> dict[str, Any]:
-    """A deterministic train/val/test split by file name (same seed and names -> same split, in any order).
-
-    Args:
-        ds: the annotations.
-        train_frac / val_frac: shares of the images; the rest is the test part.
-        seed: shuffling seed.
-
-    Returns:
-        ``{"seed", "train_frac", "val_frac", "train": [...], "val": [...], "test": [...]}`` (file names).
-
-    Example:
-        >>> s = split_dataset(ds, seed=0)  # doctest: +SKIP
-        >>> len(s["train"]), len(s["val"]), len(s["test"])  # doctest: +SKIP
-        (53, 15, 8)
-    """
-    if not (0 < train_frac <= 1 and 0 <= val_frac <= 1 and train_frac + val_frac <= 1 + 1e-9):
-        raise ValueError(f"bad split fractions train={train_frac} val={val_frac}")
-    names = [image_key(r) for r in ds.images]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"file names must be unique to split by name; repeated: {dupes[:5]}")
-    names = sorted(names)
-    random.Random(seed).shuffle(names)
-    n = len(names)
-    n_train = min(n, max(1, round(n * train_frac))) if n else 0
-    n_val = min(n - n_train, round(n * val_frac))
-    if val_frac > 0 and n_val == 0 and n - n_train == 0 and n >= 2:
-        n_train -= 1  # keep at least one image to validate on
-    if val_frac > 0 and n_val == 0 and n - n_train > 0:
-        n_val = 1
-    return {
-        "seed": seed,
-        "train_frac": train_frac,
-        "val_frac": val_frac,
-        "train": names[:n_train],
-        "val": names[n_train : n_train + n_val],
-        "test": names[n_train + n_val :],
-    }
-
-
 def _check_images(ds: AnnotationSet, images_dir: Path, *, what: str) -> None:
     missing = []
     for r in ds.images:
@@ -457,7 +402,8 @@ def _train(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult | None:
     from shoeseg import distributed
-    from shoeseg.model import build_model, read_checkpoint_meta, save_checkpoint
+    from shoeseg.checkpoint import read_checkpoint_meta, save_checkpoint
+    from shoeseg.model import ModelConfig, build_model
     from shoeseg.visualize import plot_losses
 
     main = denv.is_main
@@ -478,19 +424,10 @@ def _train(
             pass  # a plain state dict: no parent
     class_names = _class_names_for(dataset, parent_classes)
     with distributed.local_main_first(denv, device):  # one download of the starting weights per machine
-        model = build_model(
-            num_classes=len(class_names),
-            weights=start_weights,
-            arch=None if config.init_from else config.arch,  # fine-tuning continues in the checkpoint's family
-            roi_batch_size_per_image=config.roi_batch_size_per_image,
-            min_size=config.min_size,
-            max_size=config.max_size,
-            rpn_post_nms_top_n_test=config.rpn_post_nms_top_n_test,
-            box_detections_per_img=config.box_detections_per_img,
-            int8_box_head=config.int8_box_head,
-            flip_tta=config.flip_tta,
-            trainable_backbone_layers=config.trainable_backbone_layers,
-        )
+        # fine-tuning continues in the checkpoint's family
+        model_config = ModelConfig.from_settings(config, num_classes=len(class_names),
+                                                 arch=None if config.init_from else config.arch)
+        model = build_model(model_config, weights=start_weights)
     start = model.shoeseg_start
     # The dataset's transforms resize (with scale jitter); the model must not undo it while training.
     model.transform._skip_resize = True
@@ -638,90 +575,13 @@ def _train(
     ckpt_path = run_dir / "model.pt"
     version = save_checkpoint(ckpt_path, model=core, class_names=class_names, config=config.to_dict(),
                               metrics=final, parent_version=parent_version,
-                              extra={"split": split, "start": start.to_dict()}, serve_score_thresh=serve_thresh)
+                              extra={"split": split, "start": start.to_dict()}, serve_score_thresh=serve_thresh,
+                              calibration_images=calibration_images(dataset, images_dir=images_dir,
+                                                                    fit=(config.min_size, config.max_size)))
     log.info("saved %s (version %s) after %.1f s", ckpt_path, version, time.perf_counter() - t_start)
     return TrainResult(checkpoint=ckpt_path, metrics=rows, run_dir=run_dir, version=version, class_names=class_names,
                        eval=eval_result, loss_plot=plot_path, wall_s=time.perf_counter() - t_start,
                        final_metrics=final)
-
-
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer ``config.optimizer`` names, at ``config.base_lr``."""
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.base_lr, betas=(config.momentum, 0.999),
-                                 weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
-
-
-class WeightAverage:
-    """An exponential moving average of a model's trainable weights (Polyak averaging).
-
-    After each optimiser step, ``update()`` moves the average towards the current weights by ``1 - d`` where
-    ``d = min(decay, (1 + t) / (10 + t))`` at update ``t``: early updates weigh more, so that the average
-    does not keep the random initial heads. ``copy_to_model()`` writes the average into the model. Frozen
-    parameters and buffers (frozen batch norm) do not change during training and are not averaged.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.updates = 0
-        self._live = [p for p in model.parameters() if p.requires_grad]
-        self.shadow = [p.detach().clone().float() for p in self._live]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        self.updates += 1
-        for s, p in zip(self.shadow, self._live, strict=True):
-            s.lerp_(p.detach().float(), 1.0 - d)
-
-    @torch.no_grad()
-    def copy_to_model(self) -> None:
-        for s, p in zip(self.shadow, self._live, strict=True):
-            p.copy_(s.to(p.dtype))
-
-
-def train_step(
-    model: torch.nn.Module,
-    images: list[torch.Tensor],
-    targets: list[dict[str, torch.Tensor]],
-    *,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    params: list[torch.nn.Parameter],
-    amp: bool = False,
-    clip_grad_norm: float | None = None,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict[str, float]:
-    """One optimisation step on a batch; returns the detectron2-named losses.
-
-    The loss values are read back once per step (one device synchronisation), after the update. With
-    ``reduce`` (several processes: :func:`shoeseg.distributed.mean_over_processes`) they are first averaged
-    over the processes, so that all of them report, and stop at, the same values.
-
-    Raises:
-        FloatingPointError: a loss is NaN or infinite (in any process, with ``reduce``).
-    """
-    device = images[0].device
-    with autocast(device, enabled=amp):
-        loss_dict = model(images, targets)
-    total = sum(loss_dict.values())
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
-    if clip_grad_norm:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    stacked = torch.stack([v.detach().float() for v in loss_dict.values()])
-    if reduce is not None:
-        stacked = reduce(stacked)
-    values = stacked.tolist()
-    named = dict(zip(loss_dict, values, strict=True))
-    if not all(math.isfinite(v) for v in values):
-        raise FloatingPointError(f"loss became {sum(values)}: " + ", ".join(
-            f"{LOSS_NAMES.get(k, k)}={v}" for k, v in named.items()))
-    return detectron2_losses(named)
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -15,11 +15,11 @@ from shoeseg.data import (
     ShoeDataset,
     eval_transforms,
     jitter_sizes,
+    split_dataset,
     subset,
     train_transforms,
 )
 from shoeseg.geometry import mask_box_xyxy, polygons_to_mask
-from shoeseg.train import split_dataset
 from tests.synth import make_shoe_dataset
 from via_tools.images import ImageReadError
 from via_tools.model import AnnotationSet, ImageRecord, Region

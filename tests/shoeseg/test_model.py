@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 
+from shoeseg.checkpoint import load_checkpoint, read_calibration_images, read_checkpoint_meta, save_checkpoint
 from shoeseg.model import (
     WeightsUnavailableError,
     build_model,
     coco_weights_cache_path,
-    load_checkpoint,
+    coco_weights_reachable,
     load_coco_state_dict,
-    read_checkpoint_meta,
-    save_checkpoint,
 )
 
 SMALL = dict(min_size=64, max_size=96)
@@ -40,16 +38,8 @@ def test_random_model_has_the_requested_heads_and_recipe_settings(small_model):
         build_model(num_classes=0, weights=None)
 
 
-def _online() -> bool:
-    try:
-        socket.create_connection(("download.pytorch.org", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_coco_weights_offline_fail_at_once_naming_the_alternatives(tmp_path, monkeypatch):
-    if _online():
+    if coco_weights_reachable(timeout_s=2):
         pytest.skip("the network is reachable here, so the offline failure cannot be shown")
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # an empty cache
     with pytest.raises(WeightsUnavailableError) as err:
@@ -154,6 +144,23 @@ def test_checkpoint_round_trip_keeps_weights_metadata_and_predictions(small_mode
     assert torch.equal(out_a["boxes"], out_b["boxes"]) and torch.equal(out_a["masks"], out_b["masks"])
     assert read_checkpoint_meta(path)["class_names"] == ["shoe"]
     assert not list(path.parent.glob(".*tmp"))  # the temporary file was renamed away
+
+
+def test_a_checkpoint_keeps_its_calibration_images(small_model, tmp_path):
+    yy, xx = np.mgrid[0:48, 0:64]
+    images = [np.stack([xx * 4, yy * 5, (xx + yy + k * 30) % 256], axis=-1).astype(np.uint8) for k in range(3)]
+    save_checkpoint(tmp_path / "with.pt", model=small_model, class_names=["shoe"], calibration_images=images)
+    save_checkpoint(tmp_path / "without.pt", model=small_model, class_names=["shoe"])
+    back = read_calibration_images(tmp_path / "with.pt")
+    assert [a.shape for a in back] == [a.shape for a in images]
+    assert all(np.abs(a.astype(int) - b.astype(int)).mean() < 8 for a, b in zip(images, back, strict=True))  # JPEG
+    assert read_calibration_images(tmp_path / "without.pt") == []
+    assert load_checkpoint(tmp_path / "with.pt").version  # the model loads as before
+    with pytest.raises(ValueError, match="RGB uint8"):
+        save_checkpoint(tmp_path / "bad.pt", model=small_model, class_names=["shoe"],
+                        calibration_images=[np.zeros((8, 8), np.uint8)])
+    with pytest.raises(FileNotFoundError, match="gone.pt"):
+        read_calibration_images(tmp_path / "gone.pt")
 
 
 def test_checkpoint_as_starting_weights_keeps_the_body_and_remakes_heads_for_new_classes(small_model, tmp_path):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from shoeseg.checkpoint import load_checkpoint, read_calibration_images
 from shoeseg.losses import LOSS_KEYS, detectron2_losses
-from shoeseg.model import load_checkpoint
 from shoeseg.train import TrainConfig, train
 from tests.synth import make_shoe_dataset
 
@@ -78,6 +79,10 @@ def test_run_directory_and_progress_reports(short_run):
     assert ckpt.config["iters"] == 16 and ckpt.config["roi_batch_size_per_image"] == 32
     assert ckpt.metrics["train_losses"]["total_loss"] == pytest.approx(result.metrics[-1]["total_loss"])
     assert ckpt.model_config.min_size == 64
+    # the training images kept for calibrating a static int8 export, at the model's input size
+    calibration = read_calibration_images(result.checkpoint)
+    assert len(calibration) == len(ds.images)
+    assert all(a.dtype == np.uint8 and a.shape[2] == 3 and min(a.shape[:2]) <= 64 for a in calibration)
 
 
 def test_fine_tuning_from_a_checkpoint_records_its_parent(short_run):
@@ -137,7 +142,7 @@ def test_a_model_overfitted_on_two_images_finds_their_shoes_again(tmp_path):
 def test_weight_average_follows_the_formula_and_skips_frozen_parameters():
     import torch
 
-    from shoeseg.train import WeightAverage
+    from shoeseg.optim import WeightAverage
 
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     net[0].weight.requires_grad_(False)
@@ -161,8 +166,7 @@ def test_weight_average_follows_the_formula_and_skips_frozen_parameters():
 def test_optimizer_and_average_settings_are_checked_and_used(tmp_path, monkeypatch):
     import torch
 
-    from shoeseg import train as train_mod
-    from shoeseg.train import make_optimizer
+    from shoeseg.optim import WeightAverage, make_optimizer
 
     p = [torch.nn.Parameter(torch.zeros(2))]
     assert isinstance(make_optimizer(TrainConfig(optimizer="AdamW", base_lr=1e-4), p), torch.optim.AdamW)
@@ -173,21 +177,21 @@ def test_optimizer_and_average_settings_are_checked_and_used(tmp_path, monkeypat
         TrainConfig(ema_decay=1.0)
 
     averages = []
-    real_init = train_mod.WeightAverage.__init__
+    real_init = WeightAverage.__init__
 
     def keep(self, *args, **kwargs):  # the real class, remembered so that its average can be compared
         real_init(self, *args, **kwargs)
         averages.append(self)
 
     last_step = []
-    real_copy = train_mod.WeightAverage.copy_to_model
+    real_copy = WeightAverage.copy_to_model
 
     def copy(self):
         last_step.append([p.detach().clone() for p in self._live])
         real_copy(self)
 
-    monkeypatch.setattr(train_mod.WeightAverage, "__init__", keep)
-    monkeypatch.setattr(train_mod.WeightAverage, "copy_to_model", copy)
+    monkeypatch.setattr(WeightAverage, "__init__", keep)
+    monkeypatch.setattr(WeightAverage, "copy_to_model", copy)
     ds = make_shoe_dataset(tmp_path / "images", n_images=2, size_px=(64, 80), seed=11)
     cfg = TrainConfig(iters=6, log_period=3, seed=1, **{**TINY, "base_lr": 1e-3}, optimizer="adamw", ema_decay=0.9)
     result = train(cfg, dataset=ds, images_dir=tmp_path / "images", out_dir=tmp_path / "run")
