@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,39 @@ log = logging.getLogger(__name__)
 
 #: The serving score threshold of a checkpoint that records none (the settings' default too).
 DEFAULT_SCORE_THRESH = 0.5
+
+
+def serving_score_thresh(given: float | None, recorded: float | None) -> float:
+    """The score threshold to serve with: ``given``, else the one the checkpoint ``recorded``, else
+    :data:`DEFAULT_SCORE_THRESH`."""
+    if given is not None:
+        return given
+    return DEFAULT_SCORE_THRESH if recorded is None else recorded
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What a prediction gives back, for the PyTorch and the exported predictor alike; the network's own
+    settings (input size, proposals, detections per image) are the checkpoint's
+    (:class:`shoeseg.model.ModelConfig`).
+
+    Args:
+        score_thresh: detections below this score are dropped (detectron2's ``SCORE_THRESH_TEST``).
+        mask_thresh: mask probability threshold.
+        tolerance_px / tolerance_rel / max_vertices: the polygons' vertex budget
+            (:func:`shoeseg.geometry.mask_to_polygons`): a tolerance in pixels, one relative to each shoe's box
+            diagonal (the larger wins), and a cap on the vertices of one polygon.
+        min_area_px: mask parts smaller than this become no polygon.
+        batch_size: images per forward pass.
+    """
+
+    score_thresh: float = DEFAULT_SCORE_THRESH
+    mask_thresh: float = 0.5
+    tolerance_px: float = 1.0
+    tolerance_rel: float = 0.0
+    max_vertices: int | None = None
+    min_area_px: float = 16.0
+    batch_size: int = 2
 
 
 @dataclass(eq=False)
@@ -95,6 +128,29 @@ def _int8_linear(module: nn.Module) -> nn.Module:
         return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
 
 
+
+def mirror_images(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The horizontally mirrored images (for :meth:`Predictor.predict_with_flip` and flip-consistency scores)."""
+    return [np.ascontiguousarray(np.asarray(im)[:, ::-1]) for im in images]
+
+
+def mirror_back(detections: Sequence[Sequence[Detection]], widths_px: Sequence[int]) -> list[list[Detection]]:
+    """Detections made on mirrored images, mapped back into the frames of the originals (``widths_px`` wide)."""
+    back: list[list[Detection]] = []
+    for dets, w in zip(detections, widths_px, strict=True):
+        w = int(w)
+        back.append([
+            Detection(
+                label=d.label,
+                score=d.score,
+                box_xyxy=(w - d.box_xyxy[2], d.box_xyxy[1], w - d.box_xyxy[0], d.box_xyxy[3]),
+                mask=np.ascontiguousarray(d.mask[:, ::-1]),
+                polygons=flip_polygons_x(d.polygons, w),
+            )
+            for d in dets
+        ])
+    return back
+
 class Predictor:
     """Runs a trained model on images and returns :class:`Detection` lists.
 
@@ -103,14 +159,10 @@ class Predictor:
         class_names: class names in class-index order.
         model_version: the checkpoint's version id.
         device: ``auto``, ``cpu``, ``cuda`` or a :class:`torch.device`.
-        score_thresh: detections below this score are dropped (detectron2's ``SCORE_THRESH_TEST``).
-        mask_thresh: mask probability threshold.
-        tolerance_px / tolerance_rel / max_vertices: the polygons' vertex budget
-            (:func:`shoeseg.geometry.mask_to_polygons`): a tolerance in pixels, one relative to each shoe's box
-            diagonal (the larger wins), and a cap on the vertices of one polygon.
-        min_area_px: mask parts smaller than this become no polygon.
-        batch_size: images per forward pass.
         flip_tta: test-time flip augmentation (:meth:`forward_raw`): about twice the compute.
+        **outputs: what a prediction gives back, :class:`OutputSettings`' fields (``score_thresh``,
+            ``mask_thresh``, ``tolerance_px``, ``tolerance_rel``, ``max_vertices``, ``min_area_px``,
+            ``batch_size``); its defaults otherwise.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("models/versions/v1/model.pt")  # doctest: +SKIP
@@ -125,39 +177,35 @@ class Predictor:
         class_names: Sequence[str],
         model_version: str = "unversioned",
         device: str | torch.device = "auto",
-        score_thresh: float = 0.5,
-        mask_thresh: float = 0.5,
-        tolerance_px: float = 1.0,
-        tolerance_rel: float = 0.0,
-        max_vertices: int | None = None,
-        min_area_px: float = 16.0,
-        batch_size: int = 2,
         flip_tta: bool = False,
+        **outputs: Any,
     ) -> None:
         self.device = resolve_device(device)
         configure_for_speed(self.device)
         self.model = model.eval().to(self.device)
         self.class_names = list(class_names)
         self.model_version = model_version
-        self._set_outputs(score_thresh=score_thresh, mask_thresh=mask_thresh, tolerance_px=tolerance_px,
-                          tolerance_rel=tolerance_rel, max_vertices=max_vertices, min_area_px=min_area_px,
-                          batch_size=batch_size)
+        self._set_outputs(OutputSettings(**outputs))
         self.flip_tta = bool(flip_tta)
         n_out = model.roi_heads.box_predictor.cls_score.out_features - 1
         if n_out != len(self.class_names):
             raise ValueError(f"{len(self.class_names)} class names {self.class_names} for a model with {n_out} classes")
 
-    def _set_outputs(self, *, score_thresh: float, mask_thresh: float, tolerance_px: float, tolerance_rel: float,
-                     max_vertices: int | None, min_area_px: float, batch_size: int) -> None:
+    def _set_outputs(self, outputs: OutputSettings) -> None:
         """The settings of what a prediction gives back (scores kept, masks, the polygons' vertex budget)."""
-        self.score_thresh = float(score_thresh)
-        self.mask_thresh = float(mask_thresh)
-        self.tolerance_px = float(tolerance_px)
-        self.tolerance_rel = float(tolerance_rel)
-        self.max_vertices = None if max_vertices is None else int(max_vertices)
-        self.min_area_px = float(min_area_px)
-        self.batch_size = max(1, int(batch_size))
+        self.score_thresh = float(outputs.score_thresh)
+        self.mask_thresh = float(outputs.mask_thresh)
+        self.tolerance_px = float(outputs.tolerance_px)
+        self.tolerance_rel = float(outputs.tolerance_rel)
+        self.max_vertices = None if outputs.max_vertices is None else int(outputs.max_vertices)
+        self.min_area_px = float(outputs.min_area_px)
+        self.batch_size = max(1, int(outputs.batch_size))
         self._lock = threading.Lock()
+
+    @property
+    def outputs(self) -> OutputSettings:
+        """What this predictor's predictions give back, as :class:`OutputSettings`."""
+        return OutputSettings(**{f.name: getattr(self, f.name) for f in fields(OutputSettings)})
 
     @classmethod
     def from_checkpoint(
@@ -178,20 +226,19 @@ class Predictor:
             >>> Predictor.from_checkpoint("runs/shoes/model.pt", device="cpu").class_names  # doctest: +SKIP
             ['shoe']
         """
+        from shoeseg.checkpoint import load_checkpoint
         from shoeseg.export import export_format_of
-        from shoeseg.model import load_checkpoint
 
         if export_format_of(path) is not None:
             from shoeseg.runtime import ExportedPredictor
 
             return ExportedPredictor(path, device=device, score_thresh=score_thresh, flip_tta=flip_tta, **kwargs)
         ckpt = load_checkpoint(path)
-        if score_thresh is None:
-            score_thresh = DEFAULT_SCORE_THRESH if ckpt.serve_score_thresh is None else ckpt.serve_score_thresh
+        serving = ckpt.model_config  # the checkpoint's serving choices: flip TTA, an int8 box head
         p = cls(ckpt.model, class_names=ckpt.class_names, model_version=ckpt.version, device=device,
-                score_thresh=score_thresh, flip_tta=ckpt.model_config.flip_tta if flip_tta is None else flip_tta,
-                **kwargs)
-        if ckpt.model_config.int8_box_head and p.device.type == "cpu":
+                score_thresh=serving_score_thresh(score_thresh, ckpt.serve_score_thresh),
+                flip_tta=serving.flip_tta if flip_tta is None else flip_tta, **kwargs)
+        if serving.int8_box_head and p.device.type == "cpu":
             p.model.roi_heads.box_head = _int8_linear(p.model.roi_heads.box_head)
         p.checkpoint_path = Path(path)
         p.checkpoint_score_thresh = ckpt.serve_score_thresh
@@ -265,13 +312,17 @@ class Predictor:
         return model.transform.postprocess(results, sizes[:n], original_sizes)
 
     def predict(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None,
-                flip_tta: bool | None = None) -> list[list[Detection]]:
+                flip_tta: bool | None = None, polygons_from: float | None = None) -> list[list[Detection]]:
         """Detects shoes in RGB uint8 ``(H, W, 3)`` images.
 
         Args:
             images: the images; they are run ``batch_size`` at a time.
             score_thresh: overrides the predictor's threshold for this call.
             flip_tta: overrides the predictor's test-time flip augmentation for this call.
+            polygons_from: trace polygons only for detections scoring at least this (``None``: every one); the
+                others come with no polygon, kept when their mask has ``min_area_px`` pixels. For callers that
+                show only the confident ones and score the image with all of them (the prediction pipeline's
+                candidates), tracing being most of the cost after the forward pass.
 
         Returns:
             One list per image of detections, highest score first. Detections whose mask is empty after
@@ -283,11 +334,19 @@ class Predictor:
         for start in range(0, len(images), self.batch_size):
             batch = list(images[start : start + self.batch_size])
             outputs = self.forward_raw(batch, score_thresh=score_thresh, flip_tta=flip_tta)
-            for out, image in zip(outputs, batch, strict=True):
-                results.append(self._to_detections(out, image.shape[0], image.shape[1]))
+            results += self.detections(outputs, [im.shape[:2] for im in batch], polygons_from=polygons_from)
         return results
 
-    def _to_detections(self, out: dict[str, torch.Tensor], height_px: int, width_px: int) -> list[Detection]:
+    def detections(self, outputs: Sequence[dict[str, torch.Tensor]], sizes_hw: Sequence[tuple[int, int]], *,
+                   polygons_from: float | None = None) -> list[list[Detection]]:
+        """:meth:`forward_raw`'s outputs as :meth:`predict` gives them (masks thresholded, polygons traced), for
+        images of ``sizes_hw`` (height, width): the half of :meth:`predict` after the model, for callers that
+        run it beside the next forward pass."""
+        return [self._to_detections(out, int(h), int(w), polygons_from=polygons_from)
+                for out, (h, w) in zip(outputs, sizes_hw, strict=True)]
+
+    def _to_detections(self, out: dict[str, torch.Tensor], height_px: int, width_px: int, *,
+                       polygons_from: float | None = None) -> list[Detection]:
         if len(out["scores"]) == 0:
             return []
         masks = (out["masks"][:, 0] > self.mask_thresh).cpu().numpy()
@@ -296,9 +355,14 @@ class Predictor:
         labels = out["labels"].cpu().numpy()
         dets = []
         for mask, box, score, label in zip(masks, boxes, scores, labels, strict=True):
-            polygons = self._polygons_in_box(mask, box, height_px, width_px)
-            if not polygons:
-                continue
+            if polygons_from is not None and score < polygons_from:
+                polygons = ()
+                if mask.sum() < self.min_area_px:
+                    continue
+            else:
+                polygons = self._polygons_in_box(mask, box, height_px, width_px)
+                if not polygons:
+                    continue
             dets.append(Detection(
                 label=self.class_names[int(label) - 1],
                 score=float(score),
@@ -381,7 +445,7 @@ class Predictor:
     # -- flip consistency -------------------------------------------------------------------------------
 
     def predict_with_flip(
-        self, images: Sequence[np.ndarray], *, score_thresh: float | None = None
+        self, images: Sequence[np.ndarray], *, score_thresh: float | None = None, polygons_from: float | None = None
     ) -> tuple[list[list[Detection]], list[list[Detection]]]:
         """Predicts on the images and on their mirror images, mapping the latter back.
 
@@ -394,24 +458,11 @@ class Predictor:
         Example:
             >>> plain, mirrored = predictor.predict_with_flip([image])  # doctest: +SKIP
         """
-        flipped = [np.ascontiguousarray(np.asarray(im)[:, ::-1]) for im in images]
         # without flip TTA, which would make the two views agree by construction
-        both = self.predict(list(images) + flipped, score_thresh=score_thresh, flip_tta=False)
+        both = self.predict(list(images) + mirror_images(images), score_thresh=score_thresh, flip_tta=False,
+                            polygons_from=polygons_from)
         n = len(images)
-        back: list[list[Detection]] = []
-        for dets, im in zip(both[n:], images, strict=True):
-            w = int(im.shape[1])
-            back.append([
-                Detection(
-                    label=d.label,
-                    score=d.score,
-                    box_xyxy=(w - d.box_xyxy[2], d.box_xyxy[1], w - d.box_xyxy[0], d.box_xyxy[3]),
-                    mask=np.ascontiguousarray(d.mask[:, ::-1]),
-                    polygons=flip_polygons_x(d.polygons, w),
-                )
-                for d in dets
-            ])
-        return both[:n], back
+        return both[:n], mirror_back(both[n:], [im.shape[1] for im in images])
 
     # -- pooled features --------------------------------------------------------------------------------
 

@@ -122,11 +122,37 @@ class PredictionWriter:
 
     def candidates(self, predictor: Any, arrays: Sequence[Any]) -> list[tuple[list, list | None]]:
         """The model's candidates for each image (score >= :attr:`candidate_thresh`), with those of its mirror
-        image mapped back when the task score needs them (``None`` otherwise): one batched forward pass."""
+        image mapped back when the task score needs them (``None`` otherwise): one batched forward pass.
+
+        The same as :meth:`forward`, then :meth:`candidates_from` (which a caller may run in another thread,
+        beside the next batch's forward)."""
+        return self.candidates_from(predictor, self.forward(predictor, arrays), arrays)
+
+    def forward(self, predictor: Any, arrays: Sequence[Any]) -> list[Any]:
+        """The model's half of :meth:`candidates`: its raw outputs for the images (and their mirror images when
+        the task score needs them), ``predictor.batch_size`` at a time."""
+        from shoeseg.predict import mirror_images
+
+        images = list(arrays) + (mirror_images(arrays) if self.needs_flip else [])
+        flip_tta = False if self.needs_flip else None  # flip TTA would make the two views agree by construction
+        outputs: list[Any] = []
+        for start in range(0, len(images), predictor.batch_size):
+            outputs += predictor.forward_raw(images[start : start + predictor.batch_size],
+                                             score_thresh=self.candidate_thresh, flip_tta=flip_tta)
+        return outputs
+
+    def candidates_from(self, predictor: Any, outputs: Sequence[Any], arrays: Sequence[Any]
+                        ) -> list[tuple[list, list | None]]:
+        """The rest of :meth:`candidates`: :meth:`forward`'s outputs as detections."""
+        from shoeseg.predict import mirror_back
+
+        sizes = [a.shape[:2] for a in arrays]
+        # polygons only for what is shown (score >= score_thresh); the task score needs scores and masks only
         if self.needs_flip:
-            dets, back = predictor.predict_with_flip(list(arrays), score_thresh=self.candidate_thresh)
-            return list(zip(dets, back, strict=True))
-        return [(d, None) for d in predictor.predict(list(arrays), score_thresh=self.candidate_thresh)]
+            dets = predictor.detections(outputs, sizes * 2, polygons_from=self.score_thresh)
+            n = len(arrays)
+            return list(zip(dets[:n], mirror_back(dets[n:], [w for _, w in sizes]), strict=True))
+        return [(d, None) for d in predictor.detections(outputs, sizes, polygons_from=self.score_thresh)]
 
     def write_view(self, detections: Sequence[Any], flipped: Sequence[Any] | None, *, image_name: str,
                    seen_hw: tuple[int, int], full_wh: tuple[int, int] | None, task_id: Any = None,

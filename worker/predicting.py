@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from shoeseg_services.settings import Settings
 from worker.plumbing import Progress
@@ -24,8 +25,11 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     """Predicts the project's tasks that hold no prediction of ``version`` yet, and stores them in Label Studio.
 
     The summary's ``stage_seconds`` splits the time: ``setup`` (the project, its tasks, the model loaded),
-    ``images`` (fetched and decoded), ``model`` (forward and polygons), ``store`` (regions written and stored
-    in Label Studio), ``finish`` (the project's model version set, superseded predictions removed).
+    ``images`` (waiting for the batch's images, fetched and decoded while the previous batch ran), ``model``
+    (the forward pass), ``store`` (waiting for the previous batch's outputs to be turned into regions and task
+    scores and stored in Label Studio, which runs beside the next batch's forward), ``finish`` (the project's model
+    version set, superseded predictions removed). ``regions_seconds`` is the time spent on regions beside the
+    forward (not part of the stages).
 
     Images go through the backend's path: the shared fetcher and cache (:mod:`shoeseg_services.fetch`), decoded at the
     model's input size, and the one writer (:mod:`shoeseg_services.predictions`), so a task reads the same whichever
@@ -72,37 +76,74 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     fit = predictor.input_fit
     pushed = failed = 0
     stage_s = {"setup": time.perf_counter() - t0, "images": 0.0, "model": 0.0, "store": 0.0}
+
+    def fetch_views(batch: list[dict]) -> tuple[list[tuple], int]:
+        """(task, image name, array, full size) of every image the tasks show, and how many were unreadable."""
+        views, bad = [], 0
+        for t in batch:
+            for image, url in task_images(config, t):
+                try:
+                    fetched = fetcher.fetch(url, task_id=t["id"], access=access)
+                    array, full_wh = fetcher.decode(fetched, task_id=t["id"], fit_within=fit)
+                except ImageFetchError as e:
+                    if is_transient(e.__cause__ or e):
+                        raise LabelStudioUnavailable(str(e)) from e
+                    log.error("%s: no prediction for it", e)
+                    bad += 1
+                    continue
+                views.append((t, image.name, array, full_wh))
+        return views, bad
+
+    def regions_and_store(views: list[tuple], outputs: list) -> tuple[int, float]:
+        """The model's outputs as regions and task scores, stored; returns (tasks stored, seconds on regions)."""
+        t_regions = time.perf_counter()
+        per_task: dict[int, list] = {}
+        arrays = [v[2] for v in views]
+        for (t, name, array, full_wh), (d, b) in zip(views, writer.candidates_from(predictor, outputs, arrays),
+                                                      strict=True):
+            per_task.setdefault(int(t["id"]), []).append(writer.write_view(
+                d, b, image_name=name, seen_hw=array.shape[:2], full_wh=full_wh, task_id=t["id"]))
+        items = [as_ls(combine(p), task_id=task_id, model_version=version) for task_id, p in per_task.items()]
+        regions_s = time.perf_counter() - t_regions
+        stored = call(f"store predictions in project {project_id}", push_predictions, client, project_id, items,
+                      model_version=version)
+        return stored, regions_s
+
+    # a pipeline: the next batch's images are fetched, and the previous batch's outputs turned into regions and
+    # stored, while the model runs, so that the push costs about the model's forward (the stages count the main
+    # thread's time: its waits for images and for the previous batch's regions and store, and the forward)
+    batches = [todo[s:s + settings.predict_batch] for s in range(0, len(todo), settings.predict_batch)]
+    regions_s = 0.0
     try:
-        for start in range(0, len(todo), settings.predict_batch):
-            batch = todo[start:start + settings.predict_batch]
-            t_stage = time.perf_counter()
-            views = []  # (task, image name, array, full size) of every image the tasks show
-            for t in batch:
-                for image, url in task_images(config, t):
-                    try:
-                        fetched = fetcher.fetch(url, task_id=t["id"], access=access)
-                        array, full_wh = fetcher.decode(fetched, task_id=t["id"], fit_within=fit)
-                    except ImageFetchError as e:
-                        if is_transient(e.__cause__ or e):
-                            raise LabelStudioUnavailable(str(e)) from e
-                        log.error("%s: no prediction for it", e)
-                        failed += 1
-                        continue
-                    views.append((t, image.name, array, full_wh))
-            arrays = [v[2] for v in views]
-            t_model = time.perf_counter()
-            stage_s["images"] += t_model - t_stage
-            per_task: dict[int, list] = {}
-            for (t, name, array, full_wh), (d, b) in zip(views, writer.candidates(predictor, arrays), strict=True):
-                per_task.setdefault(int(t["id"]), []).append(writer.write_view(
-                    d, b, image_name=name, seen_hw=array.shape[:2], full_wh=full_wh, task_id=t["id"]))
-            t_store = time.perf_counter()
-            stage_s["model"] += t_store - t_model
-            items = [as_ls(combine(p), task_id=task_id, model_version=version) for task_id, p in per_task.items()]
-            pushed += call(f"store predictions in project {project_id}", push_predictions, client, project_id,
-                           items, model_version=version)
-            stage_s["store"] += time.perf_counter() - t_store
-            progress.update(tasks_done=already + pushed)
+        with ThreadPoolExecutor(1, thread_name_prefix="push-images") as images_pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="push-store") as store_pool:
+            next_views = images_pool.submit(fetch_views, batches[0]) if batches else None
+            storing = None
+            for i in range(len(batches)):
+                t_stage = time.perf_counter()
+                views, bad = next_views.result()
+                failed += bad
+                if i + 1 < len(batches):
+                    next_views = images_pool.submit(fetch_views, batches[i + 1])
+                t_model = time.perf_counter()
+                stage_s["images"] += t_model - t_stage
+                outputs = writer.forward(predictor, [v[2] for v in views])
+                t_store = time.perf_counter()
+                stage_s["model"] += t_store - t_model
+                if storing is not None:
+                    stored, seconds_regions = storing.result()
+                    pushed += stored
+                    regions_s += seconds_regions
+                    progress.update(tasks_done=already + pushed)
+                storing = store_pool.submit(regions_and_store, views, outputs)
+                stage_s["store"] += time.perf_counter() - t_store
+            if storing is not None:
+                t_store = time.perf_counter()
+                stored, seconds_regions = storing.result()
+                pushed += stored
+                regions_s += seconds_regions
+                stage_s["store"] += time.perf_counter() - t_store
+                progress.update(tasks_done=already + pushed)
     finally:
         fetcher.close()
     call(f"set the model version of project {project_id}", set_model_version, client, project_id, version)
@@ -120,4 +161,5 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
              ", ".join(f"{k} {v:.1f} s" for k, v in stage_s.items()))
     return {"project": project_id, "version": version, "strategy": strategy, "tasks": len(tasks),
             "pushed": pushed, "already_there": already, "failed_images": failed, "removed": removed,
-            "seconds": round(seconds, 3), "stage_seconds": {k: round(v, 3) for k, v in stage_s.items()}}
+            "seconds": round(seconds, 3), "stage_seconds": {k: round(v, 3) for k, v in stage_s.items()},
+            "regions_seconds": round(regions_s, 3)}

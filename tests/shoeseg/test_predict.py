@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from shoeseg.checkpoint import save_checkpoint
 from shoeseg.geometry import mask_iou, mask_to_polygons, polygons_to_mask
-from shoeseg.model import build_model, save_checkpoint
+from shoeseg.model import build_model
 from shoeseg.predict import Detection, Predictor
 from shoeseg.visualize import dilate_mask, draw_overlay, inpainting_masks, plot_losses
 from tests.synth import make_image

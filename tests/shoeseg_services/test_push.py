@@ -1,4 +1,4 @@
-"""Pre-labels follow the served version: ``shoeseg_services.trigger.request_push`` and `shoeseg models promote|rollback`,
+"""Pre-labels follow the served version: ``shoeseg_services.predict_queue.request_push`` and `shoeseg models promote|rollback`,
 against a real Redis."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from rq.job import Job, JobStatus
 from typer.testing import CliRunner
 
 from shoeseg_app.cli import app
-from shoeseg_services import trigger
+from shoeseg_services import predict_queue
+from shoeseg_services.predict_queue import PREDICT_JOB
+from shoeseg_services.queues import ON_FAILURE, PREDICT_QUEUE
 from shoeseg_services.settings import Settings
-from shoeseg_services.trigger import ON_FAILURE, PREDICT_JOB, PREDICT_QUEUE
 
 runner = CliRunner()
 SETTINGS = Settings(predict_timeout_s=123, retry_max=2, retry_intervals_s=(1, 5))
@@ -22,8 +23,8 @@ def _queued(conn) -> list[str]:
 
 
 def test_the_push_is_the_workers_predict_job_with_its_options(redis_conn):
-    job_id = trigger.request_push(redis_conn, 7, "v-2", settings=SETTINGS, reason="rollback", meta={"by": "me"})
-    assert job_id == "predict-7-v-2" == trigger.push_job_id("7", "v-2")
+    job_id = predict_queue.request_push(redis_conn, 7, "v-2", settings=SETTINGS, reason="rollback", meta={"by": "me"})
+    assert job_id == "predict-7-v-2" == predict_queue.push_job_id("7", "v-2")
     assert _queued(redis_conn) == [job_id]
     job = Job.fetch(job_id, connection=redis_conn)
     assert job.func_name == PREDICT_JOB
@@ -37,18 +38,18 @@ def test_the_push_is_the_workers_predict_job_with_its_options(redis_conn):
 
 
 def test_a_waiting_push_is_not_queued_twice_and_an_ended_one_runs_again(redis_conn):
-    first = trigger.request_push(redis_conn, 3, "v-1", settings=SETTINGS)
-    assert trigger.request_push(redis_conn, 3, "v-1", settings=SETTINGS) == first
+    first = predict_queue.request_push(redis_conn, 3, "v-1", settings=SETTINGS)
+    assert predict_queue.request_push(redis_conn, 3, "v-1", settings=SETTINGS) == first
     assert _queued(redis_conn) == [first]
     # the push ran and ended; a later rollback to v-1 pushes again
     job = Job.fetch(first, connection=redis_conn)
     Queue(PREDICT_QUEUE, connection=redis_conn).remove(job)
     job.set_status(JobStatus.FINISHED)
-    assert trigger.request_push(redis_conn, 3, "v-1", settings=SETTINGS) == first
+    assert predict_queue.request_push(redis_conn, 3, "v-1", settings=SETTINGS) == first
     assert _queued(redis_conn) == [first]
     assert Job.fetch(first, connection=redis_conn).get_status() == JobStatus.QUEUED
     # another project, another job
-    assert trigger.request_push(redis_conn, 4, "v-1", settings=SETTINGS) == "predict-4-v-1"
+    assert predict_queue.request_push(redis_conn, 4, "v-1", settings=SETTINGS) == "predict-4-v-1"
 
 
 @pytest.fixture
@@ -91,7 +92,7 @@ def test_without_redis_url_the_cli_says_no_push_was_queued(registry, monkeypatch
 
 
 def test_redis_down_says_the_promotion_happened_and_no_push_was_queued(registry, monkeypatch):
-    from shoeseg_app.stack.labelstudio import free_port
+    from shoeseg_app.stack.service import free_port
 
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     r = runner.invoke(app, ["models", "promote", "cli-v2", "--registry", str(registry.root)])
