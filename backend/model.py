@@ -544,13 +544,8 @@ class ShoeSegModel:
             QueueUnavailable: no Redis configured or reachable.
             ValueError: a training event without a project id, or with one that is not a positive integer.
         """
-        from shoeseg_services.trigger import (
-            COUNTED_ACTIONS,
-            FORGET_ACTIONS,
-            START_ACTION,
-            on_webhook,
-            project_of,
-        )
+        from shoeseg_services.predict_queue import FORGET_ACTIONS
+        from shoeseg_services.trigger import COUNTED_ACTIONS, START_ACTION, on_webhook, project_of
 
         if event in FORGET_ACTIONS:
             return {"action": "acceptance", "event": event, "acceptance_jobs": self._acceptance(data)}
@@ -570,9 +565,9 @@ class ShoeSegModel:
         return summary
 
     def _acceptance(self, data: dict) -> list[str]:
-        """Queues the live acceptance of the webhook's annotation (``shoeseg_services.trigger.request_acceptance``); a
+        """Queues the live acceptance of the webhook's annotation (``shoeseg_services.predict_queue.request_acceptance``); a
         failure is logged, never fatal to the webhook (the training part of it has been answered)."""
-        from shoeseg_services.trigger import request_acceptance
+        from shoeseg_services.predict_queue import request_acceptance
 
         try:
             return request_acceptance(self._redis_conn(), data, settings=self.settings)

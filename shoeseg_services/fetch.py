@@ -4,7 +4,7 @@ Where an image may come from:
 
 * Label Studio's own URLs (``/data/upload/...``, ``/data/local-files/?d=...``, ``/tasks/.../resolve/...``
   and absolute URLs on Label Studio's host): fetched from the ``hostname`` that ``/setup`` sent, with the
-  header :func:`shoeseg_services.ls_api.auth_headers` makes by the SDK's token handling (``Token <legacy token>``,
+  header :func:`shoeseg_services.ls_api.auth_headers` makes by the SDK's rule (``Token <legacy token>``,
   or ``Bearer <access>`` for a personal access token, refreshed again on expiry or 401).
 * plain ``http(s)`` URLs: only from the hosts in ``SHOESEG_ALLOWED_HOSTS`` (exact names, or ``*.domain``);
   redirects are followed only to allowed hosts; no credentials are sent to them.

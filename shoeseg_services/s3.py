@@ -101,6 +101,23 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
+#: The codes of an absent key: ``NoSuchKey`` (GET), a bare ``404`` (HEAD has no error body), ``NotFound``.
+MISSING_CODES = ("404", "NoSuchKey", "NotFound")
+#: The codes of a conditional create (``IfNoneMatch="*"``) that found its key taken: 412 when the object exists,
+#: 409 while another conditional write of that key is in flight.
+TAKEN_CODES = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+
+
+def is_missing(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the key does not exist (see :data:`MISSING_CODES`)."""
+    return error_code(exc) in MISSING_CODES
+
+
+def is_taken(exc: BaseException) -> bool:
+    """Whether ``exc`` is a conditional create refused because the key exists (see :data:`TAKEN_CODES`)."""
+    return error_code(exc) in TAKEN_CODES
+
+
 def explain(exc: BaseException, *, bucket: str, key: str | None = None, action: str = "read", c=None) -> S3Error:
     """An :class:`S3Error` saying, in words, why ``action`` on ``s3://bucket/key`` failed with ``exc``.
 
@@ -132,7 +149,7 @@ def explain(exc: BaseException, *, bucket: str, key: str | None = None, action: 
                        code="Timeout")
     if isinstance(exc, ClientError):
         code = error_code(exc) or "?"
-        if code in ("404", "NoSuchKey", "NotFound") and key:
+        if code in MISSING_CODES and key:
             if not bucket_exists(bucket, c=c):
                 code = "NoSuchBucket"
             else:

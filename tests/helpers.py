@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import pytest
 from PIL import Image
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -42,6 +43,14 @@ ALL_CONTROLS_CONFIG = (
 LEGACY_TOKEN = "legacy-token-0123456789"
 
 
+def shared_dataset(shared_dir: Path, name: str, needs: str) -> Path:
+    """The shared dataset folder ``name``; the test skips, saying why, when it lacks the file ``needs``."""
+    root = shared_dir / "datasets" / name
+    if not (root / needs).is_file():
+        pytest.skip(f"{root} has no {needs}")
+    return root
+
+
 def fixture_body(name: str) -> dict:
     """The JSON body of a request recorded from Label Studio 1.23.2."""
     return json.loads((FIXTURES / name).read_text())["body"]
@@ -52,7 +61,8 @@ def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: in
     """A checkpoint whose model finds ``detections`` boxes per image with score ``sigmoid(2 * fg_logit)``."""
     import torch
 
-    from shoeseg.model import build_model, save_checkpoint
+    from shoeseg.checkpoint import save_checkpoint
+    from shoeseg.model import build_model
 
     torch.manual_seed(seed)
     model = build_model(num_classes=1, weights=None, min_size=size_px, max_size=size_px,

@@ -69,7 +69,7 @@ class S3Server:
         return aws_env(self.endpoint)
 
     def start(self, timeout_s: float = 60.0) -> S3Server:
-        from shoeseg_app.stack.labelstudio import free_port
+        from shoeseg_app.stack.service import free_port
 
         self.port = self.port or free_port()
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL

@@ -1,5 +1,6 @@
 """The tests' one maker of generated shoe-like images (no files from ../shared): :func:`make_shoe_dataset`,
-coloured shoe silhouettes on textured backgrounds, and :func:`make_images`, the loop tests' small flat set.
+coloured shoe silhouettes on textured backgrounds, :func:`make_images`, the loop tests' small flat set, and
+:func:`make_simulation_set`, the active-learning simulation's ellipses on noise.
 
 Each shoe is a side-view silhouette (toe, vamp, ankle opening, heel) with a darker sole band, scaled,
 mirrored and placed at random on a background of noise, a colour gradient and stripes. The annotation is the
@@ -117,6 +118,34 @@ def make_images(out_dir: Path, n: int, *, width_px: int = 80, height_px: int = 6
     return AnnotationSet(images=images, labels=["shoe"])
 
 
+# --- the simulation tests' set: JPEG ellipses on noise, and one image without a shoe ---------------------
+
+def make_simulation_set(tmp_path, n=10, *, size=(96, 80)):
+    """JPEG images with one or two filled ellipses ("shoes") on noise, and their polygons, in
+    ``tmp_path/images``; one more image has no instance (a simulation leaves it out)."""
+    rng = np.random.default_rng(0)
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    records = []
+    w, h = size
+    t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    for i in range(n):
+        arr = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+        regions = []
+        for k in range(1 + i % 2):
+            cx, cy, rx, ry = 24 + 44 * k, 40, 18, 10
+            poly = np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], axis=1)
+            yy, xx = np.mgrid[0:h, 0:w]
+            arr[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = (200, 60 + 40 * k, 40)
+            regions.append(Region(label="shoe", polygons=(poly,), region_id=f"{i}-{k}"))
+        name = f"img{i:02d}.jpg"
+        Image.fromarray(arr).save(images_dir / name, quality=95)
+        records.append(ImageRecord(file_name=name, width_px=w, height_px=h, regions=regions))
+    records.append(ImageRecord(file_name="empty.jpg", width_px=w, height_px=h))  # no instance: left out
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(images_dir / "empty.jpg")
+    return AnnotationSet(images=records, labels=["shoe"]), images_dir
+
+
 # --- tiny models with spread scores (the runtime tests) ---------------------------------------------------
 
 def spread_scores(model, seed: int = 0):
@@ -137,7 +166,8 @@ def tiny_checkpoint(path, *, arch: str = "lite0-fpn", serve_score_thresh: float 
     """A 64-96 px model of ``arch`` with spread scores saved at ``path`` (split ``{"val": []}``); returns the path."""
     import torch
 
-    from shoeseg.model import build_model, save_checkpoint
+    from shoeseg.checkpoint import save_checkpoint
+    from shoeseg.model import build_model
 
     torch.manual_seed(0)
     model = spread_scores(build_model(num_classes=1, weights=None, arch=arch, min_size=64, max_size=96,

@@ -36,7 +36,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "atomic_path", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["TEMP_PREFIX", "TEMP_SUFFIX", "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir"]
 
 #: Start of the name of every temporary file written here.
 TEMP_PREFIX = ".tmp-"
@@ -56,8 +56,11 @@ def _temp_name(name: str) -> str:
     return f"{TEMP_PREFIX}{name}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Makes the entries of ``directory`` (files created, renamed or replaced in it) durable."""
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Makes the entries of ``directory`` (files created, renamed or replaced in it) durable.
+
+    For a writer that creates, renames or replaces entries itself (e.g. a whole directory renamed into place).
+    """
     if os.name == "nt":  # pragma: no cover - directories cannot be opened there; NTFS journals renames
         return
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -78,7 +81,7 @@ def _make_parents(directory: Path, *, fsync: bool) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if fsync:
         for created in reversed(missing):
-            _fsync_dir(created.parent)
+            fsync_dir(created.parent)
 
 
 def _create_temp(target: Path, mode: int | None) -> tuple[Path, int]:
@@ -115,7 +118,7 @@ def _commit(tmp: Path, target: Path, *, fsync: bool) -> None:
         _discard(tmp)
         raise
     if fsync:
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview, *,

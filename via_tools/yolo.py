@@ -1,4 +1,4 @@
-"""YOLO segmentation datasets (the layout Ultralytics trains on and Roboflow exports) to and from the canonical model.
+"""YOLO segmentation datasets (Ultralytics' layout, Roboflow's exports) to and from the canonical model.
 
 A dataset is a folder of images and, for each image, a label text file with one line per instance::
 

@@ -11,7 +11,7 @@
 ``forget_annotation``
     removes the records of deleted annotations.
 
-Both are queued by the backend's ``/webhook`` through :func:`shoeseg_services.trigger.request_acceptance`.
+Both are queued by the backend's ``/webhook`` through :func:`shoeseg_services.predict_queue.request_acceptance`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training in idle time: while a project has no other job, keep improving its current version in chunks.
 
-One chunk (``worker.jobs.improve_project``, queued by :func:`shoeseg_services.trigger.request_idle` on the lowest
+One chunk (``worker.jobs.improve_project``, queued by :func:`shoeseg_services.idle_training.request_idle` on the lowest
 queue) continues the current version on all the project's accepted labels but the validation subset, for
 ``SHOESEG_IDLE_CHUNK_ITERS`` iterations of :data:`shoeseg.schedule.IDLE_RECIPE` (a larger input size, a
 lower learning rate). The candidate then meets the same gate as a round (:func:`worker.training.judge`): it
@@ -9,7 +9,7 @@ until the project's budget (``SHOESEG_IDLE_MAX_ITERS`` iterations on one set of 
 new labels starts a new budget.
 
 Yielding: the chunk asks Redis after every iteration whether labelled work is waiting
-(:func:`shoeseg_services.trigger.labelled_work_waiting`: a push or a round on the queues, or this project's training
+(:func:`shoeseg_services.idle_training.labelled_work_waiting`: a push or a round on the queues, or this project's training
 on another worker) and stops there, dropping the unfinished chunk, so the worker takes that job within one
 iteration (about 5 s on 2 CPU cores at 512 px) plus the time to free the model. Nothing is registered by a
 stopped or killed chunk: the current version stays what it was.
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shoeseg_services import trigger
+from shoeseg_services import idle_training
 from shoeseg_services.settings import Settings
 from worker.plumbing import Progress
 from worker.training import (
@@ -80,16 +80,16 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
 
     def end(outcome: str, **values) -> dict:
         if conn is not None:
-            trigger.set_idle_state(conn, project_id, job_id=None, state=outcome, last_outcome=outcome,
+            idle_training.set_idle_state(conn, project_id, job_id=None, state=outcome, last_outcome=outcome,
                                    **{k: v for k, v in values.items() if k in ("iters_done", "labels")})
         return {**summary, "outcome": outcome, **values}
 
     if conn is not None:
-        waiting = trigger.labelled_work_waiting(conn, project_id)
+        waiting = idle_training.labelled_work_waiting(conn, project_id)
         if waiting:
             log.info("project %s: idle-time training yields at once: %s", project_id, waiting)
             out = end("yielded", why=waiting)
-            out["next"] = trigger.request_idle(conn, project_id, settings=settings)
+            out["next"] = idle_training.request_idle(conn, project_id, settings=settings)
             return out
     if settings.cache_dir is None:
         settings = settings.with_(cache_dir=Path(".cache/shoeseg"))
@@ -101,7 +101,7 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
     if not ds.images:
         return end("skipped", why="no accepted annotation in the project")
     labels = labels_fingerprint(ds)
-    state = trigger.idle_state(conn, project_id) if conn is not None else {}
+    state = idle_training.idle_state(conn, project_id) if conn is not None else {}
     done = int(state.get("iters_done") or 0) if state.get("labels") in (None, "", labels) else 0
     if done >= settings.idle_max_iters:
         return end("capped", iters_done=done, labels=labels)
@@ -113,7 +113,7 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
     progress.update(force=True, stage="training", kind="idle", train_tasks=len(train_ds), val_tasks=len(val_ds),
                     iteration=0, iters=config.iters, idle_iters_done=done, idle_max_iters=settings.idle_max_iters)
     if conn is not None:
-        trigger.set_idle_state(conn, project_id, state="running", labels=labels, iters_done=done)
+        idle_training.set_idle_state(conn, project_id, state="running", labels=labels, iters_done=done)
 
     last_check = [0.0]
 
@@ -121,7 +121,7 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
         if conn is None or time.monotonic() - last_check[0] < YIELD_CHECK_S:
             return False
         last_check[0] = time.monotonic()
-        why = trigger.labelled_work_waiting(conn, project_id)
+        why = idle_training.labelled_work_waiting(conn, project_id)
         if why:
             summary["why"] = why
         return why is not None
@@ -140,7 +140,7 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
                      summary.get("why"))
             out = end("yielded", iters_done=done, labels=labels, iterations=e.iterations)
             if conn is not None:  # behind the work it yielded to (a round of this project asks again itself)
-                out["next"] = trigger.request_idle(conn, project_id, settings=settings)
+                out["next"] = idle_training.request_idle(conn, project_id, settings=settings)
             return out
         progress.update(force=True, stage="evaluating")
         decision, current_metrics = judge(result, current, val_ds, images_dir, settings)
@@ -155,5 +155,5 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
     outcome = "promoted" if registered["promoted"] else "candidate"
     out = end(outcome, iters_done=done, labels=labels, **{k: v for k, v in registered.items() if k != "project"})
     if conn is not None:
-        out["next"] = trigger.request_idle(conn, project_id, settings=settings)
+        out["next"] = idle_training.request_idle(conn, project_id, settings=settings)
     return out

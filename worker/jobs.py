@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 
-from shoeseg_services import trigger
+from shoeseg_services import idle_training, trigger
 from shoeseg_services.settings import Settings
 from worker.improving import run_improvement
 from worker.plumbing import Lease, Progress, current_job, now, will_retry
@@ -110,7 +110,7 @@ def train_project(project_id: int, *, reason: str = "manual") -> dict:
                 progress.update(force=True, follow_up=end["job_id"])
             elif end["action"] == "idle":
                 # nothing pending: keep improving in idle time; a round on new labels starts a new budget
-                idle = trigger.request_idle(conn, project_id, settings=settings,
+                idle = idle_training.request_idle(conn, project_id, settings=settings,
                                             reset=outcome in ("promoted", "candidate"))
                 progress.update(force=True, idle=idle["action"], idle_job=idle["job_id"])
 
@@ -135,7 +135,7 @@ def improve_project(project_id: int) -> dict:
         summary = run_improvement(project_id, settings=settings, job=job, progress=progress)
     except Exception:
         if job is not None:
-            trigger.set_idle_state(job.connection, project_id, job_id=None, state="failed", last_outcome="error")
+            idle_training.set_idle_state(job.connection, project_id, job_id=None, state="failed", last_outcome="error")
         raise
     progress.update(force=True, stage="done", result=summary)
     return summary

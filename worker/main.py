@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from shoeseg_services.queues import QUEUES
 from shoeseg_services.settings import Settings
-from shoeseg_services.trigger import QUEUES
 
 log = logging.getLogger(__name__)
 

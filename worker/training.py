@@ -78,8 +78,7 @@ def train_config(settings: Settings, *, weights: str | None, init_from: str | No
                                      seed=seed, progress_bar=False, **settings.train_overrides())
     if init_from is not None and new is not None and settings.train_iters is None:
         config = fine_tune_config(config, init_from=init_from, new_images=new)
-    config.log_period = max(1, min(20, config.iters // 10 or 1))
-    return config
+    return replace(config, log_period=max(1, min(20, config.iters // 10 or 1)))
 
 
 def _evaluate(checkpoint: Path, val_ds, images_dir: Path, settings: Settings):
@@ -170,7 +169,7 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
                          kind: str, reason: str, config, ds, train_ds, val_ds, settings: Settings, job) -> dict:
     """Registers a trained candidate with its evidence, promotes it when the gate says so (and the current
     version is still the one it was judged against), and queues the push of its predictions."""
-    from shoeseg_services.trigger import request_push
+    from shoeseg_services.predict_queue import request_push
 
     new_metrics = dict(result.eval.metrics) if result.eval is not None else {}
     train_losses = result.metrics[-1] if getattr(result, "metrics", None) else {}

@@ -145,8 +145,8 @@ def version_projects(version) -> list[int]:
 
 def _push_served(version, *, reason: str) -> None:
     """Queues the push of ``version``'s predictions to every task of its projects (needs ``REDIS_URL``)."""
+    from shoeseg_services.predict_queue import request_push
     from shoeseg_services.settings import Settings
-    from shoeseg_services.trigger import request_push
 
     projects = version_projects(version)
     if not projects:
@@ -242,10 +242,10 @@ def register(app: typer.Typer) -> None:
 
         Example: shoeseg train --data shoes/via_project.json --out runs/shoes --profile cpu
         """
-        from shoeseg.data import subset
+        from shoeseg.data import split_dataset, subset
         from shoeseg.distributed import DistEnv
         from shoeseg.model import coco_weights_cache_path, load_coco_state_dict
-        from shoeseg.train import TrainConfig, split_dataset, train
+        from shoeseg.train import TrainConfig, train
 
         rank = DistEnv.from_env()  # torchrun's RANK / LOCAL_RANK / WORLD_SIZE; one process without them
         if config_file is not None:
@@ -317,10 +317,10 @@ def register(app: typer.Typer) -> None:
 
         Example: shoeseg eval --model runs/shoes/model.pt --data shoes/via_project.json --split val
         """
+        from shoeseg.checkpoint import read_checkpoint_meta
         from shoeseg.data import subset
         from shoeseg.evaluate import evaluate
         from shoeseg.export import export_format_of, read_export_meta
-        from shoeseg.model import read_checkpoint_meta
         from shoeseg.predict import Predictor
 
         ckpt = _resolve_model(model, registry)
@@ -440,8 +440,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Checkpoint path, registry version id, or 'current'."),
         fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="onnx or torchscript."),
         out: Path = typer.Option(..., "--out", help="The file to write (.onnx; .ts for TorchScript)."),
-        int8: bool = typer.Option(False, "--int8", help="ONNX: quantise the matrix products to int8 with ONNX "
-                                  "Runtime's dynamic quantiser (the box head)."),
+        int8: bool = typer.Option(False, "--int8", help="ONNX: quantise to int8 with ONNX Runtime's quantiser: the "
+                                  "matrix products (the box head) dynamically and, calibrated on the training "
+                                  "images the checkpoint keeps, the pyramid's and RPN's convolutions statically."),
         registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Exports the whole detector (resize and normalisation, body, FPN, RPN, box and mask heads) to one file

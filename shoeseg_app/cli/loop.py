@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from shoeseg_services.trigger import QUEUES
+from shoeseg_services.queues import QUEUES
 
 
 def register(app: typer.Typer) -> None:

@@ -11,12 +11,12 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from shoeseg_services.processes import stop_process_group
+from shoeseg_app.stack.service import LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,8 @@ def find_label_studio(venv: str | os.PathLike | None = None) -> Path:
     )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
-class LabelStudioServer:
+class LabelStudioServer(LocalServer):
     """A Label Studio process bound to 127.0.0.1 with a known admin and legacy API token.
 
     Args:
@@ -74,8 +65,6 @@ class LabelStudioServer:
         ...     print(ls.url, ls.token)
     """
 
-    data_dir: Path
-    port: int = 0
     username: str = "admin@shoeseg.local"
     password: str = "shoeseg-admin"
     token: str = "shoeseg-dev-token-0123456789"
@@ -83,12 +72,7 @@ class LabelStudioServer:
     venv: Path | None = None
     startup_timeout_s: float = 180.0
     log_file: Path | None = None
-    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir).resolve()
-        if not self.port:
-            self.port = free_port()
+    stop_timeout_s = 20.0
 
     @property
     def url(self) -> str:
@@ -154,19 +138,12 @@ class LabelStudioServer:
         raise TimeoutError(f"Label Studio did not answer /health within {self.startup_timeout_s:.0f} s")
 
     def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        log.info("stopping Label Studio (pid %d)", self._proc.pid)
-        stop_process_group(self._proc, timeout_s=20)
+        if self.running:
+            log.info("stopping Label Studio (pid %d)", self._proc.pid)
+        super().stop()
 
     def client(self):
         """A ``label_studio_sdk.LabelStudio`` client logged in with the admin's token."""
         from shoeseg_services.ls_api import connect
 
         return connect(self.url, self.token)
-
-    def __enter__(self) -> LabelStudioServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from shoeseg_app.stack.service import LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def redis_server_binary() -> str:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(LocalServer):
     """A redis-server process on 127.0.0.1 that lives as long as this object.
 
     Example:
@@ -44,17 +45,6 @@ class RedisServer:
         ...     print(r.url)
         redis://127.0.0.1:6390/0
     """
-
-    data_dir: Path
-    port: int = 0
-    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir).resolve()
-        if not self.port:
-            from shoeseg_app.stack.labelstudio import free_port
-
-            self.port = free_port()
 
     @property
     def url(self) -> str:
@@ -81,26 +71,6 @@ class RedisServer:
                 time.sleep(0.05)
         self.stop()
         raise TimeoutError("redis-server did not answer PING within 15 s")
-
-    def stop(self) -> None:
-        if self._proc is None or self._proc.poll() is not None:
-            return
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def redis_url_from_env() -> str | None:

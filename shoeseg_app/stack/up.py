@@ -132,7 +132,7 @@ def port_is_free(port: int) -> bool:
 
 
 def _pick_port(port: int, what: str, flag: str) -> int:
-    from shoeseg_app.stack.labelstudio import free_port
+    from shoeseg_app.stack.service import free_port
 
     if port == 0:
         return free_port()
@@ -197,6 +197,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _start_child(stack: Stack, child: Child, *, ready_url: str | None = None, timeout_s: float = 0.0, what: str = "") -> Child:
+    """Starts ``child`` as part of ``stack`` (stopped with it, listed in its processes file) and, with
+    ``ready_url``, waits until that answers."""
+    stack.add(child.name, child.stop)
+    stack.children.append(child)
+    child.start()
+    stack.write_processes()
+    if ready_url:
+        wait_http(ready_url, timeout_s=timeout_s, child=child, what=what)
+    return child
 
 
 def wait_http(url: str, *, timeout_s: float, child: Child | None = None, what: str = "") -> None:
@@ -360,33 +372,22 @@ def start_stack(cfg: StackConfig, *, echo: Callable[[str], None] = print) -> Sta
         stack.write_processes()
         # 3. the ML backend
         exe = [sys.executable, "-m", "shoeseg_app"]
-        backend = Child("backend", exe + ["serve", "--host", "127.0.0.1", "--port", str(backend_port)],
-                        _child_env(stack), logs / "backend.log")
-        stack.add("backend", backend.stop)
-        stack.children.append(backend)
-        backend.start()
         stack.backend_url = f"http://127.0.0.1:{backend_port}"
-        stack.write_processes()
-        wait_http(f"{stack.backend_url}/health", timeout_s=cfg.startup_timeout_s, child=backend, what="the ML backend")
+        _start_child(stack, Child("backend", exe + ["serve", "--host", "127.0.0.1", "--port", str(backend_port)],
+                                  _child_env(stack), logs / "backend.log"),
+                     ready_url=f"{stack.backend_url}/health", timeout_s=cfg.startup_timeout_s, what="the ML backend")
         echo(f"ML backend: {stack.backend_url}")
         # 4. the worker
         if cfg.with_worker:
-            worker = Child("worker", exe + ["worker"], _child_env(stack), logs / "worker.log", terms=2)
-            stack.add("worker", worker.stop)
-            stack.children.append(worker)
-            worker.start()
-            stack.write_processes()
+            worker = _start_child(stack, Child("worker", exe + ["worker"], _child_env(stack), logs / "worker.log",
+                                               terms=2))
             echo(f"Worker: pid {worker.pid} (log {worker.log_path})")
         # 5. rq-dashboard: the queues and every job's progress and failure, in a browser
-        dashboard = Child("dashboard", [sys.executable, "-m", "rq_dashboard", "--bind", "127.0.0.1", "--port",
-                                        str(dashboard_port), "--redis-url", stack.redis_url],
-                          _child_env(stack), logs / "rq-dashboard.log")
-        stack.add("dashboard", dashboard.stop)
-        stack.children.append(dashboard)
-        dashboard.start()
         stack.dashboard_url = f"http://127.0.0.1:{dashboard_port}"
-        stack.write_processes()
-        wait_http(stack.dashboard_url, timeout_s=cfg.startup_timeout_s, child=dashboard, what="rq-dashboard")
+        _start_child(stack, Child("dashboard", [sys.executable, "-m", "rq_dashboard", "--bind", "127.0.0.1", "--port",
+                                                str(dashboard_port), "--redis-url", stack.redis_url],
+                                  _child_env(stack), logs / "rq-dashboard.log"),
+                     ready_url=stack.dashboard_url, timeout_s=cfg.startup_timeout_s, what="rq-dashboard")
         echo(f"rq-dashboard: {stack.dashboard_url}")
         # 6. the project, connected to the backend
         client = ls.client()

@@ -9,9 +9,9 @@ import pytest
 from rq import Queue
 
 from shoeseg_services import trigger
+from shoeseg_services.queues import PREDICT_QUEUE
 from shoeseg_services.registry import ModelRegistry
 from shoeseg_services.settings import Settings
-from shoeseg_services.trigger import PREDICT_QUEUE
 from tests.helpers import fixture_body
 
 EVIL = "<script>alert(1)</script>"

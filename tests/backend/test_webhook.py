@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from rq import Queue
 
-from shoeseg_app.stack.labelstudio import free_port
-from shoeseg_services.trigger import TRAIN_JOB, TRAIN_QUEUE
+from shoeseg_app.stack.service import free_port
+from shoeseg_services.queues import TRAIN_QUEUE
+from shoeseg_services.trigger import TRAIN_JOB
 from tests.helpers import fixture_body
 
 

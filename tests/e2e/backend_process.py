@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from shoeseg_app.stack.labelstudio import free_port
+from shoeseg_app.stack.service import free_port
 from shoeseg_services.processes import stop_process_group
 from tests.helpers import jpeg_bytes, make_checkpoint
 from via_tools.labelstudio import labeling_config

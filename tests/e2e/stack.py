@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from shoeseg_app.stack.labelstudio import free_port
+from shoeseg_app.stack.service import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from shoeseg.acceptance import compare, summarize
-from shoeseg_app.stack.labelstudio import free_port
-from shoeseg_services import trigger
+from shoeseg_app.stack.service import free_port
+from shoeseg_services import predict_queue, trigger
 from shoeseg_services.settings import Settings
 from tests.e2e.stack import BIN, REPO, Loop, wait_for
 from tests.synth import make_images
@@ -62,7 +62,7 @@ def stack(label_studio, ls_client, redis_server, tmp_path_factory):
         lp.start_backend()
         lp.worker = lp.start_worker()
         ls_client.ml.create(project=lp.project_id, url=lp.backend_url, title="shoeseg", is_interactive=False)
-        trigger.request_push(lp.conn, lp.project_id, "test-v1", settings=lp.settings, reason="e2e: first push")
+        predict_queue.request_push(lp.conn, lp.project_id, "test-v1", settings=lp.settings, reason="e2e: first push")
         wait_for("test-v1's pre-label on every task", lambda: only_version(lp) == "test-v1", timeout_s=300,
                  logs=lp.logs())
         yield lp

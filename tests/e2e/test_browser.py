@@ -135,7 +135,7 @@ N_TRAIN_PHOTOS = 8
 
 @pytest.fixture(scope="module")
 def shoes(shared_dir):
-    from shoeseg.train import split_dataset
+    from shoeseg.data import split_dataset
     from via_tools.io import load
     from via_tools.options import ReadOptions
 

@@ -17,7 +17,7 @@ import pytest
 from rq import Queue
 
 from shoeseg_services import trigger
-from shoeseg_services.trigger import TRAIN_QUEUE
+from shoeseg_services.queues import TRAIN_QUEUE
 from tests.e2e.stack import BIN, REPO, Loop, wait_for
 from tests.synth import make_images
 from via_tools.io import save

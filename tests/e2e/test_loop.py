@@ -21,11 +21,11 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from shoeseg_app.stack.labelstudio import free_port
 from shoeseg_app.stack.redis import RedisServer
+from shoeseg_app.stack.service import free_port
 from shoeseg_services import trigger
+from shoeseg_services.queues import TRAIN_QUEUE
 from shoeseg_services.settings import Settings
-from shoeseg_services.trigger import TRAIN_QUEUE
 from tests.e2e.stack import BIN, FIXTURES, N_TASKS, REPO, TINY, Loop, Process, descendants, health, wait_for  # noqa: F401
 from tests.synth import make_images
 

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shoeseg_app.stack.labelstudio import find_label_studio, free_port
+from shoeseg_app.stack.labelstudio import find_label_studio
+from shoeseg_app.stack.service import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -79,7 +79,7 @@ def test_import_as_annotations_twice_then_export(label_studio, ls_client, tmp_pa
     assert sorted(len(t.annotations) for t in tasks) == [0, 1, 1]
     # the uploaded image is served back, byte for byte
     t = next(t for t in tasks if t.data["file_name"] == "left.png")
-    got = ls_client._client_wrapper.httpx_client.request(t.data["image"].lstrip("/"), method="GET")
+    got = ls_client.connection.request(t.data["image"].lstrip("/"), method="GET")
     assert got.status_code == 200 and got.content == (via.parent / "left.png").read_bytes()
 
     back = tmp_path / "back.json"
@@ -117,7 +117,7 @@ def test_import_as_predictions_from_local_files(label_studio, ls_client, tmp_pat
     assert all(len(t.annotations) == 0 for t in tasks)
     assert {p.model_version for t in tasks for p in t.predictions} == {"via-e2e"}
     t = next(t for t in tasks if t.data["file_name"] == "right.png")
-    got = ls_client._client_wrapper.httpx_client.request(t.data["image"].lstrip("/"), method="GET")
+    got = ls_client.connection.request(t.data["image"].lstrip("/"), method="GET")
     assert got.status_code == 200 and got.content == (via.parent / "right.png").read_bytes()
 
     back = tmp_path / "pred.json"

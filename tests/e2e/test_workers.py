@@ -22,8 +22,8 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from shoeseg_services import trigger
+from shoeseg_services.queues import PREDICT_QUEUE, TRAIN_QUEUE
 from shoeseg_services.settings import Settings
-from shoeseg_services.trigger import PREDICT_QUEUE, TRAIN_QUEUE
 from tests.e2e.stack import BIN, Process, descendants, wait_for
 from tests.synth import make_images
 
@@ -144,7 +144,7 @@ def _assert_one_training_at_a_time(jobs: list[Job]) -> None:
 
 @pytest.mark.slow
 def test_three_projects_share_two_workers_one_training_per_project_at_a_time(cluster):
-    from shoeseg.model import read_checkpoint_meta
+    from shoeseg.checkpoint import read_checkpoint_meta
 
     cl = cluster
     started = StartedJobRegistry(TRAIN_QUEUE, connection=cl.conn)

@@ -93,3 +93,15 @@ def test_userinfo_in_an_image_url_is_refused_not_forwarded(exposed_backend, allo
     r = httpx.post(f"{exposed_backend.url}/predict", json=predict_body(url), timeout=60)
     assert "user or password" in r.json()["results"][0]["error"]
     assert allowed_host.requests == []
+
+
+def test_a_raw_label_studio_request_redirected_to_another_host_carries_no_key(allowed_host, attacker):
+    from shoeseg_services.ls_api.connection import Connection
+
+    allowed_host.clear()
+    attacker.clear()
+    r = Connection(allowed_host.url, "raw-key", timeout_s=10).request(f"api/redirect?to={attacker.url}/img.png",
+                                                                      method="GET")
+    assert r.status_code == 200  # followed, as the SDK's own client follows redirects
+    assert allowed_host.authorizations() == ["Token raw-key"]
+    assert attacker.requests and attacker.authorizations() == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import numpy as np
@@ -11,7 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from shoeseg.model import load_checkpoint, save_checkpoint
+from shoeseg.checkpoint import load_checkpoint, save_checkpoint
+from shoeseg.model import coco_weights_reachable
 from shoeseg_app.cli import app
 from tests.synth import make_shoe_dataset
 from via_tools.io import load, save
@@ -27,16 +27,8 @@ def via_dataset(tmp_path_factory):
     return d
 
 
-def _online() -> bool:
-    try:
-        socket.create_connection(("download.pytorch.org", 443), timeout=2).close()
-        return True
-    except OSError:
-        return False
-
-
 def test_train_with_coco_weights_offline_stops_at_once(via_dataset, tmp_path, monkeypatch):
-    if _online():
+    if coco_weights_reachable(timeout_s=2):
         pytest.skip("the network is reachable here, so the offline failure cannot be shown")
     import torch
 

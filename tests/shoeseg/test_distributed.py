@@ -15,7 +15,8 @@ import torch
 
 from shoeseg import distributed
 from shoeseg.distributed import DistEnv, per_process_batch
-from shoeseg.train import TrainConfig, TrainResult, train_step
+from shoeseg.optim import train_step
+from shoeseg.train import TrainConfig, TrainResult
 from tests.synth import make_shoe_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,7 +113,7 @@ def test_config_file_replaces_the_recipe_options(tmp_path):
 
 
 def test_shoeseg_train_under_torchrun_on_two_cpu_processes(tmp_path):
-    from shoeseg.model import load_checkpoint
+    from shoeseg.checkpoint import load_checkpoint
     from via_tools.io import save
 
     images = tmp_path / "images"

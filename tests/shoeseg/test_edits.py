@@ -216,7 +216,7 @@ def _tiny_model():
 
 
 def test_the_checkpoint_serves_its_threshold_unless_told_otherwise(tmp_path):
-    from shoeseg.model import load_checkpoint, read_checkpoint_meta, save_checkpoint
+    from shoeseg.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 
     model = _tiny_model()
     save_checkpoint(tmp_path / "chosen.pt", model=model, class_names=["shoe"], serve_score_thresh=0.35)
@@ -235,8 +235,8 @@ def test_the_checkpoint_serves_its_threshold_unless_told_otherwise(tmp_path):
 
 def test_training_stores_the_threshold_chosen_on_the_validation_images(synth, tmp_path, monkeypatch):
     import shoeseg.evaluate as evaluate_module
+    from shoeseg.checkpoint import load_checkpoint
     from shoeseg.edits import ThresholdChoice
-    from shoeseg.model import load_checkpoint
     from shoeseg.train import TrainConfig, train
 
     ds, d = synth
@@ -260,7 +260,7 @@ def test_training_stores_the_threshold_chosen_on_the_validation_images(synth, tm
 def test_eval_prints_the_numbers_in_text_and_json(synth, tmp_path):
     from typer.testing import CliRunner
 
-    from shoeseg.model import save_checkpoint
+    from shoeseg.checkpoint import save_checkpoint
     from shoeseg_app.cli import app
     from via_tools.io import save
 

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from shoeseg import model as model_mod
 from shoeseg.backbones import PLANS, EfficientNetLiteBody, imagenet_weights_path
-from shoeseg.model import ARCHS, build_model, load_checkpoint, resolve_start, save_checkpoint
+from shoeseg.checkpoint import load_checkpoint, save_checkpoint
+from shoeseg.model import ARCHS, build_model, resolve_start
 from shoeseg.train import PROFILES, TrainConfig, train
 from tests.helpers import POLYGON_CONFIG, jpeg_bytes
 from tests.synth import make_shoe_dataset

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shoeseg_app.stack.labelstudio import free_port
+from shoeseg_app.stack.service import free_port
 from shoeseg_services.fetch import ImageFetcher, ImageFetchError, LabelStudioAccess
 from shoeseg_services.settings import Settings
 from tests.helpers import LEGACY_TOKEN, jpeg_bytes

@@ -62,7 +62,7 @@ def test_s3_images_have_the_limits_and_clear_errors(bucket, s3_env, monkeypatch)
     with pytest.raises(ImageFetchError, match=f"task 8: image 's3://{bucket}/shoes/shoe.jpg'.*no AWS credentials"):
         f.fetch(f"s3://{bucket}/shoes/shoe.jpg", task_id=8, access=None)
 
-    from shoeseg_app.stack.labelstudio import free_port
+    from shoeseg_app.stack.service import free_port
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")

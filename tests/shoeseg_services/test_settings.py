@@ -41,6 +41,8 @@ def test_defaults_and_the_shared_reading():
     assert s.model_dir == Path("models") and s.cache_dir == Path(".cache/shoeseg")
     assert (s.min_new_annotations, s.score_thresh, s.al_strategy, s.profile) == (10, None, "least_confidence", "auto")  # None: the checkpoint's threshold
     assert s.train_overrides() == {}
+    # an empty environment reads each field's own default (written once, on the field): only the cache differs
+    assert s == Settings(cache_dir=Path(".cache/shoeseg"))
     # the legacy name still counts; the new one wins when both are set
     assert Settings.from_env({"MIN_NEW_ANNOTATIONS": "3"}).min_new_annotations == 3
     assert Settings.from_env({"MIN_NEW_ANNOTATIONS": "3", "SHOESEG_MIN_NEW_ANNOTATIONS": "4"}).min_new_annotations == 4

@@ -12,8 +12,9 @@ from rq import Queue
 from rq.job import Job
 
 from shoeseg_services import trigger
+from shoeseg_services.queues import TRAIN_QUEUE
 from shoeseg_services.settings import Settings
-from shoeseg_services.trigger import TRAIN_JOB, TRAIN_QUEUE
+from shoeseg_services.trigger import TRAIN_JOB
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 SETTINGS = Settings.from_env({"SHOESEG_RETRY_INTERVALS": "0", "SHOESEG_RETRY_MAX": "2"})
@@ -177,7 +178,7 @@ def test_redis_down_raises_connection_error():
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    from shoeseg_app.stack.labelstudio import free_port
+    from shoeseg_app.stack.service import free_port
 
     conn = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.ConnectionError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import shared_dataset
 from via_tools.io import load
 from via_tools.model import polygons_close
 
@@ -12,10 +13,7 @@ pytestmark = pytest.mark.shared
 
 @pytest.fixture(scope="module")
 def shoes(shared_dir):
-    root = shared_dir / "datasets" / "shoes"
-    if not (root / "coco.json").is_file():
-        pytest.skip(f"{root} has no coco.json")
-    return root
+    return shared_dataset(shared_dir, "shoes", "coco.json")
 
 
 def test_coco_and_via_hold_the_same_polygons(shoes):

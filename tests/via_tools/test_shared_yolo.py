@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.helpers import shared_dataset
 from via_tools import coco, yolo
 from via_tools.io import load
 from via_tools.model import polygons_close
@@ -18,10 +19,7 @@ pytestmark = pytest.mark.shared
 
 @pytest.fixture(scope="module")
 def soles(shared_dir):
-    root = shared_dir / "datasets" / "shoe-soles-yoloseg"
-    if not (root / "data.yaml").is_file():
-        pytest.skip(f"{root} has no data.yaml")
-    return root
+    return shared_dataset(shared_dir, "shoe-soles-yoloseg", "data.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -67,10 +67,9 @@ class FakeLabelStudio:
         return AnnotationSet(images=images, labels=["shoe"])
 
 
-@pytest.fixture
-def fake_ls(tmp_path, monkeypatch, loop_env):
-    src = tmp_path / "src"
-    ls = FakeLabelStudio(src, make_images(src, 6))
+def use_fake_ls(ls: FakeLabelStudio, monkeypatch) -> FakeLabelStudio:
+    """Points the jobs' Label Studio client, label reader, task lister and image source at ``ls``."""
+    src = ls.images_dir
     monkeypatch.setattr("shoeseg_services.ls_api.connect", lambda url, api_key, **kw: ls)
     monkeypatch.setattr("worker.training.connect", lambda url, api_key, **kw: ls)
     monkeypatch.setattr("shoeseg_services.ls_api.accepted_annotations", lambda client, project_id: ls.annotated())
@@ -78,5 +77,11 @@ def fake_ls(tmp_path, monkeypatch, loop_env):
     monkeypatch.setattr("shoeseg_services.fetch.ImageFetcher._from_label_studio",
                         lambda self, url, **kw: (src / url.rsplit("/", 1)[-1]).read_bytes())
     return ls
+
+
+@pytest.fixture
+def fake_ls(tmp_path, monkeypatch, loop_env):
+    src = tmp_path / "src"
+    return use_fake_ls(FakeLabelStudio(src, make_images(src, 6)), monkeypatch)
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from rq import Queue
 from rq.job import Job
 
+from shoeseg_services.predict_queue import ACCEPTANCE_JOB, FORGET_ACCEPTANCE_JOB, request_acceptance
+from shoeseg_services.queues import PREDICT_QUEUE
 from shoeseg_services.settings import Settings
-from shoeseg_services.trigger import ACCEPTANCE_JOB, FORGET_ACCEPTANCE_JOB, PREDICT_QUEUE, request_acceptance
 from tests.helpers import fixture_body
 from worker.acceptance import pre_label
 

@@ -16,8 +16,8 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from shoeseg_services import trigger
+from shoeseg_services.queues import PREDICT_QUEUE, TRAIN_QUEUE
 from shoeseg_services.settings import Settings
-from shoeseg_services.trigger import PREDICT_QUEUE, TRAIN_QUEUE
 from via_tools.labelstudio import labeling_config
 from worker import jobs
 
