@@ -1,10 +1,12 @@
 """ML backend latency and memory: `/predict` over HTTP against the bare model on the same 512 px images.
 
-Runs `shoeseg serve` as a real process on a temporary registry holding a Mask R-CNN R50-FPN (random weights,
-box-classifier and mask-head biases set so that each image yields a few solid masks, as a trained model would) and prints:
+Runs `shoeseg serve` as a real process on a temporary registry holding ``SHOESEG_BENCH_CHECKPOINT`` (a trained
+checkpoint, served as the backend serves it by default: ``SHOESEG_RUNTIME=auto``, its own threshold), else a Mask
+R-CNN R50-FPN (random weights, box-classifier and mask-head biases set so that each image yields a few solid
+masks, as a trained model would), and prints:
 
 * one uncached image: `/predict` (HTTP, image read from the local root, decode, inference, polygons, JSON)
-  against the bare `Predictor.predict` and the bare `model([tensor])` forward, medians over distinct images;
+  against the bare ``predict`` and the bare ``forward_raw`` of the same runtime, medians over distinct images;
 * cached `/predict` p50 / p95;
 * 8 concurrent clients: errors, latency p50 / p95, throughput;
 * the service's resident memory after start and after the load;
@@ -44,6 +46,17 @@ CONFIG = ('<View><Image name="image" value="$image"/><PolygonLabels name="label"
           '<Label value="shoe"/></PolygonLabels></View>')
 
 
+
+def _run_clients(client) -> float:
+    """Runs ``client(k)`` for the N_CLIENTS clients at once, each in its thread; the wall seconds they took."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(N_CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
 def _image(seed: int, width_px: int, height_px: int) -> bytes:
     from PIL import Image
 
@@ -60,7 +73,8 @@ def _image(seed: int, width_px: int, height_px: int) -> bytes:
 def _checkpoint(path: Path) -> None:
     import torch
 
-    from shoeseg.model import build_model, save_checkpoint
+    from shoeseg.checkpoint import save_checkpoint
+    from shoeseg.model import build_model
 
     torch.manual_seed(0)
     model = build_model(num_classes=1, weights=None, min_size=SIZE_PX, max_size=SIZE_PX, box_detections_per_img=5)
@@ -72,7 +86,7 @@ def _checkpoint(path: Path) -> None:
 
 
 def _start_server(root: Path, registry: Path, images: Path) -> tuple[subprocess.Popen, str]:
-    from shoeseg_app.stack.labelstudio import free_port
+    from shoeseg_app.stack.service import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SHOESEG_", "LABEL_STUDIO_"))}
@@ -169,13 +183,7 @@ def _worst_case(url: str, pid: int, images: Path, checkpoint: Path) -> dict[str,
                                   timeout=3600).status_code)
 
     before8 = _vm_hwm_mib(pid)
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client_k, args=(k,)) for k in range(N_CLIENTS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    eight_s = time.perf_counter() - t0
+    eight_s = _run_clients(client_k)
     eight = max(_vm_hwm_mib(pid) - before8, 0.0) + one  # the first request's peak is the floor of the second
     ref = subprocess.run(
         [sys.executable, "-c", _REFERENCE, str(checkpoint),
@@ -193,7 +201,8 @@ def _pct(values: list[float], q: float) -> float:
 def main() -> None:
     import torch
 
-    from shoeseg.predict import Predictor, image_to_tensor
+    from shoeseg.checkpoint import read_checkpoint_meta
+    from shoeseg.runtime import load_predictor
     from shoeseg_services.registry import ModelRegistry
     from via_tools.images import decode_image
 
@@ -205,10 +214,16 @@ def main() -> None:
         name = f"img{i:03d}.jpg"
         (images / name).write_bytes(_image(i, SIZE_PX, SIZE_PX * 3 // 4))
         names.append(name)
-    _checkpoint(root / "bench.pt")
+    given = os.environ.get("SHOESEG_BENCH_CHECKPOINT")
+    if given:
+        shutil.copyfile(given, root / "bench.pt")
+    else:
+        _checkpoint(root / "bench.pt")
     reg = ModelRegistry(root / "models")
-    reg.register(root / "bench.pt", metrics={}, parent=None, meta={})
-    reg.promote("bench-v1")
+    version = reg.register(root / "bench.pt", metrics={}, parent=None, meta={}).version
+    reg.promote(version)
+    model_said = (f"{given} ({read_checkpoint_meta(given)['model_config']['arch']})" if given
+                  else "an R50-FPN with random weights set to give a few solid masks")
 
     proc, url = _start_server(root, reg.root, images)
     try:
@@ -216,7 +231,9 @@ def main() -> None:
         client = httpx.Client()
         _predict(client, url, names[-1], 0)  # connection and first-request warm-up
 
-        predictor = Predictor.from_checkpoint(reg.get("bench-v1").checkpoint, device="cpu", score_thresh=0.5)
+        # what the service serves: the runtime SHOESEG_RUNTIME picks by default and the checkpoint's threshold
+        predictor = load_predictor(reg.get(version).checkpoint, runtime="auto", device="cpu")
+        runtime = "ONNX Runtime" if hasattr(predictor, "export_meta") else "PyTorch"
         arrays = [decode_image((images / n).read_bytes(), name=n) for n in names[:N_UNCACHED]]
         predictor.predict([arrays[0]])  # warm-up
         service, bare, forward, n_regions = [], [], [], []
@@ -227,8 +244,7 @@ def main() -> None:
             bare.append(time.perf_counter() - t0)
             n_regions.append(sum(len(d.polygons) for d in dets))
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                predictor.model([image_to_tensor(arr, predictor.device)])
+            predictor.forward_raw([arr])
             forward.append(time.perf_counter() - t0)
         del predictor
 
@@ -251,15 +267,9 @@ def main() -> None:
                         with lock:
                             errors.append(f"{type(e).__name__}: {e}")
 
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(N_CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        wall = _run_clients(worker)
         rss_end = _rss_mib(proc.pid)
-        worst = _worst_case(url, proc.pid, images, reg.get("bench-v1").checkpoint)
+        worst = _worst_case(url, proc.pid, images, reg.get(version).checkpoint)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -268,9 +278,10 @@ def main() -> None:
     med_s, med_b, med_f = statistics.median(service), statistics.median(bare), statistics.median(forward)
     overhead = (med_s - med_b) / med_b * 100
     print(f"ShoeSeg ML backend, {SIZE_PX}x{SIZE_PX * 3 // 4} px JPEG, CPU ({torch.get_num_threads()} threads), "
-          f"median of {N_UNCACHED} distinct images, {statistics.mean(n_regions):.1f} polygons per image")
+          f"median of {N_UNCACHED} distinct images, {statistics.mean(n_regions):.1f} polygons per image; model: "
+          f"{model_said}, served by {runtime}")
     rows = [
-        ("bare model forward (model([tensor]))", f"{med_f * 1000:8.1f} ms", ""),
+        (f"bare model forward ({runtime}, forward_raw)", f"{med_f * 1000:8.1f} ms", ""),
         ("bare Predictor.predict (masks + polygons)", f"{med_b * 1000:8.1f} ms", "reference"),
         ("/predict over HTTP, uncached", f"{med_s * 1000:8.1f} ms", f"{overhead:+.1f} % vs Predictor (target <= 10 %)"),
         ("/predict cached, p50", f"{_pct(cached, 50) * 1000:8.1f} ms", "target <= 20 ms"),

@@ -2,7 +2,7 @@
 
 Label Studio 1.23.2, Redis, ``shoeseg serve`` and ``shoeseg worker`` run as processes with the default
 settings of ``make up`` (``SHOESEG_PROFILE=cpu``, idle-time training on). The 76 shared shoe photos
-(``../shared/datasets/shoes``) are split with :func:`shoeseg.train.split_dataset` (seed 0): its val+test part
+(``../shared/datasets/shoes``) are split with :func:`shoeseg.data.split_dataset` (seed 0): its val+test part
 (23 images) is **kept out of the project** and only ever used here to score versions; its train part (53
 images) is imported by ``shoeseg via import`` as a user runs it, labelled. With ``--add-at M``, ``--hold-back``
 of them (10) are imported unlabelled and their annotations are created through the SDK at minute ``M``, as an
@@ -51,11 +51,11 @@ def _event(path: Path, **values) -> dict:
     return values
 
 
-def _activity(conn, trigger, pid: int) -> str:
+def _activity(conn, trigger, idle_training, pid: int) -> str:
     """What the worker is doing for the project: ``idle chunk``, ``round``, or ``nothing``."""
     if trigger.training_state(conn, pid).get("liveness") == "running":
         return "round"
-    if trigger.idle_state(conn, pid).get("state") == "running":
+    if idle_training.idle_state(conn, pid).get("state") == "running":
         return "idle chunk"
     return "nothing"
 
@@ -80,9 +80,10 @@ def run_stack(args, out: Path, events: Path) -> dict:
     import redis
 
     from shoeseg.data import subset
-    from shoeseg_app.stack.labelstudio import LabelStudioServer, free_port
+    from shoeseg_app.stack.labelstudio import LabelStudioServer
     from shoeseg_app.stack.redis import RedisServer
-    from shoeseg_services import trigger
+    from shoeseg_app.stack.service import free_port
+    from shoeseg_services import idle_training, trigger
     from shoeseg_services.ls_api import list_tasks
     from shoeseg_services.registry import ModelRegistry
     from via_tools.io import load, save
@@ -177,7 +178,7 @@ def run_stack(args, out: Path, events: Path) -> dict:
                     if served and time.perf_counter() >= next_latency:
                         task = task_list[k % len(task_list)]
                         k += 1
-                        doing = _activity(conn, trigger, pid)
+                        doing = _activity(conn, trigger, idle_training, pid)
                         body = {"tasks": [task], "label_config": label_config, "project": f"{pid}.1"}
                         ms = _time_predict(http, backend, body)
                         _event(events, kind="predict", minute=minute(), ms=round(ms, 1), worker=doing)
@@ -190,7 +191,7 @@ def run_stack(args, out: Path, events: Path) -> dict:
                     body = {"tasks": [task], "label_config": label_config, "project": f"{pid}.1"}
                     _event(events, kind="predict", minute=minute(), ms=round(_time_predict(http, backend, body), 1),
                            worker="stopped")
-            result["idle_state"] = trigger.idle_state(conn, pid)
+            result["idle_state"] = idle_training.idle_state(conn, pid)
             _stop(procs)
         return result
     finally:

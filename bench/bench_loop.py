@@ -1,4 +1,4 @@
-"""The retraining loop, timed with real processes: Label Studio, Redis, `shoeseg serve` and `shoeseg worker`.
+"""One benchmark: the retraining loop timed with real Label Studio, Redis, serve and worker processes.
 
 Two modes; both measure the prediction push throughput (``worker.jobs.predict_project``: image fetch, batched
 forward, polygons, active-learning score, bulk store in Label Studio) against the bare batched model forward
@@ -10,7 +10,7 @@ of the new version stored in Label Studio for every task, then the throughput; t
 
 **Real data** (``--shoes``; the 76 shared photos of ``../shared/datasets/shoes``, VIA 2 ``via_project.json`` +
 ``images/``; skipped with a message when absent). The images are copied to a temporary Label Studio files
-root (never into the repository); the seed-0 split of :func:`shoeseg.train.split_dataset` (53 train / 15 val
+root (never into the repository); the seed-0 split of :func:`shoeseg.data.split_dataset` (53 train / 15 val
 / 8 test) decides what is labelled. Processes run with ``SHOESEG_PROFILE=cpu``, ``SHOESEG_DEVICE=cpu`` and
 ``SHOESEG_MIN_NEW_ANNOTATIONS=10``:
 
@@ -171,18 +171,18 @@ def _count_pushed(client, pid: int, version: str) -> tuple[int, int]:
 def push_throughput(client, pid: int, version: str, registry, image_paths: list[Path], *, batch: int,
                     device: str, cache_dir: Path) -> tuple[list[list[str]], dict]:
     """``predict_project`` in this process (images fetched from Label Studio, then cached) against the bare
-    batched forward of the same model on the same images decoded at its serving size.
+    batched forward of the same model, in the runtime the push serves it with, on the same images decoded at
+    its serving size.
 
     ``SHOESEG_*`` / ``LABEL_STUDIO_*`` must already be in ``os.environ`` (``predict_project`` reads them).
 
     Returns:
         The table rows (path, tasks, seconds, tasks/s, ratio) and ``{"bare_tasks_per_s", <path>: tasks/s...}``.
     """
-    import torch
-
     from shoeseg.active_learning import CANDIDATE_SCORE_THRESH
-    from shoeseg.predict import Predictor, image_to_tensor
+    from shoeseg.runtime import load_predictor
     from shoeseg_services.ls_api import list_tasks
+    from shoeseg_services.settings import Settings
     from via_tools.images import decode_image_scaled
     from worker.jobs import predict_project
 
@@ -192,20 +192,21 @@ def push_throughput(client, pid: int, version: str, registry, image_paths: list[
                 if p.get("model_version") == version:
                     client.predictions.delete(id=p["id"])
 
-    predictor = Predictor.from_checkpoint(registry.get(version).checkpoint, device=device)
+    settings = Settings.from_env()
+    # the runtime the push serves with (SHOESEG_RUNTIME; ONNX Runtime on a CPU by default)
+    predictor = load_predictor(registry.get(version).checkpoint, runtime=settings.runtime, device=device,
+                               batch_size=batch)
+    runtime = (f"ONNX Runtime, {Path(predictor.checkpoint_path).name}" if hasattr(predictor, "export_meta")
+               else "PyTorch")
     fit = predictor.input_fit
     arrays = [decode_image_scaled(p.read_bytes(), name=p.name, fit_within=fit)[0] for p in image_paths]
-    tensors = [image_to_tensor(a, predictor.device) for a in arrays]
-    model = predictor.model
-    model.roi_heads.score_thresh = CANDIDATE_SCORE_THRESH  # the candidates predict_project asks for
 
     def bare() -> float:
-        with torch.inference_mode():
-            model(tensors[:batch])  # warm-up
-            t = time.perf_counter()
-            for s in range(0, len(tensors), batch):
-                model(tensors[s:s + batch])
-            return time.perf_counter() - t
+        predictor.forward_raw(arrays[:batch], score_thresh=CANDIDATE_SCORE_THRESH)  # warm-up
+        t = time.perf_counter()
+        for s in range(0, len(arrays), batch):
+            predictor.forward_raw(arrays[s:s + batch], score_thresh=CANDIDATE_SCORE_THRESH)
+        return time.perf_counter() - t
 
     # the bare forward is timed before and after the two pushes and averaged: on a busy 2-core machine one
     # run of it alone varies by about 10 %, as much as the overhead measured
@@ -218,13 +219,15 @@ def push_throughput(client, pid: int, version: str, registry, image_paths: list[
             shutil.rmtree(cache_dir / "images", ignore_errors=True)
         t = time.perf_counter()
         out = predict_project(pid, version=version)
-        timings[label] = (time.perf_counter() - t, out["pushed"], out.get("stage_seconds") or {})
+        timings[label] = (time.perf_counter() - t, out["pushed"],
+                          {**(out.get("stage_seconds") or {}), "regions (beside the forward)": out.get("regions_seconds")})
     bare_runs.append(bare())
     bare_s = sum(bare_runs) / len(bare_runs)
-    bare_rate = len(tensors) / bare_s
-    rows = [["bare batched model forward (torchvision Mask R-CNN; mean of a run before and one after)",
-             str(len(tensors)), f"{bare_s:.2f}", f"{bare_rate:.2f}", "1.00"]]
-    rates = {"bare_tasks_per_s": round(bare_rate, 3), "bare_runs_s": [round(b, 2) for b in bare_runs]}
+    bare_rate = len(arrays) / bare_s
+    rows = [[f"bare batched model forward ({runtime}; mean of a run before and one after)",
+             str(len(arrays)), f"{bare_s:.2f}", f"{bare_rate:.2f}", "1.00"]]
+    rates = {"bare_tasks_per_s": round(bare_rate, 3), "bare_runs_s": [round(b, 2) for b in bare_runs],
+             "runtime": runtime}
     for label, (secs, n, stages) in timings.items():
         rate = n / secs
         rows.append([label, str(n), f"{secs:.2f}", f"{rate:.2f}", f"{rate / bare_rate:.2f}"])
@@ -238,8 +241,9 @@ def push_throughput(client, pid: int, version: str, registry, image_paths: list[
 # -- tiny mode: generated images ----------------------------------------------------------------------------
 
 def run_tiny(args) -> None:
-    from shoeseg_app.stack.labelstudio import LabelStudioServer, free_port
+    from shoeseg_app.stack.labelstudio import LabelStudioServer
     from shoeseg_app.stack.redis import RedisServer
+    from shoeseg_app.stack.service import free_port
     from shoeseg_services.ls_api import import_dataset
     from via_tools.labelstudio import region_to_ls_results
 
@@ -322,10 +326,10 @@ def run_tiny(args) -> None:
 def shoes_plan(ds, *, tiny: bool, hold_back: int | None = None) -> dict:
     """Which shared photos are tasks, which are labelled at import, held back, or held out (file names).
 
-    The seed-0 split of :func:`shoeseg.train.split_dataset`; the held-back images are a seed-0 sample of its
+    The seed-0 split of :func:`shoeseg.data.split_dataset`; the held-back images are a seed-0 sample of its
     train part. ``tiny``: its first 6 train, 2 val and 1 test images, 3 held back.
     """
-    from shoeseg.train import split_dataset
+    from shoeseg.data import split_dataset
 
     split = split_dataset(ds, seed=0)
     train, held_out = list(split["train"]), list(split["val"]) + list(split["test"])
@@ -363,9 +367,10 @@ def run_shoes(args) -> dict | None:
     import redis
 
     from shoeseg.data import subset
-    from shoeseg_app.stack.labelstudio import LabelStudioServer, free_port
+    from shoeseg_app.stack.labelstudio import LabelStudioServer
     from shoeseg_app.stack.redis import RedisServer
-    from shoeseg_services import trigger
+    from shoeseg_app.stack.service import free_port
+    from shoeseg_services import queues, trigger
     from shoeseg_services.ls_api import list_tasks
     from shoeseg_services.registry import ModelRegistry
     from via_tools.io import load, save
@@ -483,7 +488,7 @@ def run_shoes(args) -> dict | None:
 
                 st = trigger.training_state(conn, pid)
                 return st.get("state") in (None, "idle") and not any(
-                    Queue(q, connection=conn).count for q in trigger.QUEUES)
+                    Queue(q, connection=conn).count for q in queues.QUEUES)
 
             _wait("the queues to drain", idle, 600, poll_s, log_path)
             result["versions_before_new_labels"] = sorted(_registered(registry))

@@ -6,7 +6,7 @@ GPU when there is one):
 * inference ms/image: ``Predictor.predict`` (uint8 image in; boxes, full-size bool masks and polygons out)
   against a bare ``maskrcnn_resnet50_fpn`` forward on the same image and weights (uint8 -> float tensor,
   ``model([x])``);
-* training s/iteration: ``shoeseg.train.train_step`` (the loop body of ``shoeseg train``) against a minimal
+* training s/iteration: ``shoeseg.optim.train_step`` (the loop body of ``shoeseg train``) against a minimal
   plain loop (``sum(model(images, targets).values()).backward(); optimizer.step()``) on the same batch of
   two images with the study's 512 ROIs per image;
 * peak memory of each: the largest resident-set growth during the measurement on CPU (sampled every
@@ -37,9 +37,10 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shoeseg.model import build_model, load_checkpoint  # noqa: E402
+from shoeseg.checkpoint import load_checkpoint  # noqa: E402
+from shoeseg.model import build_model  # noqa: E402
+from shoeseg.optim import train_step  # noqa: E402
 from shoeseg.predict import Predictor  # noqa: E402
-from shoeseg.train import train_step  # noqa: E402
 
 MAX_SIZE = 1333
 SCORE_THRESH = 0.5
@@ -129,7 +130,8 @@ def shoe_scene(height_px: int, width_px: int, seed: int = 0) -> tuple[np.ndarray
 
 
 def models_for(size: int, device: torch.device, checkpoint: str | None):
-    """Our model (build_model) and torchvision's own builder with the same weights."""
+    """Our model (build_model) and torchvision's own builder with the same weights (for a Lite family, which
+    torchvision cannot build, a copy of ours: its bare ``model([x])`` and plain loop are then the reference)."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     if checkpoint:
@@ -144,6 +146,10 @@ def models_for(size: int, device: torch.device, checkpoint: str | None):
         m.transform.min_size = (size,)
         m.transform.max_size = MAX_SIZE
         m.roi_heads.fg_bg_sampler.batch_size_per_image = 512
+    if ours.shoeseg_config.arch != "r50-fpn":  # torchvision has no builder of a Lite family: the same network
+        import copy
+
+        return ours.to(device), copy.deepcopy(ours).to(device)
     plain = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, min_size=size, max_size=MAX_SIZE,
                                   box_batch_size_per_image=512, trainable_backbone_layers=5 if norm == "bn" else 3)
     if norm == "frozen_bn":
@@ -245,6 +251,16 @@ def _devices() -> list[torch.device]:
     return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
+def _size(r: dict) -> str:
+    return f"{r['wh'][0]:>5}x{r['wh'][1]:<4}"
+
+
+def _costs(r: dict, w_plain: int, w_ours: int) -> str:
+    """The overhead of ours over the plain loop and both peaks, as table cells."""
+    return (f"{(r['ours'] / r['plain'] - 1) * 100:>8.1f}% {r['mem_plain']:>{w_plain}.0f} "
+            f"{r['mem_ours']:>{w_ours}.0f}")
+
+
 def main() -> None:
     sizes = [int(s) for s in os.environ.get("SHOESEG_BENCH_SIZES", "512,800").split(",")]
     repeats = int(os.environ.get("SHOESEG_BENCH_REPEATS", "5"))
@@ -260,17 +276,14 @@ def main() -> None:
               f"{'tv peak MB':>11} {'shoeseg peak MB':>16}")
         for size in sizes:
             r = bench_inference(size, device, repeats, checkpoint)
-            print(f"{r['wh'][0]:>5}x{r['wh'][1]:<4} {r['dets']:>5} {r['plain'] * 1e3:>15.1f} {r['ours'] * 1e3:>11.1f} "
-                  f"{(r['ours'] / r['plain'] - 1) * 100:>8.1f}% {r['mem_plain']:>11.0f} {r['mem_ours']:>16.0f}",
+            print(f"{_size(r)} {r['dets']:>5} {r['plain'] * 1e3:>15.1f} {r['ours'] * 1e3:>11.1f} {_costs(r, 11, 16)}",
                   flush=True)
         print(f"\nTraining step, {name} (2 images per batch, 512 ROIs per image)")
         print(f"{'size':>10} {'plain loop s/it':>16} {'train_step s/it':>16} {'overhead':>9} "
               f"{'plain peak MB':>14} {'ours peak MB':>13}")
         for size in sizes:
             r = bench_training(size, device, train_repeats, checkpoint)
-            print(f"{r['wh'][0]:>5}x{r['wh'][1]:<4} {r['plain']:>16.2f} {r['ours']:>16.2f} "
-                  f"{(r['ours'] / r['plain'] - 1) * 100:>8.1f}% {r['mem_plain']:>14.0f} {r['mem_ours']:>13.0f}",
-                  flush=True)
+            print(f"{_size(r)} {r['plain']:>16.2f} {r['ours']:>16.2f} {_costs(r, 14, 13)}", flush=True)
     print("\nTargets: inference overhead <= 10%, training overhead <= 5%.")
 
 

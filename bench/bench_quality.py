@@ -101,10 +101,10 @@ def run_one(name: str, out_dir: Path) -> dict:
     """Trains and evaluates one configuration (in this process); returns its row."""
     import torch
 
-    from shoeseg.data import subset
+    from shoeseg.data import split_dataset, subset
     from shoeseg.evaluate import evaluate
     from shoeseg.predict import Predictor
-    from shoeseg.train import TrainConfig, split_dataset, train
+    from shoeseg.train import TrainConfig, train
     from via_tools.io import load
     from via_tools.options import ReadOptions
 
@@ -141,8 +141,8 @@ def run_one(name: str, out_dir: Path) -> dict:
 def serving_rows(checkpoint: Path, held, images_dir: Path, arrays) -> list[dict]:
     import torch
 
+    from shoeseg.checkpoint import load_checkpoint
     from shoeseg.evaluate import evaluate
-    from shoeseg.model import load_checkpoint
     from shoeseg.predict import Predictor
 
     rows = []
@@ -235,8 +235,8 @@ def serving_only(checkpoint: Path) -> None:
     """The serving table (and the predict / bare-forward timing) of an existing checkpoint."""
     import torch
 
+    from shoeseg.data import split_dataset
     from shoeseg.predict import Predictor
-    from shoeseg.train import split_dataset
     from via_tools.io import load
     from via_tools.options import ReadOptions
 

@@ -13,7 +13,11 @@ child process of its own, so that its peak RSS is its own. Rows:
   data-dependent shapes and stay eager), when it compiles in time;
 * ``TorchScript``: the exported ``.ts`` file (a trace of the same graph as the ONNX file);
 * ``ONNX Runtime float`` / ``int8``: the exported ``.onnx`` file, and ONNX Runtime's dynamic int8 quantisation
-  of its matrix products (the box head), and of its convolutions too (``int8 + conv``).
+  of its matrix products (the box head), and of its convolutions too (``int8 + conv``);
+* ``ONNX Runtime int8 calibrated``: what serving uses for a checkpoint that keeps calibration images
+  (``shoeseg.export.quantize_onnx``): the box head dynamic int8, the pyramid's and RPN's convolutions static
+  int8 calibrated on the checkpoint's images, or, for a checkpoint from before they were kept, on the same
+  number of the split's training images picked the same way (what training would have kept).
 
 Columns: ms per image end to end (``predict([image])``: the model, masks at image size, polygons; median over
 the images after two warm-up calls, one image per call, at the checkpoint's serving threshold), the forward
@@ -47,17 +51,17 @@ ROWS = {
     "torchscript": "TorchScript",
     "ort-float": "ONNX Runtime float",
     "ort-int8": "ONNX Runtime int8 (box head)",
+    "ort-int8-static": "ONNX Runtime int8 calibrated (box head; pyramid + RPN convolutions static)",
     "ort-int8-conv": "ONNX Runtime int8 + conv",
 }
 #: the file each exported row runs (made by the parent)
 FILES = {"torchscript": "model.ts", "ort-float": "model.onnx", "ort-int8": "model.int8.onnx",
-         "ort-int8-conv": "model.int8conv.onnx"}
+         "ort-int8-static": "model.int8static.onnx", "ort-int8-conv": "model.int8conv.onnx"}
 CHILD_TIMEOUT_S = 1200
 
 
 def _data(shoes: Path):
-    from shoeseg.data import subset
-    from shoeseg.train import split_dataset
+    from shoeseg.data import split_dataset, subset
     from via_tools.io import load
     from via_tools.options import ReadOptions
 
@@ -78,7 +82,7 @@ def _serving_arrays(held, images_dir: Path, fit: tuple[int, int]):
 def _predictor(row: str, checkpoint: Path, file: Path | None):
     import torch
 
-    from shoeseg.model import load_checkpoint
+    from shoeseg.checkpoint import load_checkpoint
     from shoeseg.predict import Predictor, _int8_linear
     from shoeseg.runtime import ExportedPredictor
 
@@ -154,7 +158,21 @@ def _train(out: Path, shoes: Path) -> Path:
     return result.checkpoint
 
 
-def _export(checkpoint: Path, out: Path, rows: list[str]) -> dict[str, dict]:
+def _calibration(checkpoint: Path, shoes: Path) -> list:
+    from shoeseg.checkpoint import read_calibration_images, read_checkpoint_meta
+    from shoeseg.data import calibration_images, subset
+
+    kept = read_calibration_images(checkpoint)
+    if kept:
+        return kept
+    ds, split, _, images_dir = _data(shoes)
+    mcfg = read_checkpoint_meta(checkpoint)["model_config"]
+    print("the checkpoint keeps no calibration images: calibrating on the split's training images", flush=True)
+    return calibration_images(subset(ds, split["train"]), images_dir=images_dir,
+                              fit=(mcfg["min_size"], mcfg["max_size"]))
+
+
+def _export(checkpoint: Path, out: Path, rows: list[str], shoes: Path) -> dict[str, dict]:
     from shoeseg.export import export_model, quantize_onnx
 
     made: dict[str, dict] = {}
@@ -170,8 +188,11 @@ def _export(checkpoint: Path, out: Path, rows: list[str]) -> dict[str, dict]:
         else:
             if not (out / FILES["ort-float"]).is_file():
                 export_model(checkpoint, out / FILES["ort-float"], fmt="onnx")
-            ops = ("MatMul", "Gemm") if row == "ort-int8" else ("MatMul", "Gemm", "Conv")
-            quantize_onnx(out / FILES["ort-float"], path, op_types=ops)
+            if row == "ort-int8-static":
+                quantize_onnx(out / FILES["ort-float"], path, calibration=_calibration(checkpoint, shoes))
+            else:
+                ops = ("MatMul", "Gemm") if row == "ort-int8" else ("MatMul", "Gemm", "Conv")
+                quantize_onnx(out / FILES["ort-float"], path, op_types=ops)
         made[row] = {"path": str(path), "export_s": time.perf_counter() - t0, "mb": path.stat().st_size / 2**20}
     return made
 
@@ -201,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="bench-runtime-"))
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = (args.checkpoint or _train(out, shoes)).resolve()
-    files = _export(checkpoint, out, rows)
+    files = _export(checkpoint, out, rows, shoes)
     results = []
     for row in rows:
         print(f"running {ROWS[row]} ...", flush=True)
@@ -224,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _print(results: list[dict], checkpoint: Path, shoes: Path) -> None:
-    from shoeseg.model import read_checkpoint_meta
+    from shoeseg.checkpoint import read_checkpoint_meta
 
     mcfg = read_checkpoint_meta(checkpoint)["model_config"]
     ok = [r for r in results if "error" not in r]
