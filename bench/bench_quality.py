@@ -18,7 +18,9 @@ Printed, side by side:
 
 Run: `python -m bench quality` (about 1 hour on 2 cores); `python -m bench.bench_quality --serving CKPT` prints
 the serving table of an existing checkpoint; `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
-`BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default).
+`BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default). With
+`BENCH_QUALITY_OUT=DIR` a stopped run continues: the configurations whose rows are in `DIR/quality.json` are
+not trained again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ CONFIGS = {
     "lite2-448": {"arch": "lite2-fpn", "weights": "imagenet", "min_size": 448, "max_size": 768},
     "lite2-seed1": {"arch": "lite2-fpn", "weights": "imagenet", "seed": 1},
     "lite2-ema": {"arch": "lite2-fpn", "weights": "imagenet", "ema_decay": 0.99},
+    # tight outlines: the mask head at 56x56 (RoI features pooled at 28)
+    "lite2-mask56": {"arch": "lite2-fpn", "weights": "imagenet", "mask_resolution": 56},
     # the cpu profile's recipe before AdamW: SGD at 0.005 (0.01 diverged) for 250 iterations
     "lite2-sgd": {"arch": "lite2-fpn", "weights": "imagenet", "optimizer": "sgd", "base_lr": 0.005,
                   "weight_decay": 1e-4, "iters": 250},
@@ -201,8 +205,14 @@ def main() -> None:
         return
     chosen = [c for c in (os.environ.get("BENCH_QUALITY") or ",".join(CONFIGS)).split(",") if c]
     out_dir = Path(os.environ.get("BENCH_QUALITY_OUT") or tempfile.mkdtemp(prefix="bench-quality-"))
-    rows = []
+    # a stopped run continues: rows already in the output folder are kept, their configurations not retrained
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved = out_dir / "quality.json"
+    rows = [r for r in (json.loads(saved.read_text()) if saved.is_file() else []) if r["config"] in chosen]
     for name in chosen:
+        if any(r["config"] == name for r in rows):
+            print(f"{name}: kept from {saved}", flush=True)
+            continue
         print(f"training {name} ...", flush=True)
         res = subprocess.run([sys.executable, "-m", "bench.bench_quality", "--one", name, str(out_dir)],
                              capture_output=True, text=True)
@@ -210,7 +220,7 @@ def main() -> None:
             print(f"{name} failed:\n{res.stderr[-3000:]}")
             continue
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        (out_dir / "quality.json").write_text(json.dumps(rows, indent=1))
+        saved.write_text(json.dumps(rows, indent=1))
     print(f"\nShoeSeg model families on {SHOES.name} (held-out: val + test of the seed-0 split, "
           f"{rows[0]['held_out_images'] if rows else '?'} images), cpu profile, CPU {os.cpu_count()} cores")
     print("| config | start | copy-paste | iterations | optimizer | EMA | mask AP | mask AP50 | box AP | train min | s/it | "

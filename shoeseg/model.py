@@ -86,6 +86,10 @@ class ModelSettings:
             training and the stored weights stay float32; see :meth:`shoeseg.predict.Predictor.from_checkpoint`).
         flip_tta: serve with test-time flip augmentation (a serving choice, see
             :class:`shoeseg.predict.Predictor`).
+        mask_resolution: side of the mask head's output per detection, 28 (torchvision's and detectron2's
+            ``ROI_MASK_HEAD.POOLER_RESOLUTION`` 14, upsampled twice) or finer: the RoI features are pooled at
+            half of it, so 56 costs the mask head four times the arithmetic. It has no weights of its own: a
+            28 checkpoint warm-starts a 56 network.
     """
 
     arch: str | None = None
@@ -97,8 +101,11 @@ class ModelSettings:
     box_detections_per_img: int = 100
     int8_box_head: bool = False
     flip_tta: bool = False
+    mask_resolution: int = 28
 
     def __post_init__(self) -> None:
+        if self.mask_resolution < 14 or self.mask_resolution % 2 or self.mask_resolution > 112:
+            raise ValueError(f"mask_resolution must be an even number of pixels in 14..112, got {self.mask_resolution}")
         if self.min_size < 8 or self.max_size < self.min_size:
             raise ValueError(f"min_size/max_size must satisfy 8 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
         if self.roi_batch_size_per_image < 1:
@@ -215,7 +222,7 @@ def build_network(cfg: ModelConfig) -> nn.Module:
     from torchvision.models import resnet50
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-    from torchvision.ops import FrozenBatchNorm2d
+    from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
     if cfg.num_classes < 1:
         raise ValueError(f"num_classes must be at least 1 (background is not counted), got {cfg.num_classes}")
@@ -249,6 +256,8 @@ def build_network(cfg: ModelConfig) -> nn.Module:
         box_score_thresh=cfg.box_score_thresh,
         box_detections_per_img=cfg.box_detections_per_img,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        # torchvision's own mask pooler at 14 for the default; the mask predictor upsamples it twice
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_resolution // 2, sampling_ratio=2),
         **extra,
     )
     _init_heads_like_detectron2(model)
@@ -480,5 +489,6 @@ def model_config_of(model: nn.Module) -> ModelConfig:
         box_score_thresh=float(model.roi_heads.score_thresh),
         box_detections_per_img=int(model.roi_heads.detections_per_img),
         rpn_post_nms_top_n_test=int(model.rpn._post_nms_top_n["testing"]),
+        mask_resolution=2 * int(model.roi_heads.mask_roi_pool.output_size[0]),
         trainable_backbone_layers=5,  # the layers do not tell; checkpoints of such models have always said 5
     )

@@ -171,6 +171,33 @@ def test_checkpoint_as_starting_weights_keeps_the_body_and_remakes_heads_for_new
     assert torch.equal(m.backbone.fpn.inner_blocks[0][0].weight, small_model.backbone.fpn.inner_blocks[0][0].weight)
 
 
+def test_a_finer_mask_head_warm_starts_from_a_28_checkpoint_and_is_kept_by_its_own(small_model, tmp_path):
+    path = tmp_path / "model28.pt"
+    save_checkpoint(path, model=small_model, class_names=["shoe"])
+    fine = build_model(num_classes=1, weights=path, mask_resolution=56, **SMALL)
+    assert fine.roi_heads.mask_roi_pool.output_size == (28, 28)
+    mp = "roi_heads.mask_head.0.0.weight"
+    assert torch.equal(fine.state_dict()[mp], small_model.state_dict()[mp])  # every weight carried over
+    fine.train()
+    boxes = torch.tensor([[8.0, 10.0, 50.0, 60.0]])
+    masks = torch.zeros(1, 64, 80, dtype=torch.uint8)
+    masks[0, 12:58, 10:48] = 1
+    target = [{"boxes": boxes, "labels": torch.tensor([1]), "masks": masks}]
+    roi = fine.roi_heads
+    seen = {}
+    hook = roi.mask_predictor.register_forward_hook(lambda _m, _i, out: seen.update(shape=out.shape))
+    losses = fine([torch.rand(3, 64, 80)], target)
+    hook.remove()
+    assert seen["shape"][-2:] == (56, 56) and torch.isfinite(losses["loss_mask"])  # targets projected at 56
+    out = tmp_path / "model56.pt"
+    save_checkpoint(out, model=fine, class_names=["shoe"])
+    back = load_checkpoint(out)
+    assert back.model_config.mask_resolution == 56 and back.model.roi_heads.mask_roi_pool.output_size == (28, 28)
+    assert load_checkpoint(path).model_config.mask_resolution == 28  # the default for older checkpoints too
+    with pytest.raises(ValueError, match="mask_resolution"):
+        build_model(num_classes=1, weights=None, mask_resolution=57)
+
+
 def test_bad_weights_and_checkpoints_are_named(tmp_path, small_model):
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         build_model(num_classes=1, weights=tmp_path / "nope.pt")
