@@ -47,6 +47,8 @@ CONFIGS = {
     "lite2-ema": {"arch": "lite2-fpn", "weights": "imagenet", "ema_decay": 0.99},
     # tight outlines: the mask head at 56x56 (RoI features pooled at 28)
     "lite2-mask56": {"arch": "lite2-fpn", "weights": "imagenet", "mask_resolution": 56},
+    # tight outlines: a boundary term in the mask loss (shoeseg.heads)
+    "lite2-boundary": {"arch": "lite2-fpn", "weights": "imagenet", "mask_boundary_weight": 1.0},
     # the cpu profile's recipe before AdamW: SGD at 0.005 (0.01 diverged) for 250 iterations
     "lite2-sgd": {"arch": "lite2-fpn", "weights": "imagenet", "optimizer": "sgd", "base_lr": 0.005,
                   "weight_decay": 1e-4, "iters": 250},

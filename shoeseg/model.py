@@ -90,6 +90,8 @@ class ModelSettings:
             ``ROI_MASK_HEAD.POOLER_RESOLUTION`` 14, upsampled twice) or finer: the RoI features are pooled at
             half of it, so 56 costs the mask head four times the arithmetic. It has no weights of its own: a
             28 checkpoint warm-starts a 56 network.
+        mask_boundary_weight: weight of a boundary term added to the mask loss while training
+            (``loss_mask_boundary``, :mod:`shoeseg.heads`); 0 trains with ``loss_mask`` alone, as detectron2 does.
     """
 
     arch: str | None = None
@@ -102,8 +104,11 @@ class ModelSettings:
     int8_box_head: bool = False
     flip_tta: bool = False
     mask_resolution: int = 28
+    mask_boundary_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.mask_boundary_weight >= 0:
+            raise ValueError(f"mask_boundary_weight must be at least 0, got {self.mask_boundary_weight}")
         if self.mask_resolution < 14 or self.mask_resolution % 2 or self.mask_resolution > 112:
             raise ValueError(f"mask_resolution must be an even number of pixels in 14..112, got {self.mask_resolution}")
         if self.min_size < 8 or self.max_size < self.min_size:
@@ -261,6 +266,10 @@ def build_network(cfg: ModelConfig) -> nn.Module:
         **extra,
     )
     _init_heads_like_detectron2(model)
+    if cfg.mask_boundary_weight > 0:
+        from shoeseg.heads import with_boundary_loss
+
+        with_boundary_loss(model.roi_heads, cfg.mask_boundary_weight)
     if cfg.norm == "frozen_bn" and cfg.arch == "r50-fpn":
         for m in model.modules():
             if isinstance(m, FrozenBatchNorm2d):
@@ -490,5 +499,6 @@ def model_config_of(model: nn.Module) -> ModelConfig:
         box_detections_per_img=int(model.roi_heads.detections_per_img),
         rpn_post_nms_top_n_test=int(model.rpn._post_nms_top_n["testing"]),
         mask_resolution=2 * int(model.roi_heads.mask_roi_pool.output_size[0]),
+        mask_boundary_weight=float(getattr(model.roi_heads, "mask_boundary_weight", 0.0)),
         trainable_backbone_layers=5,  # the layers do not tell; checkpoints of such models have always said 5
     )
