@@ -60,7 +60,7 @@ def _append(path: Path, row: dict, columns: tuple[str, ...] = COLUMNS) -> None:
 
 def _config_from(selections: dict, *, device: str):
     """The simulation's configuration, rebuilt from the fingerprint it stored, checked to be the same."""
-    from shoeseg.simulation.config import SimulationConfig
+    from shoeseg.simulation.config import SimulationConfig, fingerprint_differences
     from shoeseg.train import TrainConfig
 
     fp = selections["config"]
@@ -70,9 +70,9 @@ def _config_from(selections: dict, *, device: str):
                            rounds=fp["rounds"], test_frac=fp["test_frac"], split_seed=fp["split_seed"],
                            test_size=fp["test_size"], pool_size=fp["pool_size"], round_iters=fp["round_iters"],
                            prescale=fp["prescale"], train=train)
-    if cfg.fingerprint() != fp:
-        raise ValueError("the simulation's settings cannot be rebuilt by this version of the code: "
-                         f"{fp} != {cfg.fingerprint()}")
+    diffs = fingerprint_differences(fp, cfg.fingerprint())
+    if diffs:
+        raise ValueError(f"the simulation's settings cannot be rebuilt by this version of the code ({', '.join(diffs)})")
     return cfg
 
 

@@ -132,4 +132,27 @@ class SimulationConfig:
         return json.loads(json.dumps(fp))
 
 
-__all__ = ["SEED_STRIDE", "SimulationConfig"]
+def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The settings in which two fingerprints differ (``train.`` before a training setting's name).
+
+    A training setting that ``old`` does not hold (it was added to :class:`shoeseg.train.TrainConfig` after the
+    run started) is the same when ``new`` has it at its default: the run trained that way without naming it.
+
+    Example:
+        >>> fingerprint_differences({"rounds": 4, "train": {"iters": 120}},
+        ...                         {"rounds": 4, "train": {"iters": 120, "mask_resolution": 28}})
+        []
+    """
+    from shoeseg.train import TrainConfig
+
+    defaults = {k: f.default for k, f in TrainConfig.__dataclass_fields__.items()}
+    diffs = sorted(k for k in set(old) | set(new) if k != "train" and old.get(k) != new.get(k))
+    old_t, new_t = old.get("train") or {}, new.get("train") or {}
+    for k in sorted(set(old_t) | set(new_t)):
+        mine = old_t[k] if k in old_t else defaults.get(k, old_t.get(k))
+        if mine != new_t.get(k):
+            diffs.append(f"train.{k}")
+    return diffs
+
+
+__all__ = ["SEED_STRIDE", "SimulationConfig", "fingerprint_differences"]

@@ -107,11 +107,10 @@ def read_selections(path: Path, *, fingerprint: dict[str, Any], test: list[str])
     Raises:
         ValueError: it was written with other settings (named) or another test split.
     """
+    from shoeseg.simulation.config import fingerprint_differences
+
     state = json.loads(path.read_text(encoding="utf-8"))
-    old, new = state.get("config") or {}, fingerprint
-    diffs = sorted(k for k in set(old) | set(new) if k != "train" and old.get(k) != new.get(k))
-    old_t, new_t = old.get("train") or {}, new["train"]
-    diffs += sorted(f"train.{k}" for k in set(old_t) | set(new_t) if old_t.get(k) != new_t.get(k))
+    diffs = fingerprint_differences(state.get("config") or {}, fingerprint)
     if diffs:
         raise ValueError(f"{path} is from a run with other settings ({', '.join(diffs)}): a resumed run needs the "
                          "same settings (only --strategy and --seeds may change); choose another output folder")

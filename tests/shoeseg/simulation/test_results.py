@@ -44,3 +44,14 @@ def test_selections_of_another_run_are_refused_and_the_difference_named(tmp_path
         read_selections(path, fingerprint=other, test=["a.jpg", "b.jpg"])
     with pytest.raises(ValueError, match="the test split differs"):
         read_selections(path, fingerprint=fingerprint, test=["a.jpg", "c.jpg"])
+
+
+def test_a_run_from_before_a_new_training_setting_resumes_when_the_setting_is_at_its_default(tmp_path):
+    stored = {"batch": 8, "train": {"base_lr": 0.02}}
+    path = tmp_path / "selections.json"
+    write_selections(path, new_selections(stored, ["a.jpg"]))
+    now = {"batch": 8, "train": {"base_lr": 0.02, "mask_resolution": 28, "mask_boundary_weight": 0.0}}
+    assert read_selections(path, fingerprint=now, test=["a.jpg"])["config"] == stored
+    finer = {"batch": 8, "train": {"base_lr": 0.02, "mask_resolution": 56, "mask_boundary_weight": 0.0}}
+    with pytest.raises(ValueError, match=r"other settings \(train.mask_resolution\)"):
+        read_selections(path, fingerprint=finer, test=["a.jpg"])
