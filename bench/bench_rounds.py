@@ -35,6 +35,9 @@ from pathlib import Path
 
 log = logging.getLogger("bench.rounds")
 
+#: The worker's round rule before simulations stored theirs: 4 iterations per new image, at least 40, at the
+#: recipe's learning rate.
+OLD_ROUND_RULE = {"per_image": 4, "floor": 40, "lr_scale": 1.0}
 COLUMNS = ("seed", "round", "n_labelled", "segm_AP", "segm_AP50", "bbox_AP", "seconds")
 RECIPE_COLUMNS = ("recipe", "iters", "base_lr", *COLUMNS)
 
@@ -70,7 +73,8 @@ def _config_from(selections: dict, *, device: str):
                            rounds=fp["rounds"], test_frac=fp["test_frac"], split_seed=fp["split_seed"],
                            test_size=fp["test_size"], pool_size=fp["pool_size"], round_iters=fp["round_iters"],
                            prescale=fp["prescale"], train=train)
-    diffs = fingerprint_differences(fp, cfg.fingerprint())
+    # the recipes and the from-scratch trainings do not follow the worker's round rule: it may have changed since
+    diffs = [d for d in fingerprint_differences(fp, cfg.fingerprint()) if d != "round_rule"]
     if diffs:
         raise ValueError(f"the simulation's settings cannot be rebuilt by this version of the code ({', '.join(diffs)})")
     return cfg
@@ -225,12 +229,15 @@ def report_recipes(args) -> str:
     from shoeseg.schedule import round_iters
 
     fp = json.loads((sim / "selections.json").read_text(encoding="utf-8"))["config"]
-    live_lr = fp["train"]["base_lr"]
-    live_iters = fp["round_iters"] or round_iters(fp["train"]["iters"], fp["batch"])
-    lines.append(f"| live round (the worker's rule) | {live_iters} | {live_lr:g} | "
+    rule = fp.get("round_rule") or OLD_ROUND_RULE
+    recipe_lr = fp["train"]["base_lr"]
+    live_lr = recipe_lr * rule["lr_scale"]
+    live_iters = fp["round_iters"] or round_iters(fp["train"]["iters"], fp["batch"], per_image=rule["per_image"],
+                                                  floor=rule["floor"])
+    lines.append(f"| live round (the simulation's rule) | {live_iters} | {live_lr:g} | "
                  f"{_stats([r['segm_AP'] for r in live.values()])} | {paired(live, first)} | – | – |")
     if scratch:
-        lines.append(f"| from scratch | full | {live_lr:g} | {_stats([r['segm_AP'] for r in scratch.values()])} | "
+        lines.append(f"| from scratch | full | {recipe_lr:g} | {_stats([r['segm_AP'] for r in scratch.values()])} | "
                      f"{paired(scratch, first)} | {paired(scratch, live)} | "
                      f"{statistics.mean(r['seconds'] for r in scratch.values()):.0f} |")
     for name in dict.fromkeys(r["recipe"] for r in rows):

@@ -3,8 +3,8 @@
 Training uses one :class:`shoeseg.train.TrainConfig`, the one ``shoeseg train`` and the worker fill with
 ``TrainConfig.for_profile(profile, **overrides)``. Round 0 runs its full schedule from its weights; every later
 round warm-starts from the previous round's checkpoint (``init_from``) with the worker's short schedule
-(:func:`shoeseg.schedule.fine_tune_config`: 4 iterations per new labelled image, at least 40, at most the full
-schedule), unless ``round_iters`` fixes it.
+(:func:`shoeseg.schedule.fine_tune_config`: 12 iterations per new labelled image, at least 40, at most the full
+schedule, at half the recipe's learning rate), unless ``round_iters`` fixes it.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class SimulationConfig:
         Example:
             >>> cfg = SimulationConfig(batch=8)  # doctest: +SKIP
             >>> cfg.train_config(seed=1, round=2, init_from="r1/model.pt").iters  # doctest: +SKIP
-            40
+            96
         """
         from shoeseg.schedule import fine_tune_config
 
@@ -125,9 +125,14 @@ class SimulationConfig:
         train = self.train.to_dict()
         for k in ("progress_bar", "log_period"):
             train.pop(k, None)
+        from shoeseg import schedule
+
         fp = {"start": self.start, "batch": self.batch, "rounds": self.rounds, "test_frac": self.test_frac,
               "split_seed": self.split_seed, "test_size": self.test_size, "pool_size": self.pool_size,
               "round_iters": self.round_iters, "prescale": self.prescale,
+              # the worker's rule for later rounds: a run is not continued under another one
+              "round_rule": {"per_image": schedule.ROUND_ITERS_PER_NEW_IMAGE, "floor": schedule.MIN_ROUND_ITERS,
+                             "lr_scale": schedule.ROUND_LR_SCALE},
               "train": train}
         return json.loads(json.dumps(fp))
 

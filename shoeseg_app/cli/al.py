@@ -117,7 +117,7 @@ def simulate(
     profile: str = typer.Option("cpu", "--profile", help="Training recipe: cpu, study, gpu, or auto (from the device)."),
     iters: int = typer.Option(None, "--iters", min=1, help="Round 0's iterations (default: the profile's)."),
     round_iters: int = typer.Option(None, "--round-iters", min=1,
-                                    help="Iterations of every later round (default: 4 per new labelled image, at "
+                                    help="Iterations of every later round (default: 12 per new labelled image, at "
                                     "least 40, at most --iters)."),
     ims_per_batch: int = typer.Option(None, "--ims-per-batch", min=1, help="Images per training step."),
     lr: float = typer.Option(None, "--lr", "--base-lr", help="Base learning rate."),

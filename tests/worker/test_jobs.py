@@ -225,10 +225,12 @@ def test_a_fine_tuning_round_is_sized_to_what_is_new(monkeypatch):
 
     settings = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_DEVICE": "cpu"})
     first = train_config(settings, weights="none", init_from=None, seed=0, new=30)
-    assert first.iters == 200  # the first model: the profile's full schedule
-    assert train_config(settings, weights=None, init_from="m.pt", seed=0, new=5).iters == 40  # the floor
-    round_30 = train_config(settings, weights=None, init_from="m.pt", seed=0, new=30)
-    assert round_30.iters == 120 and round_30.warmup_iters <= 24 and round_30.init_from == "m.pt"
+    assert first.iters == 200 and first.base_lr == 2e-4  # the first model: the profile's full schedule
+    assert train_config(settings, weights=None, init_from="m.pt", seed=0, new=3).iters == 40  # the floor
+    round_10 = train_config(settings, weights=None, init_from="m.pt", seed=0, new=10)
+    assert round_10.iters == 120 and round_10.warmup_iters <= 24 and round_10.init_from == "m.pt"
+    assert round_10.base_lr == 1e-4  # half the recipe's rate
+    assert train_config(settings, weights=None, init_from="m.pt", seed=0, new=30).iters == 200  # the full schedule
     fixed = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_TRAIN_ITERS": "7"})
     assert train_config(fixed, weights=None, init_from="m.pt", seed=0, new=30).iters == 7  # the variable wins
 

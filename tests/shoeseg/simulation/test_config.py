@@ -51,10 +51,11 @@ def test_round_0_trains_the_recipe_and_later_rounds_warm_start_with_a_short_sche
     assert (r0.base_lr, r0.roi_batch_size_per_image, r0.arch, r0.warmup_iters) == (0.01, 128, "lite2-fpn", 50)
     r2 = cfg.train_config(seed=2, round=2, init_from=Path("runs/r1/model.pt"))
     assert r2.init_from == "runs/r1/model.pt" and r2.seed == 5 + 2002
-    assert r2.iters == round_iters(200, 8) == 40  # 4 per new image, at least 40
-    assert r2.warmup_iters == 8 and r2.resolved_steps() == (30, 36)  # warm-up and decay follow the short schedule
-    assert r2.base_lr == 0.01 and r2.min_size == train.min_size
-    assert SimulationConfig(batch=30, train=train).train_config(seed=0, round=1, init_from="m.pt").iters == 120
+    assert r2.iters == round_iters(200, 8) == 96  # 12 per new image, at least 40
+    assert r2.warmup_iters == 19 and r2.resolved_steps() == (72, 86)  # warm-up and decay follow the short schedule
+    assert r2.base_lr == 0.005 and r2.min_size == train.min_size  # half the recipe's rate
+    assert SimulationConfig(batch=3, train=train).train_config(seed=0, round=1, init_from="m.pt").iters == 40
+    assert SimulationConfig(batch=10, train=train).train_config(seed=0, round=1, init_from="m.pt").iters == 120
     assert SimulationConfig(batch=100, train=train).train_config(seed=0, round=1, init_from="m.pt").iters == 200
     assert SimulationConfig(round_iters=7, train=train).train_config(seed=0, round=1, init_from="m.pt").iters == 7
     tiny = SimulationConfig(train=TrainConfig.for_profile("cpu", iters=2))
