@@ -218,14 +218,15 @@ def report_recipes(args) -> str:
     lines = ["Round recipes for the first round (10 new labels on the 10-label first version, 20 labels in all), "
              "each a warm start from the same checkpoint; mask AP on the simulation's test images, mean ± sd "
              "over seeds; differences paired by seed [min, max].", "",
-             "| recipe | iterations | learning rate | mask AP | − first version | − live round | training + scoring s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| recipe | iterations | learning rate | mask AP | − first version | − live round | − from scratch | "
+             "training + scoring s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
 
     def paired(mine: dict, other: dict) -> str:
         d = [mine[s]["segm_AP"] - other[s]["segm_AP"] for s in sorted(set(mine) & set(other))]
         return f"{statistics.mean(d):+.3f} [{min(d):+.3f}, {max(d):+.3f}] (n={len(d)})" if d else "–"
 
-    lines.append(f"| first version (10 labels) | – | – | {_stats([r['segm_AP'] for r in first.values()])} | – | – | – |")
+    lines.append(f"| first version (10 labels) | – | – | {_stats([r['segm_AP'] for r in first.values()])} | – | – | – | – |")
     from shoeseg.schedule import round_iters
 
     fp = json.loads((sim / "selections.json").read_text(encoding="utf-8"))["config"]
@@ -235,16 +236,17 @@ def report_recipes(args) -> str:
     live_iters = fp["round_iters"] or round_iters(fp["train"]["iters"], fp["batch"], per_image=rule["per_image"],
                                                   floor=rule["floor"])
     lines.append(f"| live round (the simulation's rule) | {live_iters} | {live_lr:g} | "
-                 f"{_stats([r['segm_AP'] for r in live.values()])} | {paired(live, first)} | – | – |")
+                 f"{_stats([r['segm_AP'] for r in live.values()])} | {paired(live, first)} | – | "
+                 f"{paired(live, scratch)} | – |")
     if scratch:
         lines.append(f"| from scratch | full | {recipe_lr:g} | {_stats([r['segm_AP'] for r in scratch.values()])} | "
-                     f"{paired(scratch, first)} | {paired(scratch, live)} | "
+                     f"{paired(scratch, first)} | {paired(scratch, live)} | – | "
                      f"{statistics.mean(r['seconds'] for r in scratch.values()):.0f} |")
     for name in dict.fromkeys(r["recipe"] for r in rows):
         mine = {r["seed"]: r for r in rows if r["recipe"] == name}
         one = next(iter(mine.values()))
         lines.append(f"| {name} | {one['iters']} | {one['base_lr']:g} | {_stats([r['segm_AP'] for r in mine.values()])} | "
-                     f"{paired(mine, first)} | {paired(mine, live)} | "
+                     f"{paired(mine, first)} | {paired(mine, live)} | {paired(mine, scratch)} | "
                      f"{statistics.mean(r['seconds'] for r in mine.values()):.0f} |")
     text = "\n".join(lines)
     (out / "recipes.md").write_text(text + "\n", encoding="utf-8")
@@ -266,7 +268,7 @@ def report(args) -> str:
     scratch = _read_rows(Path(args.out) / "scratch.csv")
     fp = json.loads((sim / "selections.json").read_text(encoding="utf-8"))["config"]
     lines = [
-        f"Warm-start rounds (the worker's rule) against from-scratch trainings ({fp['train']['iters']} iterations, "
+        f"Warm-start rounds (the simulation's round rule) against from-scratch trainings ({fp['train']['iters']} iterations, "
         f"{fp['train']['min_size']}-{fp['train']['max_size']} px) on the same labels; mask AP on the simulation's "
         f"{fp['test_size']} test images, mean ± sd over seeds.",
         "",
