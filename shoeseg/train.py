@@ -24,6 +24,7 @@ import os
 import random
 import statistics
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -469,7 +470,7 @@ def _train(
 
     metrics_path = run_dir / "metrics.jsonl"
     rows: list[dict[str, Any]] = []
-    window: dict[str, list[float]] = {k: [] for k in LOSS_KEYS}
+    window: dict[str, list[float]] = defaultdict(list)  # LOSS_KEYS, and loss_mask_boundary when it is trained
     data_iter = _infinite(loader, sampler)
     if main:
         log.info("training %d iterations on %s: %d images, classes %s, %d ROIs/image, %d-%d px", config.iters,
@@ -525,7 +526,7 @@ def _train(
                 if progress is not None:
                     progress({"iteration": done, "max_iter": config.iters, "losses": med, "lr": lr,
                               "eta_seconds": eta})
-                window = {k: [] for k in LOSS_KEYS}
+                window = defaultdict(list)
             if should_stop is not None and done < config.iters and should_stop():
                 log.info("stopped after %d of %d iterations: asked to", done, config.iters)
                 raise TrainingStopped(done)
