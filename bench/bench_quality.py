@@ -133,7 +133,9 @@ def run_one(name: str, out_dir: Path) -> dict:
     row = {
         "config": name, "arch": cfg.arch, "weights": cfg.weights, "copy_paste": cfg.copy_paste, "iters": cfg.iters,
         "optimizer": f"{cfg.optimizer} {cfg.base_lr:g}", "ema_decay": cfg.ema_decay, "seed": cfg.seed,
-        "segm_AP": metrics.get("segm_AP"), "segm_AP50": metrics.get("segm_AP50"), "bbox_AP": metrics.get("bbox_AP"),
+        "segm_AP": metrics.get("segm_AP"), "segm_AP50": metrics.get("segm_AP50"),
+        "segm_AP75": metrics.get("segm_AP75"), "bbox_AP": metrics.get("bbox_AP"),
+        "mask_resolution": cfg.mask_resolution, "mask_boundary_weight": cfg.mask_boundary_weight,
         "train_min": result.final_metrics["train_s"] / 60, "s_per_iter": result.final_metrics["train_s"] / cfg.iters,
         "predict_ms": ours_ms, "forward_ms": bare_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "held_out_images": len(held.images), "checkpoint": str(result.checkpoint),
@@ -225,15 +227,16 @@ def main() -> None:
         saved.write_text(json.dumps(rows, indent=1))
     print(f"\nShoeSeg model families on {SHOES.name} (held-out: val + test of the seed-0 split, "
           f"{rows[0]['held_out_images'] if rows else '?'} images), cpu profile, CPU {os.cpu_count()} cores")
-    print("| config | start | copy-paste | iterations | optimizer | EMA | mask AP | mask AP50 | box AP | train min | s/it | "
+    print("| config | start | copy-paste | iterations | optimizer | EMA | mask AP | mask AP50 | mask AP75 | box AP | "
+          "train min | s/it | "
           "predict ms/img | bare forward ms/img | overhead | peak RSS MB | score thr | matched IoU 0.5/0.75/0.85/0.9 | "
           "to draw/img | to delete/img | vertices/polygon | to drag/img |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         overhead = (r["predict_ms"] - r["forward_ms"]) / r["forward_ms"] * 100
         print(f"| {r['config']} | {r['arch']} {r['weights']} | {r['copy_paste']:g} | {r['iters']} | "
               f"{r.get('optimizer', 'sgd')} | {r.get('ema_decay') or '-'} | {_fmt(r['segm_AP'])} | "
-              f"{_fmt(r['segm_AP50'])} | {_fmt(r['bbox_AP'])} | {r['train_min']:.1f} | {r['s_per_iter']:.2f} | "
+              f"{_fmt(r['segm_AP50'])} | {_fmt(r.get('segm_AP75'))} | {_fmt(r['bbox_AP'])} | {r['train_min']:.1f} | {r['s_per_iter']:.2f} | "
               f"{r['predict_ms']:.0f} | {r['forward_ms']:.0f} | {overhead:+.1f} % | {r['peak_rss_mb']:.0f} | "
               f"{_annotator_cells(r.get('annotator'))} |")
     for r in rows:
