@@ -49,6 +49,7 @@ CONFIGS = {
     "lite2-mask56": {"arch": "lite2-fpn", "weights": "imagenet", "mask_resolution": 56},
     # tight outlines: a boundary term in the mask loss (shoeseg.heads)
     "lite2-boundary": {"arch": "lite2-fpn", "weights": "imagenet", "mask_boundary_weight": 1.0},
+    "lite2-boundary-seed1": {"arch": "lite2-fpn", "weights": "imagenet", "mask_boundary_weight": 1.0, "seed": 1},
     # the cpu profile's recipe before AdamW: SGD at 0.005 (0.01 diverged) for 250 iterations
     "lite2-sgd": {"arch": "lite2-fpn", "weights": "imagenet", "optimizer": "sgd", "base_lr": 0.005,
                   "weight_decay": 1e-4, "iters": 250},
