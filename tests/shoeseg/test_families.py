@@ -121,9 +121,11 @@ def test_profiles_fill_defaults_and_flags_override():
         "lite2-fpn", "auto", 200, 128, 5.0)
     assert (cpu.optimizer, cpu.base_lr, cpu.weight_decay) == ("adamw", 2e-4, 0.05)
     assert (cpu.rpn_post_nms_top_n_test, cpu.box_detections_per_img, cpu.int8_box_head) == (100, 20, True)
+    assert (cpu.mask_boundary_weight, cpu.mask_resolution) == (1.0, 28)  # the outline lever measured to pay
     study = TrainConfig.for_profile("study")
     assert (study.arch, study.weights, study.iters, study.roi_batch_size_per_image, study.min_size) == (
         "r50-fpn", "coco", 600, 512, 800)
+    assert study.mask_boundary_weight == 0.0  # the study's recipe, unchanged
     assert TrainConfig.for_profile("cpu", iters=10, base_lr=None).iters == 10  # None: not given
     assert TrainConfig.for_profile("auto", device="cpu").arch == PROFILES["cpu"]["arch"]
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
