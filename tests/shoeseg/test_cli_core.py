@@ -95,9 +95,11 @@ def test_train_eval_predict_and_models_end_to_end(via_dataset, tmp_path, monkeyp
     n_dets = [len(i["detections"]) for i in preds["images"]]
     assert sum(n_dets) > 0  # a threshold of 0 keeps every detection with a non-empty mask
     via = load(out / "predictions_via.json")
-    # VIA polygons have one part each: a detection split in two parts becomes two regions
-    assert [len(r.regions) for r in via.images] == [sum(len(d["polygons"]) for d in i["detections"])
-                                                    for i in preds["images"]]
+    # VIA polygons have one part each: a detection split in two parts is written as two VIA regions of one
+    # group, and read back as one region with both parts
+    assert [len(r.regions) for r in via.images] == n_dets
+    assert [[len(r.polygons) for r in im.regions] for im in via.images] == [
+        [len(d["polygons"]) for d in i["detections"]] for i in preds["images"]]
     first = preds["images"][0]
     stem = first["file_name"].rsplit(".", 1)[0]
     assert Image.open(out / "overlays" / f"{stem}.jpg").size == (80, 64)
