@@ -23,6 +23,13 @@ import cv2
 import numpy as np
 import shapely
 
+#: The pre-labels' vertex budget (docs/real-data.md, "The vertex budget of the pre-labels"): a tolerance of 1 px
+#: or 0.5 % of the shoe's box diagonal, whichever is larger, and at most 40 vertices a polygon. Every predictor's
+#: default (:class:`shoeseg.predict.OutputSettings`) and the services' (``SHOESEG_POLYGON_*``).
+POLYGON_TOLERANCE_PX = 1.0
+POLYGON_TOLERANCE_REL = 0.005
+POLYGON_MAX_VERTICES = 40
+
 _SHIFT = 4  # fixed-point bits for sub-pixel polygon filling (1/16 px)
 
 

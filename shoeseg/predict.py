@@ -21,7 +21,13 @@ import torch
 from torch import nn
 
 from shoeseg.device import autocast, configure_for_speed, resolve_device
-from shoeseg.geometry import flip_polygons_x, mask_to_polygons
+from shoeseg.geometry import (
+    POLYGON_MAX_VERTICES,
+    POLYGON_TOLERANCE_PX,
+    POLYGON_TOLERANCE_REL,
+    flip_polygons_x,
+    mask_to_polygons,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +61,9 @@ class OutputSettings:
 
     score_thresh: float = DEFAULT_SCORE_THRESH
     mask_thresh: float = 0.5
-    tolerance_px: float = 1.0
-    tolerance_rel: float = 0.0
-    max_vertices: int | None = None
+    tolerance_px: float = POLYGON_TOLERANCE_PX
+    tolerance_rel: float = POLYGON_TOLERANCE_REL
+    max_vertices: int | None = POLYGON_MAX_VERTICES
     min_area_px: float = 16.0
     batch_size: int = 2
 

@@ -57,6 +57,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shoeseg.active_learning import STRATEGIES as _AL_TABLE
+from shoeseg.geometry import POLYGON_MAX_VERTICES, POLYGON_TOLERANCE_PX, POLYGON_TOLERANCE_REL
 
 #: Strategies the task score may use: the one table, ``shoeseg.active_learning.STRATEGIES``.
 AL_STRATEGIES = tuple(_AL_TABLE)
@@ -281,9 +282,9 @@ class Settings:
     insecure: bool = False
     min_new_annotations: int = 10
     score_thresh: float | None = None
-    polygon_tolerance_px: float = 1.0
-    polygon_tolerance_rel: float = 0.005
-    polygon_max_vertices: int | None = 40
+    polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
+    polygon_tolerance_rel: float = POLYGON_TOLERANCE_REL
+    polygon_max_vertices: int | None = POLYGON_MAX_VERTICES
     al_strategy: str = "least_confidence"
     # the backend's bounds on one request
     max_image_bytes: int = 30 * 1024 * 1024
