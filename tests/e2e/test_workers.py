@@ -72,6 +72,15 @@ class Cluster:
             region, im.width_px, im.height_px, from_name="label", to_name="image")]
         self.client.annotations.create(id=task_ids[im.file_name], result=result, project=project)
 
+    def read_its_labels(self, project: int) -> bool:
+        """The project's training runs and has read its labels: a label changed now is new to a follow-up (one
+        changed before the running job read it would leave the follow-up nothing new, and it would be skipped)."""
+        st = trigger.training_state(self.conn, project)
+        if st["liveness"] != "running" or not st.get("job_id"):
+            return False
+        stage = Job.fetch(st["job_id"], connection=self.conn).meta.get("stage")
+        return stage not in (None, "starting", "reading annotations", "fetching images")
+
     def start_worker(self, role: str, **env) -> str:
         name = f"{role}-{time.time_ns()}"
         self.workers[name] = Process(name, [str(BIN / "shoeseg"), "worker", "--name", name],
@@ -170,7 +179,7 @@ def test_three_projects_share_two_workers_one_training_per_project_at_a_time(clu
     asked: set[int] = set()
     while len(asked) < N_PROJECTS and time.perf_counter() - t0 < 120:
         for p in set(cl.projects) - asked:
-            if trigger.training_state(cl.conn, p)["liveness"] == "running":
+            if cl.read_its_labels(p):
                 cl.relabel(p)
                 answers = {cl.request(p, f"labels during the run ({k})")["action"] for k in range(5)}
                 assert answers == {"follow_up"}, answers
