@@ -243,6 +243,30 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
+def candidates_needed(strategy: str, shown_thresh: float) -> tuple[float, bool]:
+    """What a strategy's task score must see of the model's candidates, for a prediction that shows those scoring
+    at least ``shown_thresh``: ``(score threshold, fall back to CANDIDATE_SCORE_THRESH on an image with nothing
+    over it)``. The same task score, for less of the mask head's work:
+
+    * ``random`` needs no candidate: what is shown is enough;
+    * ``least_confidence`` needs the best candidate only, which is the best shown one whenever one is shown (a
+      lower threshold adds no box above it: torchvision drops low scores before NMS, and a low box never
+      suppresses a higher one); an image with nothing shown asks again, down to :data:`CANDIDATE_SCORE_THRESH`;
+    * ``entropy`` and ``flip_consistency`` weigh every candidate down to :data:`CANDIDATE_SCORE_THRESH`.
+
+    Example:
+        >>> candidates_needed("least_confidence", 0.5)
+        (0.5, True)
+    """
+    check_strategy(strategy)
+    shown = max(float(shown_thresh), CANDIDATE_SCORE_THRESH)
+    if strategy == "random":
+        return shown, False
+    if strategy == "least_confidence":
+        return shown, shown > CANDIDATE_SCORE_THRESH
+    return CANDIDATE_SCORE_THRESH, False
+
+
 def needs_flip(strategy: str) -> bool:
     """True when ``strategy`` scores an image from its mirror image too (:func:`detections_score`'s ``flipped``)."""
     return check_strategy(strategy) == "flip_consistency"

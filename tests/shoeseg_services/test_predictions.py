@@ -91,3 +91,47 @@ def test_combine_and_as_ls():
     assert as_ls(both, task_id=5, model_version="v1") == {"task": 5, "result": both.result, "score": 0.2,
                                                           "model_version": "v1"}
     assert "task" not in as_ls(ImagePrediction(), task_id=None, model_version="v1")
+
+
+@pytest.mark.parametrize("strategy", ["least_confidence", "random", "entropy"])
+def test_the_model_is_asked_for_no_more_candidates_than_the_strategy_needs_and_the_prediction_is_the_same(strategy):
+    """A real (random-weight) model: the writer's lean candidates give the same regions and task score as every
+    candidate down to 0.05, with the threshold set so that some images show a detection and some show none."""
+    torch = pytest.importorskip("torch")
+    from shoeseg.active_learning import CANDIDATE_SCORE_THRESH
+    from shoeseg.model import build_model
+    from shoeseg.predict import Predictor
+
+    torch.manual_seed(0)
+    model = build_model(num_classes=1, weights=None, min_size=64, max_size=96, box_detections_per_img=20)
+    predictor = Predictor(model, class_names=["shoe"], device="cpu", batch_size=2)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (72, 96, 3), dtype=np.uint8) for _ in range(6)]
+    every = predictor.predict(images, score_thresh=CANDIDATE_SCORE_THRESH, polygons_from=1.0)
+    best = sorted(max(d.score for d in dets) for dets in every if dets)
+    assert len(best) >= 4, "a random-weight model proposes candidates on most images"
+    thresh = (best[1] + best[2]) / 2  # two images show nothing, the others something
+
+    asked: list[float] = []
+    real_forward = predictor.forward_raw
+
+    def forward_raw(batch, **kw):
+        asked.append(kw["score_thresh"])
+        return real_forward(batch, **kw)
+
+    predictor.forward_raw = forward_raw
+    w = PredictionWriter(parse_label_config(CONFIG), ["shoe"], strategy=strategy, score_thresh=thresh)
+    lean = w.candidates(predictor, images)
+    full = [(d, None) for d in predictor.detections(real_forward(images, score_thresh=CANDIDATE_SCORE_THRESH),
+                                                    [im.shape[:2] for im in images], polygons_from=thresh)]
+    for k, ((a, _), (b, _)) in enumerate(zip(lean, full, strict=True)):
+        pa = w.write(a, image_name="image", width_px=96, height_px=72, task_id=k)
+        pb = w.write(b, image_name="image", width_px=96, height_px=72, task_id=k)
+        assert pa.result == pb.result and pa.score == pytest.approx(pb.score), (strategy, k)
+    if strategy == "entropy":  # every candidate weighs
+        assert set(asked) == {CANDIDATE_SCORE_THRESH}
+    else:
+        assert asked[:3] == [thresh] * 3  # three batches of two at the shown threshold
+        # least confidence asks again only for the images with nothing shown; random never does
+        assert asked[3:] == ([CANDIDATE_SCORE_THRESH] if strategy == "least_confidence" else [])
+        assert sum(len(a) for a, _ in lean) < sum(len(b) for b, _ in full)  # fewer candidates went through
