@@ -243,28 +243,28 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
-def candidates_needed(strategy: str, shown_thresh: float) -> tuple[float, bool]:
+def candidates_needed(strategy: str, shown_thresh: float) -> tuple[float, float]:
     """What a strategy's task score must see of the model's candidates, for a prediction that shows those scoring
-    at least ``shown_thresh``: ``(score threshold, fall back to CANDIDATE_SCORE_THRESH on an image with nothing
-    over it)``. The same task score, for less of the mask head's work:
+    at least ``shown_thresh``: ``(score threshold, masks from)``, the lowest score a candidate is asked for and
+    the lowest for which its mask is (:func:`shoeseg.inference.detect`). The same task score, for less of the
+    mask head's work:
 
     * ``random`` needs no candidate: what is shown is enough;
-    * ``least_confidence`` needs the best candidate only, which is the best shown one whenever one is shown (a
-      lower threshold adds no box above it: torchvision drops low scores before NMS, and a low box never
-      suppresses a higher one); an image with nothing shown asks again, down to :data:`CANDIDATE_SCORE_THRESH`;
-    * ``entropy`` and ``flip_consistency`` weigh every candidate down to :data:`CANDIDATE_SCORE_THRESH`.
+    * ``least_confidence`` and ``entropy`` need every candidate's score down to :data:`CANDIDATE_SCORE_THRESH`,
+      and masks only for what is shown;
+    * ``flip_consistency`` compares the masks of every candidate with those of the mirror image.
 
     Example:
         >>> candidates_needed("least_confidence", 0.5)
-        (0.5, True)
+        (0.05, 0.5)
     """
     check_strategy(strategy)
     shown = max(float(shown_thresh), CANDIDATE_SCORE_THRESH)
     if strategy == "random":
-        return shown, False
-    if strategy == "least_confidence":
-        return shown, shown > CANDIDATE_SCORE_THRESH
-    return CANDIDATE_SCORE_THRESH, False
+        return shown, shown
+    if strategy == "flip_consistency":
+        return CANDIDATE_SCORE_THRESH, CANDIDATE_SCORE_THRESH
+    return CANDIDATE_SCORE_THRESH, shown
 
 
 def needs_flip(strategy: str) -> bool:

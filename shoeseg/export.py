@@ -1,13 +1,14 @@
 """Export a trained model to one ONNX or TorchScript file that holds the whole detector and its metadata.
 
-The exported graph takes what a photo is: an RGB ``uint8`` ``(H, W, 3)`` array of any size, and a float
-``score_thresh`` (a scalar input, so one file serves every threshold). It holds all of Mask R-CNN's
+The exported graph takes what a photo is: an RGB ``uint8`` ``(H, W, 3)`` array of any size, a float
+``score_thresh`` (a scalar input, so one file serves every threshold) and a float ``masks_from`` (the mask
+head runs on the detections scoring at least this only; 0 for every one). It holds all of Mask R-CNN's
 inference: the conversion to ``[0, 1]``, the model's normalisation and resize (shorter side ``min_size``,
 longer side capped at ``max_size``, padded to a multiple of 32), the body, the feature pyramid, the RPN, the
 box head with its class-wise NMS, and the mask head, whose probabilities are pasted into the image. It gives
 ``boxes`` (``(N, 4)`` xyxy pixels of the input), ``labels`` (``(N,)`` int64, 1 = the first class),
-``scores`` (``(N,)``) and ``masks`` (``(N, 1, H, W)`` probabilities), highest score first: what
-``model([image])`` gives in PyTorch. Image sizes are dynamic; one image per call.
+``scores`` (``(N,)``) and ``masks`` (``(K, 1, H, W)`` probabilities of the first ``K <= N`` detections, those
+scoring at least ``masks_from``), highest score first: what ``model([image])`` gives in PyTorch. Image sizes are dynamic; one image per call.
 
 How:
 
@@ -58,7 +59,9 @@ META_KEY = "shoeseg"
 TORCHSCRIPT_META_FILE = "shoeseg.json"
 #: opset 16 has RoiAlign with half-pixel coordinates (torchvision's aligned=True); 17 is well supported by ORT.
 ONNX_OPSET = 17
-INPUT_NAMES = ("image", "score_thresh")
+#: ``masks_from``: the mask head runs on detections scoring at least this only (:func:`shoeseg.inference.detect`);
+#: files exported before it have the first two inputs, and a mask for every detection.
+INPUT_NAMES = ("image", "score_thresh", "masks_from")
 OUTPUT_NAMES = ("boxes", "labels", "scores", "masks")
 
 
@@ -96,8 +99,10 @@ class ServingGraph(nn.Module):
         out_hw = [size[0], size[1]] if torch.jit.is_tracing() else [int(v) for v in size.tolist()]
         return nn.functional.interpolate(image[None], size=out_hw, mode="bilinear", align_corners=False)[0]
 
-    def forward(self, image: torch.Tensor, score_thresh: torch.Tensor):
+    def forward(self, image: torch.Tensor, score_thresh: torch.Tensor, masks_from: torch.Tensor):
         from torchvision.models.detection.image_list import ImageList
+
+        from shoeseg.inference import detect
 
         model = self.model
         x = image.permute(2, 0, 1).float() / 255.0
@@ -106,16 +111,13 @@ class ServingGraph(nn.Module):
         resized_hw = (x.shape[-2], x.shape[-1])
         batch = ImageList(model.transform.batch_images([x], size_divisible=model.transform.size_divisible),
                           [resized_hw])
-        features = model.backbone(batch.tensors)
-        proposals, _ = model.rpn(batch, features)
         roi_heads = model.roi_heads
         saved = roi_heads.score_thresh
         roi_heads.score_thresh = score_thresh  # traced as the graph's input, not as a constant
         try:
-            detections, _ = roi_heads(features, proposals, batch.image_sizes)
+            out = detect(model, batch, [original_hw], masks_from)[0]
         finally:
             roi_heads.score_thresh = saved
-        out = model.transform.postprocess(detections, batch.image_sizes, [original_hw])[0]
         return out["boxes"], out["labels"], out["scores"], out["masks"]
 
 
@@ -290,7 +292,7 @@ def export_model(source: Any, out: str | Path, *, fmt: str = "onnx", int8: bool 
     graph = ServingGraph(model).eval()
     mcfg = ckpt.model_config
     example = (_example_image(mcfg.min_size, min(mcfg.max_size, mcfg.min_size * 4 // 3)),
-               torch.tensor(0.0))  # threshold 0 at trace time: every path of the heads runs
+               torch.tensor(0.0), torch.tensor(0.0))  # thresholds 0 at trace time: every path of the heads runs
     out = Path(out)
     with atomic_path(out) as tmp:
         failure: tuple[Exception, list[str]] | None = None
@@ -331,7 +333,7 @@ def _export_onnx(graph: nn.Module, example: tuple, path: Path) -> None:
         graph, example, str(path), dynamo=False, opset_version=ONNX_OPSET,
         input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
         dynamic_axes={"image": {0: "height", 1: "width"}, "boxes": {0: n}, "labels": {0: n}, "scores": {0: n},
-                      "masks": {0: n, 2: "height", 3: "width"}},
+                      "masks": {0: "masked", 2: "height", 3: "width"}},
     )
 
 
@@ -420,7 +422,8 @@ def _quantize_static(src: Path, dst: Path, calibration: Sequence[np.ndarray]) ->
         def get_next(self) -> dict[str, np.ndarray] | None:
             image = next(self._it, None)
             return None if image is None else {INPUT_NAMES[0]: np.ascontiguousarray(image, np.uint8),
-                                               INPUT_NAMES[1]: np.array(0.05, np.float32)}
+                                               INPUT_NAMES[1]: np.array(0.05, np.float32),
+                                               INPUT_NAMES[2]: np.array(0.0, np.float32)}
 
     quantize_static(str(src), str(dst), Images(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                     nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,

@@ -76,14 +76,15 @@ class Detection:
         label: class name.
         score: confidence in ``[0, 1]``.
         box_xyxy: box in pixels of the input image.
-        mask: bool ``(H, W)`` mask at the input image's size.
+        mask: bool ``(H, W)`` mask at the input image's size (``None`` for a candidate asked for without one,
+            ``Predictor.predict(masks_from=...)``).
         polygons: ``(N, 2)`` float arrays in pixels (several parts for a split mask), largest first.
     """
 
     label: str
     score: float
     box_xyxy: tuple[float, float, float, float]
-    mask: np.ndarray
+    mask: np.ndarray | None
     polygons: tuple[np.ndarray, ...]
 
     def to_region(self):
@@ -264,21 +265,28 @@ class Predictor:
     # -- batched prediction -------------------------------------------------------------------------
 
     def forward_raw(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None,
-                    flip_tta: bool | None = None) -> list[dict[str, torch.Tensor]]:
+                    flip_tta: bool | None = None, masks_from: float | None = None) -> list[dict[str, torch.Tensor]]:
         """The model's outputs for a batch (boxes, labels, scores, soft masks at image size).
 
-        With flip TTA (``flip_tta``, default the predictor's) each image also runs mirrored (see
-        :meth:`_forward_flip_tta`).
+        ``masks_from`` (``None``: every detection) runs the mask head only on detections scoring at least that:
+        ``masks`` then holds the first ``K`` detections' (:func:`shoeseg.inference.detect`). With flip TTA
+        (``flip_tta``, default the predictor's) each image also runs mirrored (see :meth:`_forward_flip_tta`),
+        and every detection has its mask.
         """
+        from shoeseg.inference import detect
+
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
         tta = self.flip_tta if flip_tta is None else bool(flip_tta)
         tensors = [image_to_tensor(im, self.device, where=f"image {i}") for i, im in enumerate(images)]
-        roi_heads = self.model.roi_heads
+        model, roi_heads = self.model, self.model.roi_heads
         with self._lock, torch.inference_mode(), autocast(self.device):
             saved = roi_heads.score_thresh
             roi_heads.score_thresh = thresh
             try:
-                return self._forward_flip_tta(tensors) if tta else self.model(tensors)
+                if tta:
+                    return self._forward_flip_tta(tensors)
+                batch, _ = model.transform(tensors)
+                return detect(model, batch, [tuple(t.shape[-2:]) for t in tensors], masks_from)
             finally:
                 roi_heads.score_thresh = saved
 
@@ -318,7 +326,8 @@ class Predictor:
         return model.transform.postprocess(results, sizes[:n], original_sizes)
 
     def predict(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None,
-                flip_tta: bool | None = None, polygons_from: float | None = None) -> list[list[Detection]]:
+                flip_tta: bool | None = None, polygons_from: float | None = None,
+                masks_from: float | None = None) -> list[list[Detection]]:
         """Detects shoes in RGB uint8 ``(H, W, 3)`` images.
 
         Args:
@@ -329,6 +338,8 @@ class Predictor:
                 others come with no polygon, kept when their mask has ``min_area_px`` pixels. For callers that
                 show only the confident ones and score the image with all of them (the prediction pipeline's
                 candidates), tracing being most of the cost after the forward pass.
+            masks_from: run the mask head only on detections scoring at least this (``None``: every one); the
+                others come with ``mask=None`` and no polygon, their box, label and score only.
 
         Returns:
             One list per image of detections, highest score first. Detections whose mask is empty after
@@ -339,7 +350,7 @@ class Predictor:
         results: list[list[Detection]] = []
         for start in range(0, len(images), self.batch_size):
             batch = list(images[start : start + self.batch_size])
-            outputs = self.forward_raw(batch, score_thresh=score_thresh, flip_tta=flip_tta)
+            outputs = self.forward_raw(batch, score_thresh=score_thresh, flip_tta=flip_tta, masks_from=masks_from)
             results += self.detections(outputs, [im.shape[:2] for im in batch], polygons_from=polygons_from)
         return results
 
@@ -355,15 +366,16 @@ class Predictor:
                        polygons_from: float | None = None) -> list[Detection]:
         if len(out["scores"]) == 0:
             return []
-        masks = (out["masks"][:, 0] > self.mask_thresh).cpu().numpy()
+        masks = list((out["masks"][:, 0] > self.mask_thresh).cpu().numpy())
         boxes = out["boxes"].float().cpu().numpy()
         scores = out["scores"].float().cpu().numpy()
         labels = out["labels"].cpu().numpy()
+        masks += [None] * (len(scores) - len(masks))  # no mask asked for the fainter ones (``masks_from``)
         dets = []
         for mask, box, score, label in zip(masks, boxes, scores, labels, strict=True):
-            if polygons_from is not None and score < polygons_from:
+            if mask is None or (polygons_from is not None and score < polygons_from):
                 polygons = ()
-                if mask.sum() < self.min_area_px:
+                if mask is not None and mask.sum() < self.min_area_px:
                     continue
             else:
                 polygons = self._polygons_in_box(mask, box, height_px, width_px)

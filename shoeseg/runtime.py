@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 #: The values of ``SHOESEG_RUNTIME``.
 RUNTIMES = ("torch", "onnx", "auto")
 
-Runner = Callable[[np.ndarray, float], dict[str, torch.Tensor]]
+#: ``run(image, score_thresh, masks_from)``: one image's outputs.
+Runner = Callable[[np.ndarray, float, float], dict[str, torch.Tensor]]
 
 
 def onnxruntime_available() -> bool:
@@ -110,9 +111,12 @@ def _onnx_runner(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any
     session = onnx_session(path, threads=threads)
     meta = parse_meta(session.get_modelmeta().custom_metadata_map.get(META_KEY), path)
     names = [o.name for o in session.get_outputs()]
+    takes = {i.name for i in session.get_inputs()}  # a file exported before masks_from has no such input
 
-    def run(image: np.ndarray, score_thresh: float) -> dict[str, torch.Tensor]:
-        outs = session.run(None, {INPUT_NAMES[0]: image, INPUT_NAMES[1]: np.array(score_thresh, np.float32)})
+    def run(image: np.ndarray, score_thresh: float, masks_from: float) -> dict[str, torch.Tensor]:
+        feed = {INPUT_NAMES[0]: image, INPUT_NAMES[1]: np.array(score_thresh, np.float32),
+                INPUT_NAMES[2]: np.array(masks_from, np.float32)}
+        outs = session.run(None, {k: v for k, v in feed.items() if k in takes})
         return {k: torch.from_numpy(v) for k, v in zip(names, outs, strict=True)}
 
     return run, meta
@@ -126,10 +130,14 @@ def _torchscript_runner(path: Path) -> tuple[Runner, dict[str, Any]]:
         raise ValueError(f"{path}: not a readable TorchScript model ({type(e).__name__}: {e})") from e
     meta = parse_meta(extra[TORCHSCRIPT_META_FILE] or None, path)
     module.eval()
+    with_masks_from = INPUT_NAMES[2] in meta.get("inputs", ())  # not in a file exported before it
 
-    def run(image: np.ndarray, score_thresh: float) -> dict[str, torch.Tensor]:
+    def run(image: np.ndarray, score_thresh: float, masks_from: float) -> dict[str, torch.Tensor]:
+        args = [torch.from_numpy(image), torch.tensor(float(score_thresh))]
+        if with_masks_from:
+            args.append(torch.tensor(float(masks_from)))
         with torch.inference_mode():
-            boxes, labels, scores, masks = module(torch.from_numpy(image), torch.tensor(float(score_thresh)))
+            boxes, labels, scores, masks = module(*args)
         return {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks}
 
     return run, meta
@@ -199,14 +207,16 @@ class ExportedPredictor(Predictor):
         return int(size["min_size"]), int(size["max_size"])
 
     def forward_raw(self, images: Sequence[np.ndarray], *, score_thresh: float | None = None,
-                    flip_tta: bool | None = None) -> list[dict[str, torch.Tensor]]:
-        """The exported model's outputs for each image (boxes, labels, scores, soft masks at image size)."""
+                    flip_tta: bool | None = None, masks_from: float | None = None) -> list[dict[str, torch.Tensor]]:
+        """The exported model's outputs for each image (boxes, labels, scores, soft masks at image size); masks
+        only for the detections scoring at least ``masks_from`` (``None``: every one), as
+        :meth:`Predictor.forward_raw` gives them (a file exported before ``masks_from`` gives every mask)."""
         if flip_tta:
             raise ValueError(f"{self.checkpoint_path}: an exported model has no flip TTA")
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
         arrays = [as_rgb_uint8(im, where=f"image {i}") for i, im in enumerate(images)]
         with self._lock:
-            return [self._run(a, thresh) for a in arrays]
+            return [self._run(a, thresh, 0.0 if masks_from is None else float(masks_from)) for a in arrays]
 
     def _pytorch(self, what: str) -> Predictor:
         if self._torch is None:
@@ -261,7 +271,8 @@ def ensure_onnx(checkpoint: str | Path, *, int8: bool = False) -> Path:
             except ValueError as e:
                 log.warning("%s: exporting again (%s)", path, e)
             else:
-                if meta.get("version") == version and _quantized(meta) == (int8, bool(calibration)):
+                if (meta.get("version") == version and _quantized(meta) == (int8, bool(calibration))
+                        and meta.get("inputs") == list(INPUT_NAMES)):  # one exported before masks_from: again
                     return path
     for path in candidates:
         try:

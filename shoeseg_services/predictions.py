@@ -20,9 +20,9 @@ names and one active-learning strategy. For each image it turns the model's cand
   label by one rule (exact, case-insensitive, ``predicted_values``, or the only label of a one-class model);
   each region carries its own detection ``score``;
 * the **task score**: the active-learning score of :func:`shoeseg.active_learning.detections_score`, computed
-  from the candidates its strategy needs (lower = label first; ``least_confidence`` and ``random`` need no
-  more than what is shown, so the mask head runs on no faint candidate,
-  :func:`shoeseg.active_learning.candidates_needed`), which is what Label Studio's Data Manager sorts by.
+  from the candidates its strategy needs (lower = label first; the mask head runs on the faint candidates only
+  for a strategy that compares masks, :func:`shoeseg.active_learning.candidates_needed`), which is what Label
+  Studio's Data Manager sorts by.
 
 Nothing here imports torch: detections are any objects with ``label``, ``score``, ``box_xyxy``, ``mask`` and
 ``polygons`` (``shoeseg.predict.Detection``), in the pixels of the image the model saw; ``scale_xy`` maps them to
@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 
 from shoeseg.active_learning import (
-    CANDIDATE_SCORE_THRESH,
     candidates_needed,
     check_strategy,
     detections_score,
@@ -127,8 +126,8 @@ class PredictionWriter:
 
     @property
     def candidate_thresh(self) -> float:
-        """What the model is asked for: candidates down to this score (the strategy's need,
-        :func:`shoeseg.active_learning.candidates_needed`; an image it leaves empty may be asked again lower)."""
+        """What the model is asked for: candidates down to this score, with masks for those shown only unless the
+        strategy compares masks (:func:`shoeseg.active_learning.candidates_needed`)."""
         return candidates_needed(self.strategy, self.score_thresh)[0]
 
     def candidates(self, predictor: Any, arrays: Sequence[Any]) -> list[tuple[list, list | None]]:
@@ -146,18 +145,11 @@ class PredictionWriter:
 
         images = list(arrays) + (mirror_images(arrays) if self.needs_flip else [])
         flip_tta = False if self.needs_flip else None  # flip TTA would make the two views agree by construction
-        thresh, fall_back = candidates_needed(self.strategy, self.score_thresh)
+        thresh, masks_from = candidates_needed(self.strategy, self.score_thresh)
         outputs: list[Any] = []
         for start in range(0, len(images), predictor.batch_size):
-            outputs += predictor.forward_raw(images[start : start + predictor.batch_size],
-                                             score_thresh=thresh, flip_tta=flip_tta)
-        empty = [k for k, out in enumerate(outputs) if fall_back and len(out["scores"]) == 0]
-        for start in range(0, len(empty), predictor.batch_size):  # nothing shown: the best faint candidate scores it
-            ks = empty[start : start + predictor.batch_size]
-            again = predictor.forward_raw([images[k] for k in ks], score_thresh=CANDIDATE_SCORE_THRESH,
-                                          flip_tta=flip_tta)
-            for k, out in zip(ks, again, strict=True):
-                outputs[k] = out
+            outputs += predictor.forward_raw(images[start : start + predictor.batch_size], score_thresh=thresh,
+                                             flip_tta=flip_tta, masks_from=masks_from)
         return outputs
 
     def candidates_from(self, predictor: Any, outputs: Sequence[Any], arrays: Sequence[Any]
@@ -196,8 +188,7 @@ class PredictionWriter:
         """The prediction of one image.
 
         Args:
-            detections: the model's candidates (score >= :attr:`candidate_thresh`, or lower for an image where
-                none reached it and the strategy asked again).
+            detections: the model's candidates (score >= :attr:`candidate_thresh`).
             image_name: the ``<Image name=...>`` the image fills.
             width_px / height_px: the full size of the image, as Label Studio shows it.
             scale_xy: full size over the size the model saw (detections are in the latter's pixels).

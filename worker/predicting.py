@@ -59,17 +59,20 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
         log.info("project %s: %s is no longer current (%s): not predicting", project_id, version, current)
         return {"project": project_id, "version": version, "skipped": f"version {current} is current now"}
     model_version = registry.get(version)
-    client = connect(settings.label_studio_url, settings.label_studio_api_key)
-    config = parse_label_config(call(f"read project {project_id}", label_config_of, client, project_id))
-    tasks = call(f"list the tasks of project {project_id}", list_tasks, client, project_id)
-    todo = [t for t in task_order(tasks)
-            if not any(p.get("model_version") == version for p in (t.get("predictions") or []))]
-    already = len(tasks) - len(todo)
-    progress.update(force=True, stage="predicting", tasks_total=len(tasks), tasks_done=already, strategy=strategy)
-
-    predictor = load_predictor(model_version.checkpoint, runtime=settings.runtime, device=settings.device,
-                               score_thresh=settings.score_thresh, batch_size=settings.predict_batch,
-                               **settings.polygon_options())
+    # the model loads (an ONNX Runtime session, or the checkpoint) while Label Studio lists the tasks
+    with ThreadPoolExecutor(1, thread_name_prefix="push-load") as load_pool:
+        loading = load_pool.submit(load_predictor, model_version.checkpoint, runtime=settings.runtime,
+                                   device=settings.device, score_thresh=settings.score_thresh,
+                                   batch_size=settings.predict_batch, **settings.polygon_options())
+        client = connect(settings.label_studio_url, settings.label_studio_api_key)
+        config = parse_label_config(call(f"read project {project_id}", label_config_of, client, project_id))
+        tasks = call(f"list the tasks of project {project_id}", list_tasks, client, project_id)
+        todo = [t for t in task_order(tasks)
+                if not any(p.get("model_version") == version for p in (t.get("predictions") or []))]
+        already = len(tasks) - len(todo)
+        progress.update(force=True, stage="predicting", tasks_total=len(tasks), tasks_done=already,
+                        strategy=strategy)
+        predictor = loading.result()
     writer = PredictionWriter(config, predictor.class_names, strategy=strategy, score_thresh=predictor.score_thresh)
     fetcher = ImageFetcher(settings)
     access = configured_access(settings)

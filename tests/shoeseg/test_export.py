@@ -75,6 +75,21 @@ def test_exported_detections_match_pytorch(exported, images, fmt):
     low = runtime.predict(images[:1], score_thresh=0.0)[0]
     assert len(low) >= len(got[0])
     assert_same_detections(torch_predictor.predict(images[:1], score_thresh=0.0)[0], low, 0.0)
+    # so is masks_from: every candidate's box and score, the mask head only from `cut` up, as in PyTorch
+    every = runtime.forward_raw(images, score_thresh=0.0)
+    cut = float(np.median(np.concatenate([o["scores"].numpy() for o in every])))
+    lean = runtime.forward_raw(images, score_thresh=0.0, masks_from=cut)
+    lean_torch = torch_predictor.forward_raw(images, score_thresh=0.0, masks_from=cut)
+    for out, ref in zip(lean, lean_torch, strict=True):
+        assert len(out["scores"]) == len(ref["scores"]) and len(out["masks"]) == int((out["scores"] >= cut).sum())
+        assert len(ref["masks"]) == int((ref["scores"] >= cut).sum())
+    assert 0 < sum(len(o["masks"]) for o in lean) < sum(len(o["scores"]) for o in lean)
+    shown = runtime.predict(images, score_thresh=0.0, masks_from=cut)
+    for dets, ref in zip(shown, torch_predictor.predict(images, score_thresh=cut), strict=True):
+        with_mask = [d for d in dets if d.mask is not None]
+        assert all(d.score >= cut for d in with_mask) and all(d.score < cut for d in dets if d.mask is None)
+        assert_same_detections(ref, with_mask, cut)
+    assert read_export_meta(files[fmt])["inputs"] == ["image", "score_thresh", "masks_from"]
 
 
 def test_an_exported_file_reloads_with_its_metadata(exported):

@@ -93,14 +93,15 @@ def test_combine_and_as_ls():
     assert "task" not in as_ls(ImagePrediction(), task_id=None, model_version="v1")
 
 
-@pytest.mark.parametrize("strategy", ["least_confidence", "random", "entropy"])
-def test_the_model_is_asked_for_no_more_candidates_than_the_strategy_needs_and_the_prediction_is_the_same(strategy):
-    """A real (random-weight) model: the writer's lean candidates give the same regions and task score as every
-    candidate down to 0.05, with the threshold set so that some images show a detection and some show none."""
+@pytest.mark.parametrize("strategy", ["least_confidence", "random", "entropy", "flip_consistency"])
+def test_the_model_is_asked_for_no_more_than_the_strategy_needs_and_the_prediction_is_the_same(strategy):
+    """A real (random-weight) model: the writer's candidates (masks only for what is shown, unless the strategy
+    compares masks) give the same regions and task score as every candidate down to 0.05 with every mask, with
+    the threshold set so that some images show a detection and some show none."""
     torch = pytest.importorskip("torch")
     from shoeseg.active_learning import CANDIDATE_SCORE_THRESH
     from shoeseg.model import build_model
-    from shoeseg.predict import Predictor
+    from shoeseg.predict import Predictor, mirror_back, mirror_images
 
     torch.manual_seed(0)
     model = build_model(num_classes=1, weights=None, min_size=64, max_size=96, box_detections_per_img=20)
@@ -112,26 +113,33 @@ def test_the_model_is_asked_for_no_more_candidates_than_the_strategy_needs_and_t
     assert len(best) >= 4, "a random-weight model proposes candidates on most images"
     thresh = (best[1] + best[2]) / 2  # two images show nothing, the others something
 
-    asked: list[float] = []
+    asked: list[tuple] = []
+    masks: list[tuple[int, int]] = []
     real_forward = predictor.forward_raw
 
     def forward_raw(batch, **kw):
-        asked.append(kw["score_thresh"])
-        return real_forward(batch, **kw)
+        asked.append((kw["score_thresh"], kw["masks_from"]))
+        outs = real_forward(batch, **kw)
+        masks.extend((len(o["masks"]), len(o["scores"])) for o in outs)
+        return outs
 
     predictor.forward_raw = forward_raw
     w = PredictionWriter(parse_label_config(CONFIG), ["shoe"], strategy=strategy, score_thresh=thresh)
     lean = w.candidates(predictor, images)
-    full = [(d, None) for d in predictor.detections(real_forward(images, score_thresh=CANDIDATE_SCORE_THRESH),
-                                                    [im.shape[:2] for im in images], polygons_from=thresh)]
-    for k, ((a, _), (b, _)) in enumerate(zip(lean, full, strict=True)):
-        pa = w.write(a, image_name="image", width_px=96, height_px=72, task_id=k)
-        pb = w.write(b, image_name="image", width_px=96, height_px=72, task_id=k)
+    views = images + (mirror_images(images) if w.needs_flip else [])
+    dets = predictor.detections(real_forward(views, score_thresh=CANDIDATE_SCORE_THRESH, flip_tta=False),
+                                [im.shape[:2] for im in views], polygons_from=thresh)
+    full = list(zip(dets[:6], mirror_back(dets[6:], [96] * 6) if w.needs_flip else [None] * 6, strict=True))
+    for k, ((a, fa), (b, fb)) in enumerate(zip(lean, full, strict=True)):
+        pa = w.write(a, image_name="image", width_px=96, height_px=72, task_id=k, flipped=fa)
+        pb = w.write(b, image_name="image", width_px=96, height_px=72, task_id=k, flipped=fb)
         assert pa.result == pb.result and pa.score == pytest.approx(pb.score), (strategy, k)
-    if strategy == "entropy":  # every candidate weighs
-        assert set(asked) == {CANDIDATE_SCORE_THRESH}
-    else:
-        assert asked[:3] == [thresh] * 3  # three batches of two at the shown threshold
-        # least confidence asks again only for the images with nothing shown; random never does
-        assert asked[3:] == ([CANDIDATE_SCORE_THRESH] if strategy == "least_confidence" else [])
-        assert sum(len(a) for a, _ in lean) < sum(len(b) for b, _ in full)  # fewer candidates went through
+    n_batches = 6 if w.needs_flip else 3
+    if strategy == "random":  # nothing under what is shown
+        assert asked == [(thresh, thresh)] * n_batches
+    elif strategy == "flip_consistency":  # every candidate's mask, on both views
+        assert asked == [(CANDIDATE_SCORE_THRESH, CANDIDATE_SCORE_THRESH)] * n_batches
+        assert all(m == n for m, n in masks)
+    else:  # every candidate's score, the shown ones' masks
+        assert asked == [(CANDIDATE_SCORE_THRESH, thresh)] * n_batches
+        assert sum(m for m, _ in masks) < sum(n for _, n in masks)
