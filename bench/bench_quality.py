@@ -17,7 +17,9 @@ Printed, side by side:
   test size 25 % above the trained one, each with its AP and time.
 
 Run: `python -m bench quality` (about 1 hour on 2 cores); `python -m bench.bench_quality --serving CKPT` prints
-the serving table of an existing checkpoint; `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
+the serving table of an existing checkpoint; `python -m bench.bench_quality --thresholds DIR` the annotator's
+numbers of DIR's checkpoints at the serving threshold the product would choose, cross-fitted on the held-out
+images (:func:`threshold_rows`), beside fixed thresholds; `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
 `BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default). With
 `BENCH_QUALITY_OUT=DIR` a stopped run continues: the configurations whose rows are in `DIR/quality.json` are
 not trained again.
@@ -26,6 +28,7 @@ not trained again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import statistics
@@ -34,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SHOES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "shoes"
 CONFIGS = {
@@ -268,12 +273,80 @@ def serving_only(checkpoint: Path) -> None:
     _print_serving(serving_rows(checkpoint, held, images_dir, arrays))
 
 
+#: The thresholds the cross-fitted rows compare with the one chosen: the serving default and two higher ones.
+FIXED_THRESHOLDS = (0.5, 0.7, 0.8)
+
+
+def _merged(numbers: list) -> dict:
+    """The annotator's numbers of several disjoint image sets as one (counts summed, shares re-weighted)."""
+    n_images = sum(a.n_images for a in numbers)
+    n_truth = sum(a.n_truth for a in numbers)
+    shares = {f"{level:g}": sum((a.matched_share[level] or 0) * a.n_truth for a in numbers) / n_truth
+              for level in numbers[0].matched_share}
+    return {"images": n_images, "shoes": n_truth, "matched_share": shares,
+            "missed": sum(a.n_missed for a in numbers), "missed_share": sum(a.n_missed for a in numbers) / n_truth,
+            "false_positives_per_image": sum(a.n_false_positives for a in numbers) / n_images,
+            "to_drag_per_image": sum(a.n_to_drag for a in numbers) / n_images,
+            "score_thresh": [a.score_thresh for a in numbers]}
+
+
+def threshold_rows(out_dir: Path, *, folds: int = 2, seed: int = 0) -> list[dict]:
+    """The serving threshold as the product chooses it (the least edit cost, :func:`shoeseg.edits.choose_score_thresh`),
+    cross-fitted on the held-out images, for every checkpoint of ``out_dir/quality.json``: the images split in
+    ``folds`` at random (``seed``), the threshold chosen on the others and the annotator's numbers counted on
+    each fold, so that no image judges the threshold it was chosen on; beside the numbers at fixed thresholds.
+    Rows go to ``out_dir/thresholds.json``."""
+    import numpy as np
+
+    from shoeseg.data import split_dataset
+    from shoeseg.edits import annotator_numbers, choose_score_thresh
+    from shoeseg.evaluate import evaluate
+    from shoeseg.predict import Predictor
+    from via_tools.io import load
+    from via_tools.options import ReadOptions
+
+    images_dir = SHOES / "images"
+    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
+    held = _held_out(ds, split_dataset(ds, seed=0))
+    rows = []
+    for r in json.loads((out_dir / "quality.json").read_text()):
+        predictor = Predictor.from_checkpoint(r["checkpoint"], device="cpu", score_thresh=0.05)
+        measures = evaluate(predictor, held, images_dir=images_dir, with_losses=False).measures
+        fold_of = np.random.default_rng(seed).permutation(len(measures)) % folds
+        crossed = []
+        for k in range(folds):
+            choose_on = [m for m, f in zip(measures, fold_of, strict=True) if f != k]
+            judged = [m for m, f in zip(measures, fold_of, strict=True) if f == k]
+            crossed.append(annotator_numbers(judged, choose_score_thresh(choose_on).score_thresh))
+        row = {"config": r["config"], "seed": r.get("seed"), "folds": folds, "cross_fitted": _merged(crossed)}
+        for t in FIXED_THRESHOLDS:
+            row[f"at {t:g}"] = _merged([annotator_numbers(measures, t)])
+        rows.append(row)
+        log.info("%s: %s", r["config"], row)
+    (out_dir / "thresholds.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def _print_thresholds(rows: list[dict]) -> None:
+    print("| config | seed | threshold | IoU >= 0.5 / 0.75 / 0.85 / 0.9 | shoes to draw | to delete / img | to drag / img |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        for key in ["cross_fitted", *[f"at {t:g}" for t in FIXED_THRESHOLDS]]:
+            a = r[key]
+            thr = ("chosen on the other fold: " + ", ".join(f"{t:g}" for t in a["score_thresh"])
+                   if key == "cross_fitted" else key[3:])
+            shares = " / ".join(f"{v:.0%}" for v in a["matched_share"].values())
+            print(f"| {r['config']} | {r['seed']} | {thr} | {shares} | {a['missed']} of {a['shoes']} | "
+                  f"{a['false_positives_per_image']:.2f} | {a['to_drag_per_image']:.1f} |")
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--serving":
         serving_only(Path(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--thresholds":
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        _print_thresholds(threshold_rows(Path(sys.argv[2])))
     elif len(sys.argv) == 4 and sys.argv[1] == "--one":
-        import logging
-
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         print(json.dumps(run_one(sys.argv[2], Path(sys.argv[3]))))
     else:

@@ -24,6 +24,7 @@ from torch import nn
 from shoeseg.data import eval_transforms, load_image_and_target, to_tensor_image
 from shoeseg.edits import (
     AnnotatorNumbers,
+    ImageMeasure,
     ThresholdChoice,
     annotator_numbers,
     choose_score_thresh,
@@ -51,6 +52,9 @@ class EvalResult:
         n_images / n_instances: what was evaluated.
         annotator: the annotator's numbers at the serving score threshold (:mod:`shoeseg.edits`).
         score_choice: the serving threshold chosen on these images and its edit-cost curve, when asked for.
+        measures: per image, the IoUs and vertices to drag of every detection down to 0.05
+            (:func:`shoeseg.edits.measure_image`), from which the numbers at any threshold follow; not in
+            :meth:`to_json`.
     """
 
     metrics: dict[str, float | None]
@@ -60,6 +64,7 @@ class EvalResult:
     n_instances: int = 0
     annotator: AnnotatorNumbers | None = None
     score_choice: ThresholdChoice | None = None
+    measures: list[ImageMeasure] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (``json.dumps`` it to write a file)."""
@@ -284,4 +289,5 @@ def evaluate(
         serve_score_thresh = serving_score_thresh(None, getattr(predictor, "checkpoint_score_thresh", None))
     return EvalResult(metrics=metrics, losses=losses, per_image=per_image, n_images=len(truth),
                       n_instances=sum(len(t["masks"]) for t in truth),
-                      annotator=annotator_numbers(measures, serve_score_thresh), score_choice=choice)
+                      annotator=annotator_numbers(measures, serve_score_thresh), score_choice=choice,
+                      measures=measures)

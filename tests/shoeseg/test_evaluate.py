@@ -102,6 +102,10 @@ def test_evaluate_reads_images_and_scores_a_perfect_predictor_at_1(synth):
     assert [p["file_name"] for p in res.per_image] == [r.file_name for r in ds.images]
     assert all(p["best_mask_iou"] == [1.0] * p["n_truth"] for p in res.per_image)
     assert res.losses == {}  # no model to compute losses with
+    # the per-image measures give the annotator's numbers at any threshold: every shoe kept, nothing to delete
+    assert len(res.measures) == 2 and "measures" not in res.to_json()
+    assert all(m.at(0.5).n_missed == 0 and m.at(0.5).n_false_positives == 0 for m in res.measures)
+    assert sum(m.at(0.995).n_missed for m in res.measures) == ds.count_instances()  # over every score: all missed
     json.dumps(res.to_json())
     assert "segm" in res.table()
 
