@@ -299,7 +299,9 @@ def threshold_rows(out_dir: Path, *, folds: int = 2, seed: int = 0) -> list[dict
     import numpy as np
 
     from shoeseg.data import split_dataset
-    from shoeseg.edits import annotator_numbers, choose_score_thresh
+    from dataclasses import asdict
+
+    from shoeseg.edits import EditCosts, annotator_numbers, choose_score_thresh
     from shoeseg.evaluate import evaluate
     from shoeseg.predict import Predictor
     from via_tools.io import load
@@ -318,7 +320,8 @@ def threshold_rows(out_dir: Path, *, folds: int = 2, seed: int = 0) -> list[dict
             choose_on = [m for m, f in zip(measures, fold_of, strict=True) if f != k]
             judged = [m for m, f in zip(measures, fold_of, strict=True) if f == k]
             crossed.append(annotator_numbers(judged, choose_score_thresh(choose_on).score_thresh))
-        row = {"config": r["config"], "seed": r.get("seed"), "folds": folds, "cross_fitted": _merged(crossed)}
+        row = {"config": r["config"], "seed": r.get("seed"), "folds": folds, "costs": asdict(EditCosts()),
+               "cross_fitted": _merged(crossed)}
         for t in FIXED_THRESHOLDS:
             row[f"at {t:g}"] = _merged([annotator_numbers(measures, t)])
         rows.append(row)

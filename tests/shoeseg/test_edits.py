@@ -80,7 +80,7 @@ def test_a_missed_shoe_is_to_draw_and_a_poor_overlap_is_no_match():
     other = _rect(80, 10, 110, 40)
     e = _edits([TRUE], truth=(TRUE, other))
     assert (e.n_truth, len(e.matched_ious), e.n_missed, e.n_false_positives) == (2, 1, 1, 0)
-    assert e.cost() == 10 and e.cost(EditCosts(draw=1)) == 1
+    assert e.cost() == 30 and e.cost(EditCosts(draw=1)) == 1
     # IoU 0.4 is below the match: the shoe is drawn and the prediction deleted
     poor = _edits([_rect(20, 20, 60, 44)])
     assert (poor.matched_ious, poor.n_missed, poor.n_false_positives) == ([], 1, 1)
@@ -117,7 +117,7 @@ def test_numbers_over_images():
     assert mask_iou(TRUE, _rect(21, 21, 61, 81)) == pytest.approx(39 * 59 / (2 * 2400 - 39 * 59))
     assert (n.n_missed, n.n_false_positives, n.n_to_drag) == (1, 1, 0)
     assert n.per_image(n.n_false_positives) == 0.5 and n.vertices_median == 4 and n.n_polygons == 3
-    assert n.edit_cost == 11 and n.drag_share == 0
+    assert n.edit_cost == 31 and n.drag_share == 0
     low = annotator_numbers([a, b], 0.2)  # the speck comes in: one more to delete
     assert low.n_false_positives == 2 and low.n_predictions == 4
     doc = n.to_json()
@@ -137,9 +137,9 @@ def test_the_threshold_with_the_least_edit_cost_is_chosen():
     preds = [TRUE, shifted_other, speck]
     m = measure_image([TRUE, other], preds, [mask_to_polygons(p) for p in preds], [0.9, 0.4, 0.2])
     choice = choose_score_thresh([m])
-    # at <= 0.2: 4 drags + 1 delete = 5; (0.2, 0.4]: 4 drags; (0.4, 0.9]: one shoe to draw, 10; above: 20
-    assert choice.cost[0.2] == 5 and choice.cost[0.25] == choice.cost[0.4] == 4 and choice.cost[0.45] == 10
-    assert choice.cost[0.95] == 20
+    # at <= 0.2: 4 drags + 1 delete = 5; (0.2, 0.4]: 4 drags; (0.4, 0.9]: one shoe to draw, 30; above: 60
+    assert choice.cost[0.2] == 5 and choice.cost[0.25] == choice.cost[0.4] == 4 and choice.cost[0.45] == 30
+    assert choice.cost[0.95] == 60
     assert choice.score_thresh == 0.4  # the least cost nearest 0.5
     # when drawing a shoe costs only one action, dropping the sloppy detection is cheaper: 0.5 (nearest 0.5)
     assert choose_score_thresh([m], costs=EditCosts(draw=1.0)).score_thresh == 0.5
