@@ -296,11 +296,11 @@ def threshold_rows(out_dir: Path, *, folds: int = 2, seed: int = 0) -> list[dict
     ``folds`` at random (``seed``), the threshold chosen on the others and the annotator's numbers counted on
     each fold, so that no image judges the threshold it was chosen on; beside the numbers at fixed thresholds.
     Rows go to ``out_dir/thresholds.json``."""
+    from dataclasses import asdict
+
     import numpy as np
 
     from shoeseg.data import split_dataset
-    from dataclasses import asdict
-
     from shoeseg.edits import EditCosts, annotator_numbers, choose_score_thresh
     from shoeseg.evaluate import evaluate
     from shoeseg.predict import Predictor
