@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import redis
@@ -35,6 +36,30 @@ ACCEPTANCE_JOB = "worker.acceptance.record_annotation"
 FORGET_ACCEPTANCE_JOB = "worker.acceptance.forget_annotation"
 ACCEPTANCE_ACTIONS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED"})
 FORGET_ACTIONS = frozenset({"ANNOTATIONS_DELETED"})
+
+
+#: How long an annotation's queued acceptance job is remembered (a job lost from the queue frees it then).
+ACCEPTANCE_QUEUED_TTL_S = 3600
+
+
+def acceptance_queued_key(annotation_id: int | str) -> str:
+    """The Redis key that holds the id of an annotation's acceptance job while it waits in the queue."""
+    return f"shoeseg:acceptance:queued:{annotation_id}"
+
+
+def acceptance_started(conn: redis.Redis, annotation_id: int | str, job_id: str) -> None:
+    """Called by the acceptance job as it starts: a later update of the annotation queues a job of its own (this
+    one may have read the annotation before that update)."""
+    key = acceptance_queued_key(annotation_id)
+    if decoded(conn.get(key)) == job_id:
+        conn.delete(key)
+
+
+def _still_queued(conn: redis.Redis, job_id: str) -> bool:
+    try:
+        return Job.fetch(job_id, connection=conn).get_status(refresh=True) in ("queued", "deferred", "scheduled")
+    except Exception:  # noqa: BLE001 - rq raises NoSuchJobError or a decode error for a vanished job
+        return False
 
 
 def push_job_id(project_id: int | str, version: str) -> str:
@@ -116,7 +141,9 @@ def request_acceptance(conn: redis.Redis, payload: dict, *, settings: Settings) 
     (``worker.acceptance.record_annotation``), or the removal of deleted annotations' records.
 
     The job reads the annotation and the task's predictions from Label Studio when it runs, so a burst of
-    updates of one annotation gives the same record (kept by annotation id: never counted twice).
+    updates of one annotation gives the same record (kept by annotation id: never counted twice), and one job
+    waiting in the queue serves them all: while it waits, the annotation's next webhooks get its id back
+    instead of a job of their own (:func:`acceptance_queued_key`; the job frees the key as it starts).
 
     Returns:
         The ids of the jobs queued (none for other events, or bodies without an annotation id).
@@ -138,7 +165,13 @@ def request_acceptance(conn: redis.Redis, payload: dict, *, settings: Settings) 
         project_id = project_or_none(payload)
         if annotation_id is None or task_id is None:
             return []
-        job = queue.enqueue_call(ACCEPTANCE_JOB, args=(project_id, task_id, annotation_id),
+        key, job_id = acceptance_queued_key(annotation_id), f"acceptance-{annotation_id}-{uuid.uuid4().hex[:12]}"
+        if not conn.set(key, job_id, nx=True, ex=ACCEPTANCE_QUEUED_TTL_S):
+            waiting = decoded(conn.get(key))
+            if waiting and _still_queued(conn, waiting):
+                return [waiting]
+            conn.set(key, job_id, ex=ACCEPTANCE_QUEUED_TTL_S)  # the one recorded ran or was lost
+        job = queue.enqueue_call(ACCEPTANCE_JOB, args=(project_id, task_id, annotation_id), job_id=job_id,
                                  description=f"live acceptance of annotation {annotation_id} (task {task_id})",
                                  meta={"project": project_id, "task": task_id, "annotation": annotation_id,
                                        "event": action, "requested_at": utc_now()}, **options)

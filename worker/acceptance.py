@@ -73,9 +73,13 @@ def record_annotation(project_id: int | None, task_id: int, annotation_id: int) 
     """
     from shoeseg.acceptance import compare
     from shoeseg_services.ls_api import get_annotation, task_predictions
+    from shoeseg_services.predict_queue import acceptance_started
 
     settings = Settings.from_env()
-    progress = Progress(current_job())
+    job = current_job()
+    if job is not None:  # from now on a new update of the annotation needs a job of its own
+        acceptance_started(job.connection, annotation_id, job.id)
+    progress = Progress(job)
     progress.update(force=True, stage="reading", annotation=annotation_id, task=task_id, started_at=now())
     client = connect(settings.label_studio_url, settings.label_studio_api_key)
     registry = _registry(settings)

@@ -134,3 +134,20 @@ def test_the_webhook_queues_live_acceptance_beside_the_training_count(app_client
     r = c.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}], "project": {"id": 1}})
     assert r.status_code == 200 and r.json()["action"] == "acceptance" and len(r.json()["acceptance_jobs"]) == 1
     assert Queue(PREDICT_QUEUE, connection=redis_conn).count == 2
+
+
+def test_a_burst_of_webhooks_for_one_annotation_queues_one_acceptance_job_while_it_waits(app_client, registry,
+                                                                                         redis_conn):
+    from shoeseg_services.predict_queue import acceptance_started
+
+    kw = redis_conn.connection_pool.connection_kwargs
+    c = app_client(registry.root, redis_url=f"redis://{kw['host']}:{kw['port']}/{kw['db']}")
+    body = fixture_body("webhook_annotation_created.json")
+    queue = Queue(PREDICT_QUEUE, connection=redis_conn)
+    before = queue.count
+    ids = {tuple(c.post("/webhook", json=body).json()["acceptance_jobs"]) for _ in range(5)}
+    assert len(ids) == 1 and queue.count == before + 1  # five webhooks, one waiting job
+    (job_id,) = ids.pop()
+    acceptance_started(redis_conn, body["annotation"]["id"], job_id)  # the job starts: it may have read too early
+    again = c.post("/webhook", json=body).json()["acceptance_jobs"]
+    assert again != [job_id] and queue.count == before + 2
