@@ -8,7 +8,8 @@ longer side capped at ``max_size``, padded to a multiple of 32), the body, the f
 box head with its class-wise NMS, and the mask head, whose probabilities are pasted into the image. It gives
 ``boxes`` (``(N, 4)`` xyxy pixels of the input), ``labels`` (``(N,)`` int64, 1 = the first class),
 ``scores`` (``(N,)``) and ``masks`` (``(K, 1, H, W)`` probabilities of the first ``K <= N`` detections, those
-scoring at least ``masks_from``), highest score first: what ``model([image])`` gives in PyTorch. Image sizes are dynamic; one image per call.
+scoring at least ``masks_from``), highest score first: what ``model([image])`` gives in PyTorch. Image sizes
+are dynamic; one image per call.
 
 How:
 

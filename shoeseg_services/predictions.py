@@ -124,15 +124,10 @@ class PredictionWriter:
         """True when the task score needs the model's view of the mirror image too (``write(flipped=...)``)."""
         return needs_flip(self.strategy)
 
-    @property
-    def candidate_thresh(self) -> float:
-        """What the model is asked for: candidates down to this score, with masks for those shown only unless the
-        strategy compares masks (:func:`shoeseg.active_learning.candidates_needed`)."""
-        return candidates_needed(self.strategy, self.score_thresh)[0]
-
     def candidates(self, predictor: Any, arrays: Sequence[Any]) -> list[tuple[list, list | None]]:
-        """The model's candidates for each image (score >= :attr:`candidate_thresh`), with those of its mirror
-        image mapped back when the task score needs them (``None`` otherwise): one batched forward pass.
+        """The model's candidates for each image (what :func:`~shoeseg.active_learning.candidates_needed` asks),
+        with those of its mirror image mapped back when the task score needs them (``None`` otherwise): one
+        batched forward pass.
 
         The same as :meth:`forward`, then :meth:`candidates_from` (which a caller may run in another thread,
         beside the next batch's forward)."""
@@ -188,7 +183,7 @@ class PredictionWriter:
         """The prediction of one image.
 
         Args:
-            detections: the model's candidates (score >= :attr:`candidate_thresh`).
+            detections: the model's candidates (as :meth:`candidates` gives them).
             image_name: the ``<Image name=...>`` the image fills.
             width_px / height_px: the full size of the image, as Label Studio shows it.
             scale_xy: full size over the size the model saw (detections are in the latter's pixels).
