@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -104,6 +105,12 @@ class _ImageJob:
     error: str | None = None
 
 
+#: The stages of a ``/predict`` request that it times (``ShoeSegModel.predict(timings=)``, the ``Server-Timing``
+#: header): the images fetched (or read from the cache), decoded, the model's forward, its outputs turned into
+#: Label Studio regions and task scores.
+STAGES = ("fetch", "decode", "model", "regions")
+
+
 @dataclass
 class _RequestState:
     """What one ``/predict`` request has used and seen: pixels, results by image, failures by reason."""
@@ -112,7 +119,18 @@ class _RequestState:
     pixels: int = 0
     done: dict[tuple, ImagePrediction] = field(default_factory=dict)
     failures: dict[str, list] = field(default_factory=dict)
+    #: wall seconds spent in each stage (:data:`STAGES`), summed over the request's batches
+    seconds: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def timed(self, stage: str):
+        """Adds the wall time of the ``with`` body to ``seconds[stage]``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
     def fail(self, reason: str, task_id, message: str) -> None:
         with self._lock:
@@ -277,8 +295,8 @@ class ShoeSegModel:
 
     # -- predict ---------------------------------------------------------------------------------
     def predict(self, tasks: Sequence[dict], context: dict | None = None, *, label_config: str | None = None,
-                project: str | int | None = None, should_stop: Callable[[], bool] | None = None
-                ) -> list[dict[str, Any]]:
+                project: str | int | None = None, should_stop: Callable[[], bool] | None = None,
+                timings: dict[str, float] | None = None) -> list[dict[str, Any]]:
         """One prediction per task, in order: ``{"result": [...], "score": s, "model_version": v}``.
 
         Work is bounded per request: at most ``max_tasks_per_request`` tasks and ``max_request_pixels``
@@ -289,6 +307,9 @@ class ShoeSegModel:
         A task whose image is refused, unreachable or corrupt gets an empty result (and ``error``); identical
         failures of many tasks are logged once, with their count. With ``context`` holding a rectangle the
         annotator drew, the answer is the shoe inside that box.
+
+        ``timings``, when given, is filled with the wall seconds of each stage (:data:`STAGES`) and ``total``:
+        what the app sends as the ``Server-Timing`` header.
 
         Raises:
             LabelConfigError: the labeling config cannot be served.
@@ -313,6 +334,7 @@ class ShoeSegModel:
         jobs = self._jobs(tasks, config, boxes_from_context(context))
         request = _RequestState(pixel_budget=self.settings.max_request_pixels)
         step = max(1, self.settings.batch_size)
+        t0 = time.perf_counter()
         try:
             for start in range(0, len(jobs), step):
                 if should_stop is not None and should_stop():
@@ -320,6 +342,8 @@ class ShoeSegModel:
                 self._run_batch(jobs[start:start + step], loaded, config, access, request)
         finally:
             request.log_failures()
+            if timings is not None:
+                timings.update(request.seconds, total=time.perf_counter() - t0)
         out = []
         for i, _task in enumerate(tasks):
             mine = [j for j in jobs if j.task_index == i]
@@ -348,7 +372,8 @@ class ShoeSegModel:
                    access: LabelStudioAccess, request: _RequestState) -> None:
         """Fetch, decode, infer and render one batch; a job whose image another job already holds waits for it."""
         pool = self._executor()
-        list(pool.map(lambda j: self._fetch(j, access, loaded.version, config, request), batch))
+        with request.timed("fetch"):
+            list(pool.map(lambda j: self._fetch(j, access, loaded.version, config, request), batch))
         firsts: dict[tuple, _ImageJob] = {}
         copies: list[tuple[_ImageJob, _ImageJob]] = []
         for job in batch:
@@ -377,7 +402,8 @@ class ShoeSegModel:
                 )
         fit = getattr(loaded.predictor, "input_fit", None)
         todo = [j for j in todo if j.error is None]
-        list(self._decoder().map(lambda j: self._decode(j, fit, request), todo))
+        with request.timed("decode"):
+            list(self._decoder().map(lambda j: self._decode(j, fit, request), todo))
         self._infer(loaded, config, [j for j in todo if j.error is None and j.array is not None], request)
         for job in todo:
             if job.error is None:
@@ -448,22 +474,29 @@ class ShoeSegModel:
         boxed = [j for j in jobs if j.box_xyxy_pct is not None]
         if plain:
             t0 = time.perf_counter()
+            arrays = [j.array for j in plain]
             try:
-                seen = writer.candidates(predictor, [j.array for j in plain])
+                with request.timed("model"):
+                    outputs = writer.forward(predictor, arrays)
+                with request.timed("regions"):
+                    seen = writer.candidates_from(predictor, outputs, arrays)
             except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
                 log.warning("a batch of %d images failed; predicting them one at a time", len(plain), exc_info=True)
-                seen = [self._predict_one(predictor, writer, j, request) for j in plain]
+                with request.timed("model"):
+                    seen = [self._predict_one(predictor, writer, j, request) for j in plain]
             self.metrics.inference.observe(time.perf_counter() - t0)
-            for job, views in zip(plain, seen, strict=True):
-                if views is not None:
-                    self._finish(job, writer, *views)
+            with request.timed("regions"):
+                for job, views in zip(plain, seen, strict=True):
+                    if views is not None:
+                        self._finish(job, writer, *views)
         for job in boxed:
             h, w = job.array.shape[:2]
             x, y, bw, bh = job.box_xyxy_pct
             box = (x / 100 * w, y / 100 * h, (x + bw) / 100 * w, (y + bh) / 100 * h)
             t0 = time.perf_counter()
             try:
-                det = predictor.predict_in_box(job.array, box)
+                with request.timed("model"):
+                    det = predictor.predict_in_box(job.array, box)
             except ValueError as e:
                 self._fail(job, f"task {job.task_id}: the drawn rectangle cannot be used ({e})", kind="context",
                            request=request)
@@ -475,7 +508,8 @@ class ShoeSegModel:
                 continue
             self.metrics.inference.observe(time.perf_counter() - t0)
             dets = [det] if det is not None else []
-            self._finish(job, writer, dets, dets if writer.needs_flip else None, forced_label=job.box_label)
+            with request.timed("regions"):
+                self._finish(job, writer, dets, dets if writer.needs_flip else None, forced_label=job.box_label)
 
     def _predict_one(self, predictor, writer: PredictionWriter, job: _ImageJob, request: _RequestState):
         try:

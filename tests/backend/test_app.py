@@ -136,6 +136,36 @@ def test_the_checkpoints_serving_threshold_is_served_unless_the_setting_override
     assert served == {"checkpoint's": [0, 0], "setting's": [1, 1]}
 
 
+def _server_timing(response) -> dict[str, float]:
+    """``{stage: ms}`` from a response's ``Server-Timing`` header, checked to be W3C's ``name;dur=ms`` list."""
+    out = {}
+    for part in response.headers["server-timing"].split(", "):
+        name, dur = part.split(";dur=")
+        out[name] = float(dur)
+    return out
+
+
+def test_predict_says_where_its_time_went_in_server_timing(app_client, media_server):
+    client = app_client()  # a service of its own: nothing in its result cache
+    assert client.post("/setup", json=setup_body(media_server)).status_code == 200
+    body = fixture_body("predict.json")
+    t0 = time.perf_counter()
+    r = client.post("/predict", json=body)
+    wall_ms = (time.perf_counter() - t0) * 1000
+    assert r.status_code == 200 and all(t["result"] for t in r.json()["results"])
+    stages = _server_timing(r)
+    assert list(stages) == ["fetch", "decode", "model", "regions", "total"]
+    assert all(v >= 0 for v in stages.values())
+    assert stages["model"] > 0 and stages["regions"] > 0
+    # the stages run one after another inside the total, which runs inside the client's round trip
+    assert sum(v for k, v in stages.items() if k != "total") <= stages["total"] + 0.5
+    assert stages["total"] <= wall_ms
+    again = _server_timing(client.post("/predict", json=body))  # every image from the cache: no forward
+    assert "model" not in again and set(again) <= {"fetch", "decode", "regions", "total"}
+
+
+
+
 def test_second_request_is_served_from_the_cache(client):
     body = fixture_body("predict.json")
     first = client.post("/predict", json=body).json()
