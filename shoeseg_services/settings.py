@@ -30,6 +30,7 @@ settings without loading torch.
 | ``SHOESEG_GATE_CONFIDENCE`` | ``0.9`` | the gate's bootstrap interval (``shoeseg.gate``): refused when the whole interval is below 0 |
 | ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the validation subset when its hash % modulo == 0 ... |
 | ``SHOESEG_VAL_MAX`` | ``30`` | ... and among the ``SHOESEG_VAL_MAX`` such tasks of lowest hash (the rest train) |
+| ``SHOESEG_ROUND_BUDGET_S`` | ``360`` | training seconds of a fine-tuning round: its iterations are cut to fit at its parent's seconds per iteration (at least 40; 0: no budget), idle training continues after it |
 | ``SHOESEG_IDLE_TRAINING`` | ``true`` | keep improving the current version while the project has no other job (``worker.improving``) |
 | ``SHOESEG_IDLE_CHUNK_ITERS`` | ``60`` | iterations of one idle-time chunk (each chunk that passes the gate is a version) |
 | ``SHOESEG_IDLE_MAX_ITERS`` | ``600`` | idle-time iterations per project on one set of labels; new labels start a new budget |
@@ -249,6 +250,9 @@ class Settings:
         init_weights: the first model's start when the registry is empty.
         keep_old_predictions: keep a task's predictions of superseded versions after the new ones are stored.
         gate_confidence / val_max: the promotion gate (:mod:`shoeseg.gate`) and the validation subset's cap.
+        round_budget_s: the training seconds of a fine-tuning round (:func:`shoeseg.schedule.budget_iters`): 6
+            minutes, so that with the gate's evaluation and the push new labels are served within about 8
+            minutes on 2 cores; the rest of the rule's iterations come from idle-time training right after.
         idle_training / idle_chunk_iters / idle_max_iters / idle_nice / idle_threads: training in idle time
             (``worker.improving``).
         promote_tolerance / val_modulo / predict_batch / train_timeout_s / predict_timeout_s / retry_max /
@@ -319,6 +323,7 @@ class Settings:
     gpus_per_job: int = 1
     gate_confidence: float = 0.9
     val_max: int = 30
+    round_budget_s: float = 360.0
     idle_training: bool = True
     idle_chunk_iters: int = 60
     idle_max_iters: int = 600
@@ -412,6 +417,7 @@ class Settings:
             gpus_per_job=_int(env, "SHOESEG_GPUS_PER_JOB", d.gpus_per_job, minimum=1),
             gate_confidence=_float(env, "SHOESEG_GATE_CONFIDENCE", d.gate_confidence, lo=0.5, hi=0.999),
             val_max=_int(env, "SHOESEG_VAL_MAX", d.val_max, minimum=1),
+            round_budget_s=_float(env, "SHOESEG_ROUND_BUDGET_S", d.round_budget_s, lo=0.0, hi=1e7),
             idle_training=_bool(env, "SHOESEG_IDLE_TRAINING", d.idle_training),
             idle_chunk_iters=_int(env, "SHOESEG_IDLE_CHUNK_ITERS", d.idle_chunk_iters, minimum=1),
             idle_max_iters=_int(env, "SHOESEG_IDLE_MAX_ITERS", d.idle_max_iters, minimum=0),

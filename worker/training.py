@@ -65,20 +65,44 @@ def new_images(ds, current) -> int:
 
 
 def train_config(settings: Settings, *, weights: str | None, init_from: str | None, seed: int,
-                  new: int | None = None):
+                  new: int | None = None, parent_meta: dict | None = None):
     """The job's training settings: the profile (``SHOESEG_PROFILE``), then what the environment sets.
 
     A fine-tuning round (``init_from`` set) is sized by :func:`shoeseg.schedule.round_iters` to the ``new``
-    labelled images, unless ``SHOESEG_TRAIN_ITERS`` fixes the iterations.
+    labelled images, unless ``SHOESEG_TRAIN_ITERS`` fixes the iterations. With the parent version's metadata
+    (``parent_meta``): a parent that idle-time training enlarged keeps its input size (a round at a smaller one
+    would undo it), and the round's iterations are cut to ``SHOESEG_ROUND_BUDGET_S`` at the parent's seconds per
+    iteration (:func:`shoeseg.schedule.budget_iters`; scaled by the pixels when the sizes differ).
     """
-    from shoeseg.schedule import fine_tune_config
+    from shoeseg.schedule import budget_iters, fine_tune_config, round_iters
     from shoeseg.train import TrainConfig
 
     config = TrainConfig.for_profile(settings.profile, device=settings.device, weights=weights, init_from=init_from,
                                      seed=seed, progress_bar=False, **settings.train_overrides())
+    parent = (parent_meta or {}).get("train_config") or {}
+    if settings.min_size is None and int(parent.get("min_size") or 0) > config.min_size:
+        config = replace(config, min_size=int(parent["min_size"]),
+                         max_size=max(config.max_size, int(parent.get("max_size") or 0)))
     if init_from is not None and new is not None and settings.train_iters is None:
-        config = fine_tune_config(config, init_from=init_from, new_images=new)
+        iters = round_iters(config.iters, new)
+        per_iter = parent_seconds_per_iter(parent_meta, min_size=config.min_size)
+        budgeted = budget_iters(iters, seconds_per_iter=per_iter, budget_s=settings.round_budget_s)
+        if budgeted < iters:
+            log.info("round of %d iterations cut to %d: SHOESEG_ROUND_BUDGET_S=%g at %.1f s per iteration; idle "
+                     "training continues after it", iters, budgeted, settings.round_budget_s, per_iter)
+        config = fine_tune_config(config, init_from=init_from, iters=budgeted)
     return replace(config, log_period=max(1, min(20, config.iters // 10 or 1)))
+
+
+def parent_seconds_per_iter(parent_meta: dict | None, *, min_size: int) -> float | None:
+    """Seconds one training iteration of the parent version took, scaled to ``min_size`` by the pixels (``None``:
+    unknown). A parent trained as an idle chunk ran at a lower priority: an upper bound here."""
+    meta = parent_meta or {}
+    per_iter = meta.get("seconds_per_iter") or (meta.get("final_losses") or {}).get("time")
+    parent_size = int((meta.get("train_config") or {}).get("min_size") or 0)
+    if not per_iter or per_iter <= 0 or parent_size <= 0:
+        return None
+    return float(per_iter) * (min_size / parent_size) ** 2
 
 
 def _evaluate(checkpoint: Path, val_ds, images_dir: Path, settings: Settings):
@@ -195,6 +219,7 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
             "promoted": promote,
             "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
             "final_losses": train_losses if isinstance(train_losses, dict) else {},
+            "seconds_per_iter": train_losses.get("time") if isinstance(train_losses, dict) else None,
         },
     )
     predict_job_id = None
@@ -253,12 +278,8 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
     init_from = str(current.checkpoint) if current else None
     new = new_images(train_ds, current)
     config = train_config(settings, weights=weights, init_from=init_from,
-                           seed=int(job.meta.get("seed", 0)) if job is not None else 0, new=new)
-    parent_size = (current.meta.get("train_config") or {}) if current else {}
-    if settings.min_size is None and int(parent_size.get("min_size") or 0) > config.min_size:
-        # a version that idle-time training enlarged keeps its size: a round at a smaller one would undo it
-        config = replace(config, min_size=int(parent_size["min_size"]),
-                         max_size=max(config.max_size, int(parent_size.get("max_size") or 0)))
+                           seed=int(job.meta.get("seed", 0)) if job is not None else 0, new=new,
+                           parent_meta=current.meta if current else None)
     progress.update(force=True, stage="training", train_tasks=len(train_ds), val_tasks=len(val_ds), new_images=new,
                     iteration=0, iters=config.iters)
 
