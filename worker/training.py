@@ -96,9 +96,10 @@ def train_config(settings: Settings, *, weights: str | None, init_from: str | No
 
 def parent_seconds_per_iter(parent_meta: dict | None, *, min_size: int) -> float | None:
     """Seconds one training iteration of the parent version took, scaled to ``min_size`` by the pixels (``None``:
-    unknown). A parent trained as an idle chunk ran at a lower priority: an upper bound here."""
+    unknown): the ``time`` of its last training-log row (``meta.final_losses``). A parent trained as an idle chunk
+    ran at a lower priority: an upper bound here."""
     meta = parent_meta or {}
-    per_iter = meta.get("seconds_per_iter") or (meta.get("final_losses") or {}).get("time")
+    per_iter = (meta.get("final_losses") or {}).get("time")
     parent_size = int((meta.get("train_config") or {}).get("min_size") or 0)
     if not per_iter or per_iter <= 0 or parent_size <= 0:
         return None
@@ -219,7 +220,6 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
             "promoted": promote,
             "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
             "final_losses": train_losses if isinstance(train_losses, dict) else {},
-            "seconds_per_iter": train_losses.get("time") if isinstance(train_losses, dict) else None,
         },
     )
     predict_job_id = None

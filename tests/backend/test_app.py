@@ -164,8 +164,6 @@ def test_predict_says_where_its_time_went_in_server_timing(app_client, media_ser
     assert "model" not in again and set(again) <= {"fetch", "decode", "regions", "total"}
 
 
-
-
 def test_second_request_is_served_from_the_cache(client):
     body = fixture_body("predict.json")
     first = client.post("/predict", json=body).json()

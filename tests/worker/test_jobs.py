@@ -247,20 +247,20 @@ def test_a_round_on_a_slow_machine_is_cut_to_its_time_budget_and_keeps_its_paren
     settings = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_DEVICE": "cpu"})
     assert settings.round_budget_s == 360
     # an idle chunk enlarged the parent to 512 px, where an iteration took 5.8 s
-    slow = {"train_config": {"min_size": 512, "max_size": 853}, "seconds_per_iter": 5.8}
+    slow = {"train_config": {"min_size": 512, "max_size": 853}, "final_losses": {"time": 5.8}}
     cut = train_config(settings, weights=None, init_from="m.pt", seed=0, new=10, parent_meta=slow)
     assert (cut.min_size, cut.max_size) == (512, 853)
     assert cut.iters == 62 and cut.base_lr == 1e-4  # 360 s // 5.8 s, at the round's half rate
     assert cut.resolved_steps() == (46, 56) and cut.warmup_iters == 12  # the schedule follows the cut
     # a fast machine (or an unknown cost) keeps the rule's 120; a very slow one keeps the floor of 40
-    fast = {"train_config": {"min_size": 384}, "final_losses": {"time": 0.2}}  # versions before the key
+    fast = {"train_config": {"min_size": 384}, "final_losses": {"time": 0.2}}
     assert train_config(settings, weights=None, init_from="m.pt", seed=0, new=10, parent_meta=fast).iters == 120
     assert train_config(settings, weights=None, init_from="m.pt", seed=0, new=10, parent_meta={}).iters == 120
-    crawl = {"train_config": {"min_size": 384}, "seconds_per_iter": 60.0}
+    crawl = {"train_config": {"min_size": 384}, "final_losses": {"time": 60.0}}
     assert train_config(settings, weights=None, init_from="m.pt", seed=0, new=10, parent_meta=crawl).iters == 40
     # no budget, or the iterations fixed: the rule or the variable
     unbounded = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_ROUND_BUDGET_S": "0"})
     assert train_config(unbounded, weights=None, init_from="m.pt", seed=0, new=10, parent_meta=slow).iters == 120
     # the parent's cost is scaled by the pixels to the round's size
     assert parent_seconds_per_iter(slow, min_size=256) == pytest.approx(5.8 / 4)
-    assert parent_seconds_per_iter({"seconds_per_iter": 5.8}, min_size=384) is None  # size unknown
+    assert parent_seconds_per_iter({"final_losses": {"time": 5.8}}, min_size=384) is None  # size unknown
