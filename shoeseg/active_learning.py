@@ -243,7 +243,7 @@ def check_strategy(strategy: str) -> str:
     return strategy
 
 
-def candidates_needed(strategy: str, shown_thresh: float) -> tuple[float, float]:
+def candidates_needed(strategy: str, shown_thresh: float, *, rescored: bool = False) -> tuple[float, float]:
     """What a strategy's task score must see of the model's candidates, for a prediction that shows those scoring
     at least ``shown_thresh``: ``(score threshold, masks from)``, the lowest score a candidate is asked for and
     the lowest for which its mask is (:func:`shoeseg.inference.detect`). The same task score, for less of the
@@ -251,18 +251,21 @@ def candidates_needed(strategy: str, shown_thresh: float) -> tuple[float, float]
 
     * ``random`` needs no candidate: what is shown is enough;
     * ``least_confidence`` and ``entropy`` need every candidate's score down to :data:`CANDIDATE_SCORE_THRESH`,
-      and masks only for what is shown;
+      and masks only for what is shown, unless the scores are ``rescored`` by their masks' quality
+      (:func:`shoeseg.outlines.maskness`, the predictor's ``mask_rescore``): then every candidate's mask;
     * ``flip_consistency`` compares the masks of every candidate with those of the mirror image.
 
     Example:
         >>> candidates_needed("least_confidence", 0.5)
         (0.05, 0.5)
+        >>> candidates_needed("least_confidence", 0.5, rescored=True)
+        (0.05, 0.05)
     """
     check_strategy(strategy)
     shown = max(float(shown_thresh), CANDIDATE_SCORE_THRESH)
     if strategy == "random":
         return shown, shown
-    if strategy == "flip_consistency":
+    if strategy == "flip_consistency" or rescored:
         return CANDIDATE_SCORE_THRESH, CANDIDATE_SCORE_THRESH
     return CANDIDATE_SCORE_THRESH, shown
 

@@ -1,9 +1,10 @@
 """Inference: images in, shoes out (score, box, mask at the image's size, polygons).
 
 The :class:`Predictor` loads a model once, keeps it in eval mode and runs it under
-``torch.inference_mode()`` (with float16 autocast on CUDA), a batch of images at a time. Masks are thresholded
-at 0.5 at the original image size; polygons come from :func:`shoeseg.geometry.mask_to_polygons`, traced on a
-crop around each box rather than on the whole image.
+``torch.inference_mode()`` (with float16 autocast on CUDA), a batch of images at a time. Each soft mask, pasted
+at the original image size, is refined along the image's edges (and, when asked, its quality multiplied into
+the score: :mod:`shoeseg.outlines`), then thresholded at 0.5; polygons come from
+:func:`shoeseg.geometry.mask_to_polygons`, traced on a crop around each box rather than on the whole image.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from shoeseg.geometry import (
     flip_polygons_x,
     mask_to_polygons,
 )
+from shoeseg.outlines import REFINE_EPS, REFINE_RADIUS_REL, grey, maskness, refine_in_box
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,12 @@ class OutputSettings:
             diagonal (the larger wins), and a cap on the vertices of one polygon.
         min_area_px: mask parts smaller than this become no polygon.
         batch_size: images per forward pass.
+        mask_refine / mask_refine_eps: the edge-guided refinement of every soft mask before it is thresholded
+            (:func:`shoeseg.outlines.refine_in_box`): the guided filter's radius relative to the box diagonal
+            (0: off) and its regulariser.
+        mask_rescore: multiply each detection's score by its mask's quality (:func:`shoeseg.outlines.maskness`);
+            a detection that falls below the threshold of the call is dropped. Off by default: measured on and
+            off in docs/real-data.md.
     """
 
     score_thresh: float = DEFAULT_SCORE_THRESH
@@ -66,6 +74,9 @@ class OutputSettings:
     max_vertices: int | None = POLYGON_MAX_VERTICES
     min_area_px: float = 16.0
     batch_size: int = 2
+    mask_refine: float = REFINE_RADIUS_REL
+    mask_refine_eps: float = REFINE_EPS
+    mask_rescore: bool = False
 
 
 @dataclass(eq=False)
@@ -207,6 +218,12 @@ class Predictor:
         self.max_vertices = None if outputs.max_vertices is None else int(outputs.max_vertices)
         self.min_area_px = float(outputs.min_area_px)
         self.batch_size = max(1, int(outputs.batch_size))
+        if outputs.mask_refine < 0 or outputs.mask_refine_eps <= 0:
+            raise ValueError(f"mask_refine must be >= 0 and mask_refine_eps > 0, got {outputs.mask_refine} and "
+                             f"{outputs.mask_refine_eps}")
+        self.mask_refine = float(outputs.mask_refine)
+        self.mask_refine_eps = float(outputs.mask_refine_eps)
+        self.mask_rescore = bool(outputs.mask_rescore)
         self._lock = threading.Lock()
 
     @property
@@ -343,36 +360,59 @@ class Predictor:
 
         Returns:
             One list per image of detections, highest score first. Detections whose mask is empty after
-            thresholding are left out.
+            thresholding are left out, and so are those whose score, times their mask's quality
+            (``mask_rescore``), falls below the threshold.
         """
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise TypeError("predict() takes a list of images; wrap a single image in a list")
+        thresh = self.score_thresh if score_thresh is None else float(score_thresh)
         results: list[list[Detection]] = []
         for start in range(0, len(images), self.batch_size):
             batch = list(images[start : start + self.batch_size])
-            outputs = self.forward_raw(batch, score_thresh=score_thresh, flip_tta=flip_tta, masks_from=masks_from)
-            results += self.detections(outputs, [im.shape[:2] for im in batch], polygons_from=polygons_from)
+            outputs = self.forward_raw(batch, score_thresh=thresh, flip_tta=flip_tta, masks_from=masks_from)
+            results += self.detections(outputs, batch, polygons_from=polygons_from, min_score=thresh)
         return results
 
-    def detections(self, outputs: Sequence[dict[str, torch.Tensor]], sizes_hw: Sequence[tuple[int, int]], *,
-                   polygons_from: float | None = None) -> list[list[Detection]]:
-        """:meth:`forward_raw`'s outputs as :meth:`predict` gives them (masks thresholded, polygons traced), for
-        images of ``sizes_hw`` (height, width): the half of :meth:`predict` after the model, for callers that
-        run it beside the next forward pass."""
-        return [self._to_detections(out, int(h), int(w), polygons_from=polygons_from)
-                for out, (h, w) in zip(outputs, sizes_hw, strict=True)]
+    def detections(self, outputs: Sequence[dict[str, torch.Tensor]], images: Sequence[np.ndarray], *,
+                   polygons_from: float | None = None, min_score: float | None = None) -> list[list[Detection]]:
+        """:meth:`forward_raw`'s outputs for ``images`` as :meth:`predict` gives them (soft masks refined and
+        thresholded, scores rescored, polygons traced): the half of :meth:`predict` after the model, for callers
+        that run it beside the next forward pass. ``min_score``: drop what scores below it once rescored (the
+        threshold the outputs were asked at)."""
+        return [self._to_detections(out, image, polygons_from=polygons_from, min_score=min_score)
+                for out, image in zip(outputs, images, strict=True)]
 
-    def _to_detections(self, out: dict[str, torch.Tensor], height_px: int, width_px: int, *,
-                       polygons_from: float | None = None) -> list[Detection]:
+    def _soft_masks(self, out: dict[str, torch.Tensor], image: np.ndarray) -> np.ndarray:
+        """The outputs' soft masks ``(K, H, W)`` (float32, the first ``K`` detections'), refined along the image's
+        edges when ``mask_refine`` is set."""
+        soft = out["masks"][:, 0].float().cpu().numpy()
+        if self.mask_refine > 0 and len(soft):
+            guide = grey(image)
+            for prob, box in zip(soft, out["boxes"][: len(soft)].float().cpu().numpy(), strict=True):
+                refine_in_box(guide, prob, box, radius_rel=self.mask_refine, eps=self.mask_refine_eps,
+                              thresh=self.mask_thresh)
+        return soft
+
+    def _to_detections(self, out: dict[str, torch.Tensor], image: np.ndarray, *,
+                       polygons_from: float | None = None, min_score: float | None = None) -> list[Detection]:
         if len(out["scores"]) == 0:
             return []
-        masks = list((out["masks"][:, 0] > self.mask_thresh).cpu().numpy())
+        height_px, width_px = int(image.shape[0]), int(image.shape[1])
+        soft = self._soft_masks(out, image)
+        masks: list[np.ndarray | None] = list(soft > self.mask_thresh)
         boxes = out["boxes"].float().cpu().numpy()
-        scores = out["scores"].float().cpu().numpy()
+        scores = out["scores"].float().cpu().numpy().copy()
         labels = out["labels"].cpu().numpy()
+        if self.mask_rescore:
+            for i, prob in enumerate(soft):
+                scores[i] *= maskness(prob, self.mask_thresh)
         masks += [None] * (len(scores) - len(masks))  # no mask asked for the fainter ones (``masks_from``)
+        order = np.argsort(-scores, kind="stable")
         dets = []
-        for mask, box, score, label in zip(masks, boxes, scores, labels, strict=True):
+        for i in order:
+            mask, box, score, label = masks[i], boxes[i], scores[i], labels[i]
+            if min_score is not None and score < min_score:
+                continue
             if mask is None or (polygons_from is not None and score < polygons_from):
                 polygons = ()
                 if mask is not None and mask.sum() < self.min_area_px:
@@ -452,8 +492,11 @@ class Predictor:
             cls = int(probs[1:].argmax()) + 1
             mask_feats = rh_.mask_head(rh_.mask_roi_pool(features, [scaled], batch.image_sizes))
             mask_prob = rh_.mask_predictor(mask_feats)[:, cls].float().sigmoid()[:, None]
-            pasted = paste_masks_in_image(mask_prob, orig, (h, w))[0, 0]
-            mask = (pasted > self.mask_thresh).cpu().numpy()
+            pasted = paste_masks_in_image(mask_prob, orig, (h, w))[0, 0].float().cpu().numpy()
+        if self.mask_refine > 0:
+            refine_in_box(grey(image), pasted, (x1, y1, x2, y2), radius_rel=self.mask_refine, eps=self.mask_refine_eps,
+                          thresh=self.mask_thresh)
+        mask = pasted > self.mask_thresh
         polygons = self._polygons_in_box(mask, np.array([x1, y1, x2, y2]), h, w)
         if not polygons:
             return None

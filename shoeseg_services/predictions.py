@@ -140,7 +140,8 @@ class PredictionWriter:
 
         images = list(arrays) + (mirror_images(arrays) if self.needs_flip else [])
         flip_tta = False if self.needs_flip else None  # flip TTA would make the two views agree by construction
-        thresh, masks_from = candidates_needed(self.strategy, self.score_thresh)
+        thresh, masks_from = candidates_needed(self.strategy, self.score_thresh,
+                                               rescored=getattr(predictor, "mask_rescore", False))
         outputs: list[Any] = []
         for start in range(0, len(images), predictor.batch_size):
             outputs += predictor.forward_raw(images[start : start + predictor.batch_size], score_thresh=thresh,
@@ -150,15 +151,17 @@ class PredictionWriter:
     def candidates_from(self, predictor: Any, outputs: Sequence[Any], arrays: Sequence[Any]
                         ) -> list[tuple[list, list | None]]:
         """The rest of :meth:`candidates`: :meth:`forward`'s outputs as detections."""
-        from shoeseg.predict import mirror_back
+        from shoeseg.predict import mirror_back, mirror_images
 
-        sizes = [a.shape[:2] for a in arrays]
+        thresh, _ = candidates_needed(self.strategy, self.score_thresh, rescored=getattr(predictor, "mask_rescore", False))
         # polygons only for what is shown (score >= score_thresh); the task score needs scores and masks only
         if self.needs_flip:
-            dets = predictor.detections(outputs, sizes * 2, polygons_from=self.score_thresh)
+            dets = predictor.detections(outputs, list(arrays) + mirror_images(arrays), polygons_from=self.score_thresh,
+                                        min_score=thresh)
             n = len(arrays)
-            return list(zip(dets[:n], mirror_back(dets[n:], [w for _, w in sizes]), strict=True))
-        return [(d, None) for d in predictor.detections(outputs, sizes, polygons_from=self.score_thresh)]
+            return list(zip(dets[:n], mirror_back(dets[n:], [a.shape[1] for a in arrays]), strict=True))
+        return [(d, None) for d in predictor.detections(outputs, arrays, polygons_from=self.score_thresh,
+                                                        min_score=thresh)]
 
     def write_view(self, detections: Sequence[Any], flipped: Sequence[Any] | None, *, image_name: str,
                    seen_hw: tuple[int, int], full_wh: tuple[int, int] | None, task_id: Any = None,

@@ -93,11 +93,13 @@ def test_combine_and_as_ls():
     assert "task" not in as_ls(ImagePrediction(), task_id=None, model_version="v1")
 
 
-@pytest.mark.parametrize("strategy", ["least_confidence", "random", "entropy", "flip_consistency"])
-def test_the_model_is_asked_for_no_more_than_the_strategy_needs_and_the_prediction_is_the_same(strategy):
+@pytest.mark.parametrize(("strategy", "rescore"), [("least_confidence", False), ("least_confidence", True),
+                                                   ("random", True), ("entropy", False), ("flip_consistency", True)])
+def test_the_model_is_asked_for_no_more_than_the_strategy_needs_and_the_prediction_is_the_same(strategy, rescore):
     """A real (random-weight) model: the writer's candidates (masks only for what is shown, unless the strategy
-    compares masks) give the same regions and task score as every candidate down to 0.05 with every mask, with
-    the threshold set so that some images show a detection and some show none."""
+    compares masks or the scores are rescored by their masks) give the same regions and task score as every
+    candidate down to 0.05 with every mask, with the threshold set so that some images show a detection and some
+    show none."""
     torch = pytest.importorskip("torch")
     from shoeseg.active_learning import CANDIDATE_SCORE_THRESH
     from shoeseg.model import build_model
@@ -105,7 +107,10 @@ def test_the_model_is_asked_for_no_more_than_the_strategy_needs_and_the_predicti
 
     torch.manual_seed(0)
     model = build_model(num_classes=1, weights=None, min_size=64, max_size=96, box_detections_per_img=20)
-    predictor = Predictor(model, class_names=["shoe"], device="cpu", batch_size=2)
+    # no edge refinement: on noise images it can shrink a faint candidate's mask below min_area_px, which drops
+    # that candidate where its mask is computed and not where it is not (tests/shoeseg/test_outlines.py covers it)
+    predictor = Predictor(model, class_names=["shoe"], device="cpu", batch_size=2, mask_rescore=rescore,
+                          mask_refine=0.0)
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (72, 96, 3), dtype=np.uint8) for _ in range(6)]
     every = predictor.predict(images, score_thresh=CANDIDATE_SCORE_THRESH, polygons_from=1.0)
@@ -128,7 +133,7 @@ def test_the_model_is_asked_for_no_more_than_the_strategy_needs_and_the_predicti
     lean = w.candidates(predictor, images)
     views = images + (mirror_images(images) if w.needs_flip else [])
     dets = predictor.detections(real_forward(views, score_thresh=CANDIDATE_SCORE_THRESH, flip_tta=False),
-                                [im.shape[:2] for im in views], polygons_from=thresh)
+                                views, polygons_from=thresh, min_score=CANDIDATE_SCORE_THRESH)
     full = list(zip(dets[:6], mirror_back(dets[6:], [96] * 6) if w.needs_flip else [None] * 6, strict=True))
     for k, ((a, fa), (b, fb)) in enumerate(zip(lean, full, strict=True)):
         pa = w.write(a, image_name="image", width_px=96, height_px=72, task_id=k, flipped=fa)
@@ -137,7 +142,7 @@ def test_the_model_is_asked_for_no_more_than_the_strategy_needs_and_the_predicti
     n_batches = 6 if w.needs_flip else 3
     if strategy == "random":  # nothing under what is shown
         assert asked == [(thresh, thresh)] * n_batches
-    elif strategy == "flip_consistency":  # every candidate's mask, on both views
+    elif strategy == "flip_consistency" or rescore:  # every candidate's mask (on both views for flips)
         assert asked == [(CANDIDATE_SCORE_THRESH, CANDIDATE_SCORE_THRESH)] * n_batches
         assert all(m == n for m, n in masks)
     else:  # every candidate's score, the shown ones' masks
