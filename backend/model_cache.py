@@ -65,7 +65,7 @@ class ModelCache:
         return load_predictor(
             checkpoint, runtime=self.settings.runtime, device=self.settings.device,
             score_thresh=self.settings.score_thresh, batch_size=self.settings.batch_size,
-            **self.settings.polygon_options(),
+            **self.settings.output_options(),
         )
 
     @property

@@ -22,6 +22,7 @@ settings without loading torch.
 | ``SHOESEG_MIN_NEW_ANNOTATIONS`` (or ``MIN_NEW_ANNOTATIONS``) | ``10`` | new annotations that start a training |
 | ``SHOESEG_SCORE_THRESH`` | the checkpoint's | detections below are not written as regions; unset: the threshold training chose on its validation images (fewest edits, ``shoeseg.edits``), else 0.5 |
 | ``SHOESEG_POLYGON_TOLERANCE`` / ``SHOESEG_POLYGON_TOLERANCE_REL`` / ``SHOESEG_POLYGON_MAX_VERTICES`` | ``1`` / ``0.005`` / ``40`` | the pre-labels' vertex budget, backend and worker alike: simplification tolerance in pixels, relative to each shoe's box diagonal (the larger wins), and the most vertices of a polygon |
+| ``SHOESEG_MASK_REFINE`` / ``SHOESEG_MASK_RESCORE`` | ``0.04`` / ``false`` | every soft mask refined along the image's edges (a guided filter's radius relative to the box diagonal; 0: off), and every score multiplied by its mask's quality, before thresholding (``shoeseg.outlines``), backend and worker alike |
 | ``SHOESEG_AL_STRATEGY`` | ``least_confidence`` | the task score of every prediction (``shoeseg.active_learning``) |
 | ``SHOESEG_PROFILE`` | ``auto`` | training recipe (``shoeseg.train.PROFILES``) |
 | ``SHOESEG_TRAIN_ITERS``, ``SHOESEG_IMS_PER_BATCH``, ``SHOESEG_BASE_LR``, ``SHOESEG_ROI_BATCH``, ``SHOESEG_MIN_SIZE``, ``SHOESEG_MAX_SIZE`` | the profile's | training overrides |
@@ -59,6 +60,7 @@ from urllib.parse import urlsplit
 
 from shoeseg.active_learning import STRATEGIES as _AL_TABLE
 from shoeseg.geometry import POLYGON_MAX_VERTICES, POLYGON_TOLERANCE_PX, POLYGON_TOLERANCE_REL
+from shoeseg.outlines import REFINE_RADIUS_REL
 
 #: Strategies the task score may use: the one table, ``shoeseg.active_learning.STRATEGIES``.
 AL_STRATEGIES = tuple(_AL_TABLE)
@@ -289,6 +291,8 @@ class Settings:
     polygon_tolerance_px: float = POLYGON_TOLERANCE_PX
     polygon_tolerance_rel: float = POLYGON_TOLERANCE_REL
     polygon_max_vertices: int | None = POLYGON_MAX_VERTICES
+    mask_refine: float = REFINE_RADIUS_REL
+    mask_rescore: bool = False
     al_strategy: str = "least_confidence"
     # the backend's bounds on one request
     max_image_bytes: int = 30 * 1024 * 1024
@@ -338,10 +342,12 @@ class Settings:
         """A copy with some fields changed (``Settings`` is frozen)."""
         return replace(self, **changes)
 
-    def polygon_options(self) -> dict[str, Any]:
-        """The pre-labels' vertex budget as :class:`shoeseg.predict.Predictor` takes it (backend and worker)."""
+    def output_options(self) -> dict[str, Any]:
+        """The pre-labels' outlines as :class:`shoeseg.predict.Predictor` takes them (backend and worker): the
+        masks' refinement and rescoring, the polygons' vertex budget."""
         return {"tolerance_px": self.polygon_tolerance_px, "tolerance_rel": self.polygon_tolerance_rel,
-                "max_vertices": self.polygon_max_vertices}
+                "max_vertices": self.polygon_max_vertices, "mask_refine": self.mask_refine,
+                "mask_rescore": self.mask_rescore}
 
     def train_overrides(self) -> dict[str, Any]:
         """The ``shoeseg.train.TrainConfig`` fields these settings set explicitly (the profile fills the rest)."""
@@ -385,6 +391,8 @@ class Settings:
             polygon_tolerance_px=_float(env, "SHOESEG_POLYGON_TOLERANCE", d.polygon_tolerance_px, lo=0.0),
             polygon_tolerance_rel=_float(env, "SHOESEG_POLYGON_TOLERANCE_REL", d.polygon_tolerance_rel, lo=0.0, hi=0.5),
             polygon_max_vertices=_int(env, "SHOESEG_POLYGON_MAX_VERTICES", d.polygon_max_vertices, minimum=3),
+            mask_refine=_float(env, "SHOESEG_MASK_REFINE", d.mask_refine, lo=0.0, hi=0.5),
+            mask_rescore=_bool(env, "SHOESEG_MASK_RESCORE", d.mask_rescore),
             al_strategy=_choice(env, "SHOESEG_AL_STRATEGY", d.al_strategy, AL_STRATEGIES),
             max_image_bytes=_int(env, "SHOESEG_MAX_IMAGE_BYTES", d.max_image_bytes, minimum=1),
             max_image_pixels=_int(env, "SHOESEG_MAX_IMAGE_PIXELS", d.max_image_pixels, minimum=1),

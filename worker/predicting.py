@@ -63,7 +63,7 @@ def run_prediction(project_id: int, *, version: str, strategy: str, force: bool,
     with ThreadPoolExecutor(1, thread_name_prefix="push-load") as load_pool:
         loading = load_pool.submit(load_predictor, model_version.checkpoint, runtime=settings.runtime,
                                    device=settings.device, score_thresh=settings.score_thresh,
-                                   batch_size=settings.predict_batch, **settings.polygon_options())
+                                   batch_size=settings.predict_batch, **settings.output_options())
         client = connect(settings.label_studio_url, settings.label_studio_api_key)
         config = parse_label_config(call(f"read project {project_id}", label_config_of, client, project_id))
         tasks = call(f"list the tasks of project {project_id}", list_tasks, client, project_id)

@@ -24,10 +24,22 @@ if TYPE_CHECKING:  # pragma: no cover
 SEED_STRIDE = 1000
 
 
+#: What a simulation's predictor does to each soft mask (:class:`shoeseg.predict.OutputSettings`' fields
+#: ``mask_refine`` and ``mask_rescore``) in a run started before it was recorded: neither, as then.
+OUTPUTS_BEFORE = {"mask_refine": 0.0, "mask_rescore": False}
+
+
 def _default_train() -> TrainConfig:
     from shoeseg.train import TrainConfig
 
     return TrainConfig.for_profile("cpu")
+
+
+def _default_outputs() -> dict[str, Any]:
+    from shoeseg.predict import OutputSettings
+
+    served = OutputSettings()
+    return {"mask_refine": served.mask_refine, "mask_rescore": served.mask_rescore}
 
 
 @dataclass
@@ -54,6 +66,9 @@ class SimulationConfig:
             the model would resize it anyway; masks are then pasted, traced and scored at that size, which makes
             evaluation and scoring several times faster on a CPU. AP is measured at that size.
         keep_checkpoints: keep every round's checkpoint (they are large) instead of only those still needed.
+        outputs: what evaluation and scoring do to each soft mask (the predictor's ``mask_refine`` and
+            ``mask_rescore``); by default what is served. A resumed run keeps its own (:data:`OUTPUTS_BEFORE` for
+            one started before they were recorded).
         train: the training recipe (``TrainConfig.for_profile(profile, **overrides)``); round 0 uses it as it is
             (its ``iters``, its ``weights`` or ``init_from``), later rounds fine-tune with a short schedule.
             Its ``box_detections_per_img`` is also what evaluation and scoring keep per image.
@@ -72,6 +87,7 @@ class SimulationConfig:
     score_batch: int = 4
     prescale: bool = True
     keep_checkpoints: bool = False
+    outputs: dict[str, Any] = field(default_factory=_default_outputs)
     train: TrainConfig = field(default_factory=_default_train)
 
     def __post_init__(self) -> None:
@@ -129,7 +145,7 @@ class SimulationConfig:
 
         fp = {"start": self.start, "batch": self.batch, "rounds": self.rounds, "test_frac": self.test_frac,
               "split_seed": self.split_seed, "test_size": self.test_size, "pool_size": self.pool_size,
-              "round_iters": self.round_iters, "prescale": self.prescale,
+              "round_iters": self.round_iters, "prescale": self.prescale, "outputs": dict(self.outputs),
               # the worker's rule for later rounds: a run is not continued under another one
               "round_rule": {"per_image": schedule.ROUND_ITERS_PER_NEW_IMAGE, "floor": schedule.MIN_ROUND_ITERS,
                              "lr_scale": schedule.ROUND_LR_SCALE},
@@ -141,7 +157,8 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
     """The settings in which two fingerprints differ (``train.`` before a training setting's name).
 
     A training setting that ``old`` does not hold (it was added to :class:`shoeseg.train.TrainConfig` after the
-    run started) is the same when ``new`` has it at its default: the run trained that way without naming it.
+    run started) is the same when ``new`` has it at its default: the run trained that way without naming it;
+    likewise ``outputs`` and :data:`OUTPUTS_BEFORE`.
 
     Example:
         >>> fingerprint_differences({"rounds": 4, "train": {"iters": 120}},
@@ -151,6 +168,7 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
     from shoeseg.train import TrainConfig
 
     defaults = {k: f.default for k, f in TrainConfig.__dataclass_fields__.items()}
+    old, new = {"outputs": OUTPUTS_BEFORE, **old}, {"outputs": OUTPUTS_BEFORE, **new}
     diffs = sorted(k for k in set(old) | set(new) if k != "train" and old.get(k) != new.get(k))
     old_t, new_t = old.get("train") or {}, new.get("train") or {}
     for k in sorted(set(old_t) | set(new_t)):
@@ -160,4 +178,4 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
     return diffs
 
 
-__all__ = ["SEED_STRIDE", "SimulationConfig", "fingerprint_differences"]
+__all__ = ["OUTPUTS_BEFORE", "SEED_STRIDE", "SimulationConfig", "fingerprint_differences"]

@@ -13,16 +13,17 @@ seed. Results go to ``out_dir``:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoeseg.active_learning import POOL_STRATEGIES, diverse_scores, random_score, rank, score_images
-from shoeseg.simulation.config import SimulationConfig
+from shoeseg.simulation.config import OUTPUTS_BEFORE, SimulationConfig
 from shoeseg.simulation.plot import plot_curves
 from shoeseg.simulation.pool import prescale_dataset, split_pool, start_set, subset
 from shoeseg.simulation.results import (
@@ -64,7 +65,7 @@ class _Round:
 def _load_predictor(checkpoint: Path, cfg: SimulationConfig):
     from shoeseg.predict import Predictor
 
-    return Predictor.from_checkpoint(checkpoint, device=cfg.train.device)
+    return Predictor.from_checkpoint(checkpoint, device=cfg.train.device, **cfg.outputs)
 
 
 def _train_and_evaluate(
@@ -224,6 +225,11 @@ def run_simulation(
     test_names = [im.file_name for im in test]
     state: dict[str, Any] | None = None
     if resume and sel_path.is_file():
+        stored = json.loads(sel_path.read_text(encoding="utf-8")).get("config") or {}
+        if "outputs" not in stored and cfg.outputs != OUTPUTS_BEFORE:
+            log.info("%s: a run from before mask refinement and rescoring were recorded; it continues without "
+                     "them (%s)", sel_path, OUTPUTS_BEFORE)
+            cfg = replace(cfg, outputs=dict(OUTPUTS_BEFORE))
         state = read_selections(sel_path, fingerprint=cfg.fingerprint(), test=test_names)
     elif existing:
         raise ValueError(f"{csv_path} has rows but {sel_path} is missing: the run cannot be resumed")

@@ -99,6 +99,23 @@ def _loss_table(losses: dict[str, float]) -> str:
 
 
 REGISTRY_HELP = "Registry root: a folder or s3://bucket/prefix (default $SHOESEG_MODEL_DIR)."
+#: Options of ``eval`` and ``predict``: what happens to each soft mask before it is thresholded (shoeseg.outlines).
+MASK_REFINE_HELP = ("Refine each mask along the image's edges: a guided filter's radius as a fraction of the box "
+                    "diagonal (0: off; default 0.04, as served).")
+MASK_RESCORE_HELP = "Multiply each score by its mask's quality (the mean kept probability); served off by default."
+
+
+def _mask_refine_option() -> Any:
+    return typer.Option(None, "--mask-refine", min=0.0, max=0.5, help=MASK_REFINE_HELP)
+
+
+def _mask_rescore_option() -> Any:
+    return typer.Option(False, "--mask-rescore/--no-mask-rescore", help=MASK_RESCORE_HELP)
+
+
+def _outline_options(mask_refine: float | None, mask_rescore: bool) -> dict[str, Any]:
+    """The Predictor's mask settings from ``--mask-refine`` / ``--mask-rescore`` (unset: the served defaults)."""
+    return {"mask_rescore": mask_rescore, **({} if mask_refine is None else {"mask_refine": mask_refine})}
 
 
 def _resolve_model(model: str, registry: str | None) -> Path:
@@ -316,6 +333,8 @@ def register(app: typer.Typer) -> None:
         score_thresh: float | None = typer.Option(
             None, "--score-thresh", min=0.0, max=1.0,
             help="Serving threshold of the annotator's numbers (default: the checkpoint's, else 0.5)."),
+        mask_refine: float | None = _mask_refine_option(),
+        mask_rescore: bool = _mask_rescore_option(),
         as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     ) -> None:
         """COCO box and mask AP / AP50 / AP75, the loss table and the annotator's numbers (shoes matched, missed,
@@ -351,10 +370,12 @@ def register(app: typer.Typer) -> None:
                 raise ValueError(f"the split has no {split.value!r} images")
             ds = subset(ds, parts[split.value])
         _use_all_cores()
-        predictor = Predictor.from_checkpoint(ckpt, device=device.value, score_thresh=0.05)
+        predictor = Predictor.from_checkpoint(ckpt, device=device.value, score_thresh=0.05,
+                                              **_outline_options(mask_refine, mask_rescore))
         result = evaluate(predictor, ds, images_dir=images_dir, progress_bar=True, serve_score_thresh=score_thresh)
         out = out or ckpt.parent / f"eval-{split.value}.json"
-        report = {"model": str(ckpt), "version": predictor.model_version, "split": split.value, **result.to_json()}
+        report = {"model": str(ckpt), "version": predictor.model_version, "split": split.value,
+                  "masks": {"refine": predictor.mask_refine, "rescore": predictor.mask_rescore}, **result.to_json()}
         _write_json(out, report)
         if as_json:
             typer.echo(json.dumps(report, indent=2))
@@ -379,6 +400,8 @@ def register(app: typer.Typer) -> None:
         tolerance: float = typer.Option(1.0, "--tolerance", help="Polygon simplification tolerance in pixels."),
         device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
         batch_size: int = typer.Option(2, "--batch-size", help="Images per forward pass."),
+        mask_refine: float | None = _mask_refine_option(),
+        mask_rescore: bool = _mask_rescore_option(),
         registry: str | None = typer.Option(None, "--registry", help=REGISTRY_HELP),
     ) -> None:
         """Finds shoes: polygons as JSON and VIA, and optionally overlays and in-painting masks.
@@ -411,7 +434,8 @@ def register(app: typer.Typer) -> None:
         ckpt = _resolve_model(model, registry)
         _use_all_cores()
         predictor = Predictor.from_checkpoint(ckpt, device=device.value, score_thresh=score_thresh,
-                                              tolerance_px=tolerance, batch_size=batch_size)
+                                              tolerance_px=tolerance, batch_size=batch_size,
+                                              **_outline_options(mask_refine, mask_rescore))
         out.mkdir(parents=True, exist_ok=True)
         records, rows = [], []
         for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):

@@ -55,3 +55,16 @@ def test_a_run_from_before_a_new_training_setting_resumes_when_the_setting_is_at
     finer = {"batch": 8, "train": {"base_lr": 0.02, "mask_resolution": 56, "mask_boundary_weight": 0.0}}
     with pytest.raises(ValueError, match=r"other settings \(train.mask_resolution\)"):
         read_selections(path, fingerprint=finer, test=["a.jpg"])
+
+
+def test_a_run_from_before_the_mask_steps_were_recorded_continues_without_them(tmp_path):
+    from shoeseg.simulation.config import OUTPUTS_BEFORE, SimulationConfig
+
+    stored = {"batch": 8, "train": {"base_lr": 0.02}}
+    path = tmp_path / "selections.json"
+    write_selections(path, new_selections(stored, ["a.jpg"]))
+    assert read_selections(path, fingerprint={**stored, "outputs": dict(OUTPUTS_BEFORE)}, test=["a.jpg"])
+    served = SimulationConfig().outputs  # a new run records what is served: refined masks
+    assert served["mask_refine"] > 0 and served != OUTPUTS_BEFORE
+    with pytest.raises(ValueError, match=r"other settings \(outputs\)"):
+        read_selections(path, fingerprint={**stored, "outputs": served}, test=["a.jpg"])
