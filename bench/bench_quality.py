@@ -19,7 +19,9 @@ Printed, side by side:
 Run: `python -m bench quality` (about 1 hour on 2 cores); `python -m bench.bench_quality --serving CKPT` prints
 the serving table of an existing checkpoint; `python -m bench.bench_quality --thresholds DIR` the annotator's
 numbers of DIR's checkpoints at the serving threshold the product would choose, cross-fitted on the held-out
-images (:func:`threshold_rows`), beside fixed thresholds; `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
+images (:func:`threshold_rows`), beside fixed thresholds; `python -m bench.bench_quality --outlines DIR` DIR's
+checkpoints with and without the steps on their soft masks (edge-guided refinement, mask-quality rescoring:
+:func:`outline_rows`); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
 `BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default). With
 `BENCH_QUALITY_OUT=DIR` a stopped run continues: the configurations whose rows are in `DIR/quality.json` are
 not trained again.
@@ -330,6 +332,66 @@ def threshold_rows(out_dir: Path, *, folds: int = 2, seed: int = 0) -> list[dict
     return rows
 
 
+#: The outline steps compared by :func:`outline_rows`: (name, ``mask_refine``, ``mask_rescore``).
+OUTLINE_VARIANTS = (("neither", 0.0, False), ("refine (served)", None, False), ("rescore", 0.0, True),
+                    ("both", None, True))
+
+
+def outline_rows(out_dir: Path) -> list[dict]:
+    """Each checkpoint of ``out_dir/quality.json`` (``BENCH_QUALITY`` picks some) with and without the steps on its
+    soft masks (:mod:`shoeseg.outlines`): mask AP / AP75 and the annotator's numbers at score 0.5 on the held-out
+    images, and ``Predictor.predict`` ms per image at the serving size (median of 8 images, one after the other
+    in this process). ``None`` in a variant: the served default. Rows go to ``out_dir/outlines.json``."""
+    import torch
+
+    from shoeseg.data import split_dataset
+    from shoeseg.evaluate import evaluate
+    from shoeseg.predict import OutputSettings, Predictor
+    from via_tools.io import load
+    from via_tools.options import ReadOptions
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    images_dir = SHOES / "images"
+    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
+    held = _held_out(ds, split_dataset(ds, seed=0))
+    chosen = [c for c in (os.environ.get("BENCH_QUALITY") or "").split(",") if c]
+    served = OutputSettings()
+    rows = []
+    for r in json.loads((out_dir / "quality.json").read_text()):
+        if chosen and r["config"] not in chosen:
+            continue
+        arrays = None
+        for name, refine, rescore in OUTLINE_VARIANTS:
+            refine = served.mask_refine if refine is None else refine
+            predictor = Predictor.from_checkpoint(r["checkpoint"], device="cpu", score_thresh=0.05,
+                                                  mask_refine=refine, mask_rescore=rescore)
+            ev = evaluate(predictor, held, images_dir=images_dir, with_losses=False, serve_score_thresh=0.5)
+            arrays = arrays or _serving_arrays(held, images_dir, predictor.input_fit)
+            predictor.score_thresh = 0.5
+            ours_ms, bare_ms = _timed_predict(predictor, arrays)
+            row = {"config": r["config"], "seed": r.get("seed"), "variant": name, "mask_refine": refine,
+                   "mask_rescore": rescore, "segm_AP": ev.metrics.get("segm_AP"),
+                   "segm_AP75": ev.metrics.get("segm_AP75"), "predict_ms": ours_ms, "forward_ms": bare_ms,
+                   "annotator": ev.annotator.to_json()}
+            rows.append(row)
+            log.info("%s %s: mask AP %.3f, predict %.0f ms", r["config"], name, row["segm_AP"], ours_ms)
+    (out_dir / "outlines.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def _print_outlines(rows: list[dict]) -> None:
+    print("| config | seed | masks | mask AP | AP75 | IoU >= 0.5 / 0.75 / 0.85 / 0.9 | to draw / img | "
+          "to delete / img | vertices / polygon | to drag / img | predict ms / img | bare forward ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        a = r["annotator"]
+        shares = " / ".join(f"{v:.0%}" for v in a["matched_share"].values())
+        print(f"| {r['config']} | {r['seed']} | {r['variant']} | {_fmt(r['segm_AP'])} | {_fmt(r['segm_AP75'])} | "
+              f"{shares} | {_fmt(a['missed_per_image'], '.2f')} | {_fmt(a['false_positives_per_image'], '.2f')} | "
+              f"{_fmt(a['vertices_per_polygon']['median'], '.0f')} | {_fmt(a['to_drag_per_image'], '.1f')} | "
+              f"{r['predict_ms']:.0f} | {r['forward_ms']:.0f} |")
+
+
 def _print_thresholds(rows: list[dict]) -> None:
     print("| config | seed | threshold | IoU >= 0.5 / 0.75 / 0.85 / 0.9 | shoes to draw | to delete / img | to drag / img |")
     print("|---|---|---|---|---|---|---|")
@@ -346,6 +408,9 @@ def _print_thresholds(rows: list[dict]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--serving":
         serving_only(Path(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--outlines":
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        _print_outlines(outline_rows(Path(sys.argv[2])))
     elif len(sys.argv) == 3 and sys.argv[1] == "--thresholds":
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         _print_thresholds(threshold_rows(Path(sys.argv[2])))
