@@ -380,16 +380,12 @@ def outline_rows(out_dir: Path) -> list[dict]:
 
 
 def _print_outlines(rows: list[dict]) -> None:
-    print("| config | seed | masks | mask AP | AP75 | IoU >= 0.5 / 0.75 / 0.85 / 0.9 | to draw / img | "
-          "to delete / img | vertices / polygon | to drag / img | predict ms / img | bare forward ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| config | seed | masks | mask AP | AP75 | score thr | matched IoU 0.5/0.75/0.85/0.9 | to draw/img | "
+          "to delete/img | vertices/polygon | to drag/img | predict ms/img | bare forward ms/img |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        a = r["annotator"]
-        shares = " / ".join(f"{v:.0%}" for v in a["matched_share"].values())
         print(f"| {r['config']} | {r['seed']} | {r['variant']} | {_fmt(r['segm_AP'])} | {_fmt(r['segm_AP75'])} | "
-              f"{shares} | {_fmt(a['missed_per_image'], '.2f')} | {_fmt(a['false_positives_per_image'], '.2f')} | "
-              f"{_fmt(a['vertices_per_polygon']['median'], '.0f')} | {_fmt(a['to_drag_per_image'], '.1f')} | "
-              f"{r['predict_ms']:.0f} | {r['forward_ms']:.0f} |")
+              f"{_annotator_cells(r['annotator'])} | {r['predict_ms']:.0f} | {r['forward_ms']:.0f} |")
 
 
 def _print_thresholds(rows: list[dict]) -> None:
