@@ -3,7 +3,7 @@
 The mask head gives 28×28 probabilities per box, pasted into the image with bilinear interpolation: rounded
 blobs that cut a shoe's toe tips, heels and sole edges, and that are as confident about a trouser leg as
 about a shoe. Two steps on the pasted probabilities, neither with weights of its own nor any training, both
-measured on held-out shoes (docs/real-data.md, "Tight outlines"):
+measured on held-out shoes (docs/real-data.md, "Refined and rescored soft masks"):
 
 * **edge-guided refinement** (:func:`refine_in_box`): a guided filter (He, Sun and Tang, "Guided Image
   Filtering", 2010) of the probabilities with the grey image as the guide, over the box and a margin, with a

@@ -356,7 +356,8 @@ class Predictor:
                 show only the confident ones and score the image with all of them (the prediction pipeline's
                 candidates), tracing being most of the cost after the forward pass.
             masks_from: run the mask head only on detections scoring at least this (``None``: every one); the
-                others come with ``mask=None`` and no polygon, their box, label and score only.
+                others come with ``mask=None`` and no polygon, their box, label and score only. Ignored with
+                ``mask_rescore`` (every score needs its mask).
 
         Returns:
             One list per image of detections, highest score first. Detections whose mask is empty after
@@ -366,6 +367,8 @@ class Predictor:
         if isinstance(images, np.ndarray) and images.ndim == 3:
             raise TypeError("predict() takes a list of images; wrap a single image in a list")
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
+        if self.mask_rescore:
+            masks_from = None
         results: list[list[Detection]] = []
         for start in range(0, len(images), self.batch_size):
             batch = list(images[start : start + self.batch_size])
@@ -387,6 +390,7 @@ class Predictor:
         edges when ``mask_refine`` is set."""
         soft = out["masks"][:, 0].float().cpu().numpy()
         if self.mask_refine > 0 and len(soft):
+            soft = soft.copy()  # on the CPU the array shares the outputs' memory: they stay as the model gave them
             guide = grey(image)
             for prob, box in zip(soft, out["boxes"][: len(soft)].float().cpu().numpy(), strict=True):
                 refine_in_box(guide, prob, box, radius_rel=self.mask_refine, eps=self.mask_refine_eps,
@@ -497,10 +501,11 @@ class Predictor:
             refine_in_box(grey(image), pasted, (x1, y1, x2, y2), radius_rel=self.mask_refine, eps=self.mask_refine_eps,
                           thresh=self.mask_thresh)
         mask = pasted > self.mask_thresh
+        score = float(probs[cls]) * (maskness(pasted, self.mask_thresh) if self.mask_rescore else 1.0)
         polygons = self._polygons_in_box(mask, np.array([x1, y1, x2, y2]), h, w)
         if not polygons:
             return None
-        return Detection(label=self.class_names[cls - 1], score=float(probs[cls]), box_xyxy=(x1, y1, x2, y2),
+        return Detection(label=self.class_names[cls - 1], score=score, box_xyxy=(x1, y1, x2, y2),
                          mask=mask, polygons=polygons)
 
     # -- flip consistency -------------------------------------------------------------------------------

@@ -370,7 +370,7 @@ class Settings:
         image_root = env.get("SHOESEG_IMAGE_ROOT") or None
         cache_dir = env.get("SHOESEG_CACHE_DIR")
         min_new = "SHOESEG_MIN_NEW_ANNOTATIONS" if env.get("SHOESEG_MIN_NEW_ANNOTATIONS") else "MIN_NEW_ANNOTATIONS"
-        return cls(
+        settings = cls(
             model_dir=registry_root(model_dir_text(env) or "models",
                                     "SHOESEG_MODEL_DIR" if env.get("SHOESEG_MODEL_DIR") else "MODEL_DIR"),
             cache_dir=Path(cache_dir or ".cache/shoeseg"),
@@ -432,3 +432,7 @@ class Settings:
             idle_nice=_int(env, "SHOESEG_IDLE_NICE", d.idle_nice, minimum=0),
             idle_threads=_int(env, "SHOESEG_IDLE_THREADS", d.idle_threads, minimum=0),
         )
+        if settings.mask_rescore and settings.score_thresh is None:
+            _log.warning("SHOESEG_MASK_RESCORE is on and SHOESEG_SCORE_THRESH is unset: each checkpoint's serving "
+                         "threshold was chosen on scores that were not rescored; set SHOESEG_SCORE_THRESH")
+        return settings

@@ -129,8 +129,19 @@ def test_the_predictor_refines_what_it_thresholds(tiny_predictor_args):
     raw = Predictor(tiny_predictor_args, class_names=["shoe"], device="cpu", mask_refine=0.0, mask_rescore=False)
     refined = Predictor(tiny_predictor_args, class_names=["shoe"], device="cpu", mask_refine=0.12,
                         mask_rescore=False)
-    before = raw.detections([outs], [image])[0][0].mask
+    given = outs["masks"].clone()
     after = refined.detections([outs], [image])[0][0].mask
+    assert torch.equal(outs["masks"], given)  # the outputs stay as the model gave them
+    before = raw.detections([outs], [image])[0][0].mask
     assert _crossing(before[40]) == 37 and _crossing(after[40]) == 40
     with pytest.raises(ValueError, match="mask_refine"):
         Predictor(tiny_predictor_args, class_names=["shoe"], device="cpu", mask_refine=-0.1)
+
+
+def test_with_rescoring_every_detection_gets_its_mask(tiny_predictor_args):
+    image = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    rescoring = Predictor(tiny_predictor_args, class_names=["shoe"], device="cpu", score_thresh=0.0,
+                          mask_rescore=True)
+    dets = rescoring.predict([image], masks_from=1.0)[0]  # masks_from would leave every one without a mask
+    assert dets and all(d.mask is not None for d in dets)
+    assert [d.score for d in dets] == sorted((d.score for d in dets), reverse=True)

@@ -107,10 +107,7 @@ def test_the_model_is_asked_for_no_more_than_the_strategy_needs_and_the_predicti
 
     torch.manual_seed(0)
     model = build_model(num_classes=1, weights=None, min_size=64, max_size=96, box_detections_per_img=20)
-    # no edge refinement: on noise images it can shrink a faint candidate's mask below min_area_px, which drops
-    # that candidate where its mask is computed and not where it is not (tests/shoeseg/test_outlines.py covers it)
-    predictor = Predictor(model, class_names=["shoe"], device="cpu", batch_size=2, mask_rescore=rescore,
-                          mask_refine=0.0)
+    predictor = Predictor(model, class_names=["shoe"], device="cpu", batch_size=2, mask_rescore=rescore)
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (72, 96, 3), dtype=np.uint8) for _ in range(6)]
     every = predictor.predict(images, score_thresh=CANDIDATE_SCORE_THRESH, polygons_from=1.0)

@@ -68,3 +68,14 @@ def test_the_names_checked_here_are_the_ones_the_core_knows():
 
     assert set(AL_STRATEGIES) == set(STRATEGIES)
     assert set(PROFILES) == {"auto", *TRAIN_PROFILES}
+
+
+def test_the_mask_steps_are_read_for_backend_and_worker_alike(caplog):
+    assert Settings.from_env({}).output_options()["mask_refine"] == pytest.approx(0.04)
+    s = Settings.from_env({"SHOESEG_MASK_REFINE": "0", "SHOESEG_MASK_RESCORE": "true", "SHOESEG_SCORE_THRESH": "0.3"})
+    assert (s.output_options()["mask_refine"], s.output_options()["mask_rescore"]) == (0.0, True)
+    with pytest.raises(SettingsError, match="SHOESEG_MASK_REFINE"):
+        Settings.from_env({"SHOESEG_MASK_REFINE": "0.9"})
+    with caplog.at_level("WARNING"):
+        Settings.from_env({"SHOESEG_MASK_RESCORE": "1"})
+    assert "set SHOESEG_SCORE_THRESH" in caplog.text
