@@ -213,3 +213,30 @@ def test_tiny_real_run_stopped_after_one_round_and_resumed(tmp_path, monkeypatch
                          resume=True)
     assert _without_seconds(res.rows) == _without_seconds(whole.rows)
     assert not list((tmp_path / "part" / "runs").rglob("model.pt"))
+
+
+def test_a_run_from_before_the_mask_steps_resumes_scoring_as_it_started(tmp_path, monkeypatch):
+    from shoeseg.simulation.config import OUTPUTS_BEFORE
+
+    ds, images_dir = make_simulation_set(tmp_path, n=12)
+    cfg = SimulationConfig(**FAKE, train=TrainConfig.for_profile("cpu", iters=100))
+    _fake_model(monkeypatch, FakeTrainer(crash_at=3))
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(cfg, dataset=ds, images_dir=images_dir, out_dir=tmp_path / "out", show_progress=False)
+    sel = tmp_path / "out" / "selections.json"
+    state = json.loads(sel.read_text())
+    assert state["config"]["outputs"] == cfg.outputs != OUTPUTS_BEFORE  # a new run records what is served
+    del state["config"]["outputs"]  # as a run started before they were recorded wrote it
+    sel.write_text(json.dumps(state))
+
+    seen: list[dict] = []
+    trainer = FakeTrainer()
+
+    def train_and_record(run_cfg, **kw):
+        seen.append(dict(run_cfg.outputs))
+        return trainer(run_cfg, **kw)
+
+    monkeypatch.setattr(loop, "_train_and_evaluate", train_and_record)
+    run_simulation(cfg, dataset=ds, images_dir=images_dir, out_dir=tmp_path / "out", show_progress=False,
+                   resume=True)
+    assert seen and all(o == OUTPUTS_BEFORE for o in seen)
