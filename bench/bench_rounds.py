@@ -61,9 +61,14 @@ def _append(path: Path, row: dict, columns: tuple[str, ...] = COLUMNS) -> None:
         f.flush()
 
 
-def _config_from(selections: dict, *, device: str):
-    """The simulation's configuration, rebuilt from the fingerprint it stored, checked to be the same."""
-    from shoeseg.simulation.config import SimulationConfig, fingerprint_differences
+def _config_from(selections: dict, *, device: str, outputs: dict | None = None):
+    """The simulation's configuration, rebuilt from the fingerprint it stored, checked to be the same.
+
+    Evaluation does to each soft mask what the simulation's did (its stored ``outputs``; a run from before they
+    were stored: :data:`~shoeseg.simulation.config.OUTPUTS_BEFORE`), unless ``outputs`` overrides it: for rows
+    a simulation wrote under other mask steps than it recorded, say so and compare within one scoring.
+    """
+    from shoeseg.simulation.config import OUTPUTS_BEFORE, SimulationConfig, fingerprint_differences
     from shoeseg.train import TrainConfig
 
     fp = selections["config"]
@@ -72,9 +77,11 @@ def _config_from(selections: dict, *, device: str):
     cfg = SimulationConfig(strategies=["random"], seeds=[0], start=fp["start"], batch=fp["batch"],
                            rounds=fp["rounds"], test_frac=fp["test_frac"], split_seed=fp["split_seed"],
                            test_size=fp["test_size"], pool_size=fp["pool_size"], round_iters=fp["round_iters"],
-                           prescale=fp["prescale"], train=train)
+                           prescale=fp["prescale"], train=train, outputs=dict(fp.get("outputs", OUTPUTS_BEFORE)))
     # the recipes and the from-scratch trainings do not follow the worker's round rule: it may have changed since
     diffs = [d for d in fingerprint_differences(fp, cfg.fingerprint()) if d != "round_rule"]
+    if outputs is not None:
+        cfg = replace(cfg, outputs={**cfg.outputs, **outputs})
     if diffs:
         raise ValueError(f"the simulation's settings cannot be rebuilt by this version of the code ({', '.join(diffs)})")
     return cfg
@@ -93,6 +100,16 @@ def _simulation_data(args, sim: Path, cfg, selections: dict):
     return ds, images_dir, by_name, [by_name[n] for n in selections["test"]]
 
 
+def _outputs(args) -> dict | None:
+    """The mask steps given on the command line, if any (``--mask-refine``, ``--mask-rescore``)."""
+    out = {}
+    if args.mask_refine is not None:
+        out["mask_refine"] = args.mask_refine
+    if args.mask_rescore is not None:
+        out["mask_rescore"] = args.mask_rescore
+    return out or None
+
+
 def train_from_scratch(args) -> None:
     from tqdm.auto import tqdm
 
@@ -102,8 +119,10 @@ def train_from_scratch(args) -> None:
 
     sim = Path(args.simulation)
     selections = json.loads((sim / "selections.json").read_text(encoding="utf-8"))
-    cfg = _config_from(selections, device=args.device)
-    sim_rows = [r for r in read_csv(sim / "simulation.csv") if r["strategy"] == "random"]
+    cfg = _config_from(selections, device=args.device, outputs=_outputs(args))
+    log.info("evaluating with mask steps %s", cfg.outputs)
+    sim_rows = [r for r in read_csv(sim / "simulation.csv")
+                if r["strategy"] == "random" and (args.seeds is None or r["seed"] in args.seeds)]
     chains = selections["rounds"].get("random", {})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +190,7 @@ def train_recipes(args) -> None:
 
     sim, out = Path(args.simulation), Path(args.out)
     selections = json.loads((sim / "selections.json").read_text(encoding="utf-8"))
-    cfg = _config_from(selections, device=args.device)
+    cfg = _config_from(selections, device=args.device, outputs=_outputs(args))
     chains = {int(k): v for k, v in selections["rounds"].get("random", {}).items() if v}
     _copy_starts(sim, out / "starts", sorted(chains))
     recipes = [parse_recipe(r) for r in args.recipe]
@@ -264,7 +283,8 @@ def report(args) -> str:
     from shoeseg.simulation.results import read_csv
 
     sim = Path(args.simulation)
-    rounds = [r for r in read_csv(sim / "simulation.csv") if r["strategy"] == "random"]
+    rounds = [r for r in read_csv(sim / "simulation.csv")
+              if r["strategy"] == "random" and (args.seeds is None or r["seed"] in args.seeds)]
     scratch = _read_rows(Path(args.out) / "scratch.csv")
     fp = json.loads((sim / "selections.json").read_text(encoding="utf-8"))["config"]
     lines = [
@@ -310,6 +330,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recipe", action="append", default=[], metavar="NAME=ITERS:LR",
                    help="Also train this round recipe on every seed's first round (repeatable), e.g. slow=80:1e-4.")
     p.add_argument("--no-scratch", action="store_true", help="Skip the from-scratch trainings (recipes only).")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="Train from scratch for these seeds only (comma-separated; default: every seed).")
+    p.add_argument("--mask-refine", type=float, default=None,
+                   help="Evaluate with this edge-guided refinement instead of the simulation's (0: off).")
+    p.add_argument("--mask-rescore", action=argparse.BooleanOptionalAction, default=None,
+                   help="Evaluate with (or without) mask-quality rescoring instead of as the simulation did.")
     args = p.parse_args(argv)
     try:
         [parse_recipe(r) for r in args.recipe]
