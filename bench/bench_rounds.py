@@ -128,7 +128,8 @@ def train_from_scratch(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     scratch_csv = out / "scratch.csv"
     done = {(r["seed"], r["round"]) for r in _read_rows(scratch_csv)}
-    todo = sorted({(r["seed"], r["round"]) for r in sim_rows if r["round"] > 0} - done)
+    todo = sorted({(r["seed"], r["round"]) for r in sim_rows
+                   if r["round"] > 0 and (args.rounds is None or r["round"] in args.rounds)} - done)
     if not todo:
         log.info("nothing to train: every finished round of the simulation has its from-scratch row")
         return
@@ -140,6 +141,8 @@ def train_from_scratch(args) -> None:
         for step in chain[:r]:
             labelled += [by_name[n] for n in step["added"]]
         train_config = replace(cfg.train_config(seed=seed, round=0), seed=cfg.train.seed + SEED_STRIDE * seed + r)
+        if args.scratch_iters:  # the decay steps at the same fractions of the longer schedule
+            train_config = replace(train_config, iters=args.scratch_iters, steps=None)
         bar.set_description(f"seed {seed}, {len(labelled)} labels from scratch")
         rnd, _ = _train_and_evaluate(cfg, train_config=train_config, full=ds, labelled=labelled, test=test,
                                      images_dir=images_dir, run_dir=out / "runs" / f"seed{seed}-round{r}", bar=bar)
@@ -288,7 +291,8 @@ def report(args) -> str:
     scratch = _read_rows(Path(args.out) / "scratch.csv")
     fp = json.loads((sim / "selections.json").read_text(encoding="utf-8"))["config"]
     lines = [
-        f"Warm-start rounds (the simulation's round rule) against from-scratch trainings ({fp['train']['iters']} iterations, "
+        f"Warm-start rounds (the simulation's round rule) against from-scratch trainings "
+        f"({getattr(args, 'scratch_iters', None) or fp['train']['iters']} iterations, "
         f"{fp['train']['min_size']}-{fp['train']['max_size']} px) on the same labels; mask AP on the simulation's "
         f"{fp['test_size']} test images, mean ± sd over seeds.",
         "",
@@ -332,6 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-scratch", action="store_true", help="Skip the from-scratch trainings (recipes only).")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
                    help="Train from scratch for these seeds only (comma-separated; default: every seed).")
+    p.add_argument("--rounds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="Train from scratch for these rounds only (comma-separated; default: every finished round).")
+    p.add_argument("--scratch-iters", type=int, default=None,
+                   help="Iterations of the from-scratch trainings (default: the first version's), e.g. as many as "
+                        "the live chain spent up to that round; the decay steps keep their fractions.")
     p.add_argument("--mask-refine", type=float, default=None,
                    help="Evaluate with this edge-guided refinement instead of the simulation's (0: off).")
     p.add_argument("--mask-rescore", action=argparse.BooleanOptionalAction, default=None,
