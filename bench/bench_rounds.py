@@ -292,7 +292,7 @@ def report(args) -> str:
     fp = json.loads((sim / "selections.json").read_text(encoding="utf-8"))["config"]
     lines = [
         f"Warm-start rounds (the simulation's round rule) against from-scratch trainings "
-        f"({getattr(args, 'scratch_iters', None) or fp['train']['iters']} iterations, "
+        f"({args.scratch_iters or fp['train']['iters']} iterations, "
         f"{fp['train']['min_size']}-{fp['train']['max_size']} px) on the same labels; mask AP on the simulation's "
         f"{fp['test_size']} test images, mean ± sd over seeds.",
         "",
