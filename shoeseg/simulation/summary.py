@@ -1,5 +1,6 @@
-"""What a simulation's rows say over seeds: the mean and spread, and the labels each strategy needs to reach
-random's final mean mask AP (as a share of random's labels, per seed)."""
+"""What a simulation's rows say over seeds: the mean and spread, the labels each strategy needs to reach
+random's final mean mask AP (as a share of random's labels, per seed), and each strategy's difference from
+random paired by seed."""
 
 from __future__ import annotations
 
@@ -40,13 +41,15 @@ class LabelShare:
         target: the baseline's final mean metric (over its seeds).
         baseline_labels: the baseline's labelled images at its final round.
         labels: seed -> the first labelled-set size at which the seed's curve reached ``target`` (``None``: not
-            reached in the rows given).
+            reached in the rows given); a fraction when interpolated.
+        interpolated: whether ``labels`` were read off straight lines between measured rounds.
     """
 
     strategy: str
     target: float
     baseline_labels: int
-    labels: dict[int, int | None]
+    labels: dict[int, float | None]
+    interpolated: bool = False
 
     @property
     def shares(self) -> dict[int, float | None]:
@@ -82,19 +85,37 @@ class LabelShare:
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "target": self.target, "baseline_labels": self.baseline_labels,
-                "labels": {str(k): v for k, v in self.labels.items()}, "reached": self.reached,
+                "labels": {str(k): v for k, v in self.labels.items()}, "interpolated": self.interpolated,
+                "reached": self.reached,
                 "seeds": len(self.labels), "mean": self.mean, "std": self.std, "min": self.min, "max": self.max}
 
 
+def _crossing(pts: Sequence[tuple[int, float]], target: float, *, interpolate: bool) -> float | None:
+    """The first labelled-set size at which a curve of ``(n, value)`` points (sorted by ``n``) reaches ``target``;
+    with ``interpolate``, where the straight line from the last point below it to the first point at or above it
+    crosses it (a curve that starts at or above the target crosses at its first point)."""
+    prev: tuple[int, float] | None = None
+    for n, v in pts:
+        if v >= target - 1e-9:
+            if not interpolate or prev is None:
+                return n
+            (n0, v0) = prev
+            return n0 + (n - n0) * (target - v0) / (v - v0)
+        prev = (n, v)
+    return None
+
+
 def labels_to_reach(
-    rows: Sequence[dict[str, Any]], *, baseline: str = "random", metric: str = "segm_AP"
+    rows: Sequence[dict[str, Any]], *, baseline: str = "random", metric: str = "segm_AP", interpolate: bool = False
 ) -> list[LabelShare]:
     """Labels each strategy needs to reach the baseline's final mean ``metric``, as a share of the baseline's.
 
     The target is the mean over seeds of the baseline's ``metric`` at its largest labelled set (its final
     round). For every strategy and seed, the labels needed are the smallest labelled-set size whose row
-    reaches the target (measured points only, no interpolation: the answer moves in steps of the batch, and
-    is an upper bound of the true crossing). The share divides it by the baseline's final labelled-set size:
+    reaches the target (measured points only: the answer moves in steps of the batch, and is an upper bound
+    of the true crossing); with ``interpolate``, the size where the straight line between the last round below
+    the target and the first at or above it crosses it (an estimate between two measured rounds, which
+    assumes the curve is straight there). The share divides it by the baseline's final labelled-set size:
     0.6 means 40% fewer labels than random needed for random's final AP. A seed whose curve never reaches the
     target is ``None`` and left out of the mean, std, min and max (``reached`` counts the others). The
     baseline's own line shows how much the seeds alone move the answer.
@@ -120,10 +141,10 @@ def labels_to_reach(
             (int(r["n_labelled"]), float(r[metric])))
     out = []
     for strategy, by_seed in curves.items():
-        labels: dict[int, int | None] = {}
-        for seed, pts in sorted(by_seed.items()):
-            labels[seed] = next((n for n, v in sorted(pts) if v >= target - 1e-9), None)
-        out.append(LabelShare(strategy=strategy, target=target, baseline_labels=final_n, labels=labels))
+        labels = {seed: _crossing(sorted(pts), target, interpolate=interpolate)
+                  for seed, pts in sorted(by_seed.items())}
+        out.append(LabelShare(strategy=strategy, target=target, baseline_labels=final_n, labels=labels,
+                              interpolated=interpolate))
     out.sort(key=lambda x: (x.strategy != baseline,))
     return out
 
@@ -133,20 +154,72 @@ def format_label_shares(shares: Sequence[LabelShare], *, metric: str = "segm_AP"
     if not shares:
         return ""
     s0 = shares[0]
+    how = ("read off straight lines between measured rounds" if s0.interpolated
+           else "measured rounds only, so the share moves in steps of the batch")
     lines = [
         f"labels needed to reach {s0.strategy if s0.strategy == 'random' else 'the baseline'}'s final mean "
         f"{metric} {s0.target:.4f} ({s0.baseline_labels} labelled images), as a share of "
-        f"{s0.baseline_labels}; measured rounds only, so the share moves in steps of the batch:",
+        f"{s0.baseline_labels}; {how}:",
         f"{'strategy':<26} {'mean':>6} {'std':>6} {'min':>6} {'max':>6} {'reached':>8}  labels per seed",
     ]
 
     def f(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
+    def n_fmt(n: float | None) -> str:
+        return "not reached" if n is None else (f"{n:.1f}" if x.interpolated else f"{n:g}")
+
     for x in shares:
-        per_seed = ", ".join(f"{s}: {'not reached' if n is None else n}" for s, n in x.labels.items())
+        per_seed = ", ".join(f"{s}: {n_fmt(n)}" for s, n in x.labels.items())
         lines.append(f"{x.strategy:<26} {f(x.mean):>6} {f(x.std):>6} {f(x.min):>6} {f(x.max):>6} "
                      f"{x.reached:>4}/{len(x.labels):<3}  {per_seed}")
+    return "\n".join(lines)
+
+
+def paired_differences(
+    rows: Sequence[dict[str, Any]], *, baseline: str = "random", metric: str = "segm_AP"
+) -> dict[str, list[dict[str, Any]]]:
+    """Each strategy's ``metric`` minus the baseline's, paired by seed and labelled-set size.
+
+    Seeds share the start set and the first version, so the pairing removes what a seed's own draw puts into
+    both curves. Per strategy other than the baseline and per labelled-set size both have rows for: ``mean``,
+    ``min``, ``max`` of the per-seed differences, and ``n`` (seeds paired).
+
+    Example:
+        >>> rows = [{"strategy": s, "seed": k, "n_labelled": 8, "segm_AP": ap}
+        ...         for s, aps in {"random": [0.2, 0.3], "entropy": [0.25, 0.31]}.items() for k, ap in enumerate(aps)]
+        >>> d = paired_differences(rows)["entropy"][0]
+        >>> (d["n"], round(d["mean"], 3), round(d["min"], 3), round(d["max"], 3))
+        (2, 0.03, 0.01, 0.05)
+    """
+    values: dict[tuple[str, int, int], float] = {
+        (r["strategy"], int(r.get("seed", 0)), int(r["n_labelled"])): float(r[metric]) for r in rows}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        if strategy == baseline:
+            continue
+        by_n: dict[int, list[float]] = {}
+        for (s, seed, n), v in values.items():
+            if s == strategy and (baseline, seed, n) in values:
+                by_n.setdefault(n, []).append(v - values[(baseline, seed, n)])
+        out[strategy] = [{"n_labelled": n, "mean": statistics.fmean(d), "min": min(d), "max": max(d), "n": len(d)}
+                         for n, d in sorted(by_n.items())]
+    return out
+
+
+def format_paired_differences(diffs: dict[str, list[dict[str, Any]]], *, baseline: str = "random",
+                              metric: str = "segm_AP") -> str:
+    """A text table of :func:`paired_differences`: per strategy, the mean [min, max] difference at each size."""
+    sizes = sorted({p["n_labelled"] for pts in diffs.values() for p in pts})
+    if not sizes:
+        return ""
+    lines = [f"{metric} minus {baseline}'s, paired by seed: mean [min, max] (seeds paired)",
+             f"{'strategy':<26} " + " ".join(f"{f'{n} labelled':>28}" for n in sizes)]
+    for s, pts in diffs.items():
+        at = {p["n_labelled"]: p for p in pts}
+        cells = [f"{at[n]['mean']:+.3f} [{at[n]['min']:+.3f}, {at[n]['max']:+.3f}] ({at[n]['n']})" if n in at else "-"
+                 for n in sizes]
+        lines.append(f"{s:<26} " + " ".join(f"{c:>28}" for c in cells))
     return "\n".join(lines)
 
 
@@ -163,4 +236,5 @@ def format_summary(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LabelShare", "format_label_shares", "format_summary", "labels_to_reach", "summarise"]
+__all__ = ["LabelShare", "format_label_shares", "format_paired_differences", "format_summary", "labels_to_reach",
+           "paired_differences", "summarise"]

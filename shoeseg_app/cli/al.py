@@ -68,12 +68,24 @@ def _seeds(value: str) -> list[int]:
 
 
 def _echo_answer(rows: list[dict]) -> None:
-    from shoeseg.simulation.summary import format_label_shares, format_summary, labels_to_reach
+    from shoeseg.simulation.summary import (
+        format_label_shares,
+        format_paired_differences,
+        format_summary,
+        labels_to_reach,
+        paired_differences,
+    )
 
     typer.echo(format_summary(rows))
     typer.echo("")
     if any(r["strategy"] == "random" for r in rows):
         typer.echo(format_label_shares(labels_to_reach(rows)))
+        typer.echo("")
+        typer.echo(format_label_shares(labels_to_reach(rows, interpolate=True)))
+        diffs = format_paired_differences(paired_differences(rows))
+        if diffs:
+            typer.echo("")
+            typer.echo(diffs)
     else:
         typer.echo("no random rows: the labels needed to reach random's final mask AP cannot be computed")
 

@@ -39,6 +39,8 @@ def test_plot_combines_simulation_csvs(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "all.png").read_bytes()[:4] == b"\x89PNG"
     assert [r["strategy"] for r in read_csv(tmp_path / "all.csv")] == ["random"] * 3 + ["entropy"] * 3
+    assert "straight lines between measured rounds" in res.output  # the interpolated shares
+    assert "minus random's, paired by seed" in res.output and "+0.000 [+0.000, +0.000] (1)" in res.output
     again = runner.invoke(app, ["al", "plot", str(tmp_path / "a.csv"), str(tmp_path / "a.csv"), "--out",
                                 str(tmp_path / "dup.png")])
     assert again.exit_code != 0 and "already in an earlier file" in again.output
