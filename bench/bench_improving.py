@@ -221,6 +221,7 @@ def score_versions(args, out: Path) -> list[dict]:
         rows.append({"version": mv.version, "kind": mv.meta.get("kind") or "round", "created_at": mv.created_at,
                      "promoted": bool(mv.meta.get("promoted")), "reason": mv.meta.get("reason"),
                      "gate": mv.meta.get("gate"), "labels": mv.metrics.get("train_tasks"),
+                     "trained_from": mv.meta.get("trained_from", mv.parent),
                      "iters": cfg.get("iters"), "size": cfg.get("min_size"),
                      "segm_AP": res.metrics.get("segm_AP"), "segm_AP75": res.metrics.get("segm_AP75"),
                      "annotator": ann})
@@ -238,7 +239,7 @@ def report(out: Path, result: dict, rows: list[dict], events: list[dict]) -> str
     lines = [f"# The improving loop: {result.get('minutes')} minutes, {result.get('labelled_at_import')} labels at "
              f"import" + (f", {result['added']} added at minute {result['add_at']}" if result.get("added") else "")
              + f"; held-out: {result.get('held_out')} photos outside the project", ""]
-    header = ["version", "kind", "labels", "iters", "px", "promoted at min", "held-out mask AP", "AP75",
+    header = ["version", "kind", "trained from", "labels", "iters", "px", "promoted at min", "held-out mask AP", "AP75",
               "IoU>=0.85", "IoU>=0.75", "FP/img", "missed", "gate: diff [interval] on n", "decision"]
     table = []
     for r in rows:
@@ -246,7 +247,8 @@ def report(out: Path, result: dict, rows: list[dict], events: list[dict]) -> str
         gate = ("–" if g.get("diff") is None else
                 f"{g['diff']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] on {g['compared_on']}")
         share = (r["annotator"] or {}).get("matched_share") or {}
-        table.append([r["version"], r["kind"], str(r["labels"]), str(r["iters"]), str(r["size"]),
+        table.append([r["version"], r["kind"], r.get("trained_from") or "–", str(r["labels"]), str(r["iters"]),
+                      str(r["size"]),
                       _f(promoted_at.get(r["version"]), ".1f") if r["promoted"] else "not promoted",
                       _f(r["segm_AP"]), _f(r["segm_AP75"]), _f(share.get("iou>=0.85"), ".2f"),
                       _f(share.get("iou>=0.75"), ".2f"),

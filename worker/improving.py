@@ -1,12 +1,18 @@
 """Training in idle time: while a project has no other job, keep improving its current version in chunks.
 
 One chunk (``worker.jobs.improve_project``, queued by :func:`shoeseg_services.idle_training.request_idle` on the lowest
-queue) continues the current version on all the project's accepted labels but the validation subset, for
-``SHOESEG_IDLE_CHUNK_ITERS`` iterations of :data:`shoeseg.schedule.IDLE_RECIPE` (a larger input size, a
-lower learning rate). The candidate then meets the same gate as a round (:func:`worker.training.judge`): it
-becomes a version, promoted and pushed when the evidence allows. The next chunk is queued as this one ends,
-until the project's budget (``SHOESEG_IDLE_MAX_ITERS`` iterations on one set of labels) is spent; a round on
-new labels starts a new budget.
+queue) trains on all the project's accepted labels but the validation subset, for ``SHOESEG_IDLE_CHUNK_ITERS``
+iterations of :data:`shoeseg.schedule.IDLE_RECIPE` (a larger input size, a lower learning rate). The candidate
+then meets the same gate as a round (:func:`worker.training.judge`, against the current version): it becomes a
+version, promoted and pushed when the evidence allows. The next chunk is queued as this one ends, until the
+project's budget (``SHOESEG_IDLE_MAX_ITERS`` iterations on one set of labels) is spent; a round on new labels
+starts a new budget.
+
+The chunks of one budget are one training, cut in pieces: each continues the previous chunk's candidate (the
+project's *idle line*, kept in its idle state), promoted or not. The gate decides what is served, not where
+training goes on: a refused chunk is not thrown away and retried from the current version (which would spend
+the budget on 60-iteration trainings that never add up); the line restarts from the current version only when
+that changes under it (a round, a rollback) or the labels change.
 
 Yielding: the chunk asks Redis after every iteration whether labelled work is waiting
 (:func:`shoeseg_services.idle_training.labelled_work_waiting`: a push or a round on the queues, or this project's training
@@ -65,6 +71,18 @@ def _lower_priority(settings: Settings) -> None:
         torch.set_num_threads(settings.idle_threads)
 
 
+def idle_line(registry, state: dict[str, str], *, labels: str, current):
+    """The version the next chunk continues: the idle line's last candidate when it grew on these labels from
+    this current version (``line_base``) and is still in the registry, else the current version."""
+    line, base = state.get("line_version"), state.get("line_base")
+    if not line or base != current.version or state.get("labels") != labels or line == current.version:
+        return current
+    if not registry.has_version(line):
+        log.warning("idle line %s is not in the registry any more: continuing from the current version", line)
+        return current
+    return registry.get(line)
+
+
 def run_improvement(project_id: int, *, settings: Settings, job, progress: Progress) -> dict:
     """One idle-time chunk of a project (see the module's text); returns a JSON-able summary.
 
@@ -81,7 +99,9 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
     def end(outcome: str, **values) -> dict:
         if conn is not None:
             idle_training.set_idle_state(conn, project_id, job_id=None, state=outcome, last_outcome=outcome,
-                                   **{k: v for k, v in values.items() if k in ("iters_done", "labels")})
+                                         **{k: v for k, v in values.items() if k in ("iters_done", "labels")},
+                                         **({"line_version": values["version"], "line_base": values["line_base"]}
+                                            if "line_base" in values else {}))
         return {**summary, "outcome": outcome, **values}
 
     if conn is not None:
@@ -107,8 +127,12 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
         return end("capped", iters_done=done, labels=labels)
     iters = min(settings.idle_chunk_iters, settings.idle_max_iters - done)
     train_ds, val_ds = split_labels(ds, settings, current)
-    config = idle_config(train_config(settings, weights=None, init_from=str(current.checkpoint),
-                                       seed=done + 1), init_from=str(current.checkpoint), iters=iters)
+    start = idle_line(registry, state, labels=labels, current=current) if done else current
+    config = idle_config(train_config(settings, weights=None, init_from=str(start.checkpoint),
+                                       seed=done + 1), init_from=str(start.checkpoint), iters=iters)
+    if start.version != current.version:
+        log.info("project %s: idle-time chunk continues the idle line at %s (current: %s)", project_id,
+                 start.version, current.version)
     _lower_priority(settings)
     progress.update(force=True, stage="training", kind="idle", train_tasks=len(train_ds), val_tasks=len(val_ds),
                     iteration=0, iters=config.iters, idle_iters_done=done, idle_max_iters=settings.idle_max_iters)
@@ -148,12 +172,15 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
         registered = register_and_promote(
             registry, result, current=current, decision=decision, current_metrics=current_metrics,
             project_id=project_id, kind="idle", reason=f"idle time: iterations {done + 1}-{done + iters}",
-            config=config, ds=ds, train_ds=train_ds, val_ds=val_ds, settings=settings, job=job)
+            config=config, ds=ds, train_ds=train_ds, val_ds=val_ds, settings=settings, job=job,
+            trained_from=start.version)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     done += iters
     outcome = "promoted" if registered["promoted"] else "candidate"
-    out = end(outcome, iters_done=done, labels=labels, **{k: v for k, v in registered.items() if k != "project"})
+    line_base = registered["version"] if registered["promoted"] else current.version
+    out = end(outcome, iters_done=done, labels=labels, line_base=line_base,
+              **{k: v for k, v in registered.items() if k != "project"})
     if conn is not None:
         out["next"] = idle_training.request_idle(conn, project_id, settings=settings)
     return out

@@ -191,9 +191,14 @@ def judge(result, current, val_ds, images_dir: Path, settings: Settings):
 
 
 def register_and_promote(registry, result, *, current, decision, current_metrics: dict, project_id: int,
-                         kind: str, reason: str, config, ds, train_ds, val_ds, settings: Settings, job) -> dict:
+                         kind: str, reason: str, config, ds, train_ds, val_ds, settings: Settings, job,
+                         trained_from: str | None = None) -> dict:
     """Registers a trained candidate with its evidence, promotes it when the gate says so (and the current
-    version is still the one it was judged against), and queues the push of its predictions."""
+    version is still the one it was judged against), and queues the push of its predictions.
+
+    The version's ``parent`` is the version it was judged against (the current one); ``meta.trained_from`` the
+    one its weights started from (``trained_from``, default the current one: an idle chunk continuing a refused
+    candidate differs)."""
     from shoeseg_services.predict_queue import request_push
 
     new_metrics = dict(result.eval.metrics) if result.eval is not None else {}
@@ -214,6 +219,7 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
             "annotation_ids": annotation_ids,
             "val_task_ids": sorted(_numeric(im.image_id) for im in val_ds.images),
             "current_version": current.version if current else None,
+            "trained_from": trained_from or (current.version if current and config.init_from else None),
             "current_metrics_on_val": current_metrics,
             "decision": decision.reason,
             "gate": decision.to_json(),

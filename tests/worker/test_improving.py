@@ -1,7 +1,7 @@
 """Training in idle time, through a real rq worker and a real Redis, with a tiny model.
 
 What is checked: a chain of idle chunks stops at its budget, each chunk's gate evidence is recorded and the
-pushes run before the chunks; a chunk gives the worker back within an iteration when a round is queued; a
+pushes run before the chunks; refused chunks still add up to one training (each continues the last); a chunk gives the worker back within an iteration when a round is queued; a
 chunk killed with SIGKILL leaves the current version as it was and loadable.
 """
 
@@ -81,6 +81,55 @@ def test_idle_chunks_follow_the_push_record_their_evidence_and_stop_at_the_budge
     state = idle_training.idle_state(redis_conn, 1)
     assert state["iters_done"] == "2" and state["state"] == "capped" and not state["job_id"]
     assert not Queue(IDLE_QUEUE, connection=redis_conn).count
+
+
+@pytest.mark.slow
+def test_refused_chunks_are_one_training_each_continuing_the_last(redis_conn, fake_ls, loop_env, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.setenv("SHOESEG_IDLE_TRAINING", "true")
+    monkeypatch.setenv("SHOESEG_IDLE_CHUNK_ITERS", "1")
+    monkeypatch.setenv("SHOESEG_IDLE_MAX_ITERS", "3")
+    first = _first_version(redis_conn, Settings.from_env())
+    monkeypatch.setenv("SHOESEG_PROMOTE_TOLERANCE", "-1.0")  # a candidate must gain more than 1.0: none is promoted
+    idle_training.request_idle(redis_conn, 1, settings=Settings.from_env())
+    _work_all(redis_conn)
+    registry = ModelRegistry(loop_env.model_dir)
+    assert registry.current_version_id() == first
+    chunks = sorted((v for v in registry.versions() if v.meta.get("kind") == "idle"), key=lambda v: v.created_at)
+    assert [v.meta["promoted"] for v in chunks] == [False, False, False]
+    started = [first] + [v.version for v in chunks[:-1]]
+    for chunk, before in zip(chunks, started, strict=True):
+        assert chunk.parent == first  # judged against the current version
+        assert chunk.meta["trained_from"] == before  # and trained on from the chunk before it
+        assert Path(chunk.meta["train_config"]["init_from"]) == registry.get(before).checkpoint
+    state = idle_training.idle_state(redis_conn, 1)
+    assert (state["line_version"], state["line_base"], state["iters_done"]) == (chunks[-1].version, first, "3")
+
+
+def test_the_idle_line_restarts_from_the_current_version_when_it_is_stale():
+    from types import SimpleNamespace
+
+    from worker.improving import idle_line
+
+    class Registry:
+        def __init__(self, *names):
+            self.known = {n: SimpleNamespace(version=n) for n in names}
+
+        def has_version(self, v):
+            return v in self.known
+
+        def get(self, v):
+            return self.known[v]
+
+    current = SimpleNamespace(version="v1")
+    registry = Registry("v1", "c1")
+    state = {"line_version": "c1", "line_base": "v1", "labels": "L"}
+    assert idle_line(registry, state, labels="L", current=current).version == "c1"
+    assert idle_line(registry, state, labels="M", current=current) is current  # the labels changed
+    assert idle_line(registry, {**state, "line_base": "v0"}, labels="L", current=current) is current  # a round, a rollback
+    assert idle_line(Registry("v1"), state, labels="L", current=current) is current  # the candidate is gone
+    assert idle_line(registry, {"labels": "L"}, labels="L", current=current) is current  # no line yet
 
 
 @pytest.mark.slow
