@@ -111,7 +111,7 @@ def budget_iters(iters: int, *, seconds_per_iter: float | None, budget_s: float,
 IDLE_RECIPE: dict[str, float | str] = {"optimizer": "adamw", "base_lr": 1e-4, "weight_decay": 0.05}
 #: Input sizes of the idle-time chunks, relative to the recipe's.
 IDLE_SIZE_SCALE = 4 / 3
-#: Warm-up of every idle chunk (each chunk starts a fresh optimizer from the current weights).
+#: Warm-up of every idle chunk (each chunk starts a fresh optimizer from the weights it continues).
 IDLE_WARMUP_ITERS = 10
 
 

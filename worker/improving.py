@@ -8,11 +8,14 @@ version, promoted and pushed when the evidence allows. The next chunk is queued 
 project's budget (``SHOESEG_IDLE_MAX_ITERS`` iterations on one set of labels) is spent; a round on new labels
 starts a new budget.
 
-The chunks of one budget are one training, cut in pieces: each continues the previous chunk's candidate (the
-project's *idle line*, kept in its idle state), promoted or not. The gate decides what is served, not where
-training goes on: a refused chunk is not thrown away and retried from the current version (which would spend
-the budget on 60-iteration trainings that never add up); the line restarts from the current version only when
-that changes under it (a round, a rollback) or the labels change.
+The chunks of one budget continue each other's weights: each starts from the previous chunk's candidate (the
+project's *idle line*, kept in its idle state), promoted or not, with a fresh optimizer, a short warm-up and a
+seed of its own. The gate decides what is served, not where training goes on: a refused chunk is not thrown
+away and retried from the current version (which would spend the budget on 60-iteration trainings that never
+add up); the line restarts from the current version when that changes under it (a round, a rollback) or when
+the accepted labels change (any new, changed or removed annotation: its budget starts again too). A line that
+keeps being refused is not pulled back before the budget ends: what it costs is idle compute, never what is
+served.
 
 Yielding: the chunk asks Redis after every iteration whether labelled work is waiting
 (:func:`shoeseg_services.idle_training.labelled_work_waiting`: a push or a round on the queues, or this project's training

@@ -181,9 +181,10 @@ def paired_differences(
 ) -> dict[str, list[dict[str, Any]]]:
     """Each strategy's ``metric`` minus the baseline's, paired by seed and labelled-set size.
 
-    Seeds share the start set and the first version, so the pairing removes what a seed's own draw puts into
-    both curves. Per strategy other than the baseline and per labelled-set size both have rows for: ``mean``,
-    ``min``, ``max`` of the per-seed differences, and ``n`` (seeds paired).
+    Within one simulation a seed's strategies share its start set and first version, so the pairing removes
+    what a seed's own draw puts into both curves (rows combined from runs of other settings pair only as well
+    as their seeds match). Per strategy other than the baseline and per labelled-set size both have rows for:
+    ``mean``, ``min``, ``max`` of the per-seed differences, and ``n`` (seeds paired).
 
     Example:
         >>> rows = [{"strategy": s, "seed": k, "n_labelled": 8, "segm_AP": ap}

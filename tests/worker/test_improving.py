@@ -1,8 +1,9 @@
 """Training in idle time, through a real rq worker and a real Redis, with a tiny model.
 
 What is checked: a chain of idle chunks stops at its budget, each chunk's gate evidence is recorded and the
-pushes run before the chunks; refused chunks still add up to one training (each continues the last); a chunk gives the worker back within an iteration when a round is queued; a
-chunk killed with SIGKILL leaves the current version as it was and loadable.
+pushes run before the chunks; refused chunks still add up (each continues the last one's weights); a chunk
+gives the worker back within an iteration when a round is queued; a chunk killed with SIGKILL leaves the
+current version as it was and loadable.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def test_the_idle_line_restarts_from_the_current_version_when_it_is_stale():
     state = {"line_version": "c1", "line_base": "v1", "labels": "L"}
     assert idle_line(registry, state, labels="L", current=current).version == "c1"
     assert idle_line(registry, state, labels="M", current=current) is current  # the labels changed
-    assert idle_line(registry, {**state, "line_base": "v0"}, labels="L", current=current) is current  # a round, a rollback
+    stale = {**state, "line_base": "v0"}  # a round or a rollback changed the current version
+    assert idle_line(registry, stale, labels="L", current=current) is current
     assert idle_line(Registry("v1"), state, labels="L", current=current) is current  # the candidate is gone
     assert idle_line(registry, {"labels": "L"}, labels="L", current=current) is current  # no line yet
 
