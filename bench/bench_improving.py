@@ -233,6 +233,39 @@ def _f(v, spec=".3f") -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _served_at(events: list[dict], minute: float) -> str | None:
+    """The version served at ``minute``: the last one promoted at or before it."""
+    served = None
+    for e in events:
+        if e.get("kind") == "promoted" and e["minute"] <= minute:
+            served = e["version"]
+    return served
+
+
+def _latency_by_served_version(rows: list[dict], events: list[dict]) -> list[str]:
+    """The latency table again, split by the version served (its input size sets most of the cost), and the
+    ratio the target asks for where the same model, or a model of the same input size, was served both with an
+    idle chunk running and with the worker stopped (the last version): so that only the worker's load differs."""
+    size = {r["version"]: r.get("size") for r in rows}
+    groups: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        if e.get("kind") == "predict":
+            groups.setdefault((e["worker"], _served_at(events, e["minute"]) or "–"), []).append(e["ms"])
+    table = [[w, v, str(size.get(v, "–")), str(p["n"]), _f(p["p50"], ".0f"), _f(p["p95"], ".0f")]
+             for (w, v), p in ((k, _percentiles(vals)) for k, vals in sorted(groups.items()))]
+    lines = ["`/predict` by what the worker was doing and the version served:", "",
+             _markdown(["worker", "served version", "px", "requests", "p50", "p95"], table), ""]
+    for what, key in (("the same version", lambda v: v), ("versions of the same input size", lambda v: size.get(v))):
+        for k in sorted({key(v) for (w, v) in groups if w == "stopped"}, key=str):
+            idle = [ms for (w, v), vals in groups.items() if w == "idle chunk" and key(v) == k for ms in vals]
+            alone = [ms for (w, v), vals in groups.items() if w == "stopped" and key(v) == k for ms in vals]
+            if idle and alone:
+                a, b = _percentiles(idle), _percentiles(alone)
+                lines += [f"{what} served ({k}): p50 {a['p50']:.0f} ms with an idle chunk running ({a['n']} requests), "
+                          f"{b['p50']:.0f} ms with the worker stopped ({b['n']}): {a['p50'] / b['p50']:.2f}x", ""]
+    return lines
+
+
 def report(out: Path, result: dict, rows: list[dict], events: list[dict]) -> str:
     promoted_at = {e["version"]: e["minute"] for e in events if e.get("kind") == "promoted"}
     t_import = next((e["minute"] for e in events if e.get("kind") == "imported"), 0.0)
@@ -264,6 +297,7 @@ def report(out: Path, result: dict, rows: list[dict], events: list[dict]) -> str
                 for k, p in ((k, _percentiles(v)) for k, v in sorted(lat.items()))]
     lines += ["`/predict`, one task, ms, by what the worker was doing:", "",
               _markdown(["worker", "requests", "p50", "p95"], lat_rows), ""]
+    lines += _latency_by_served_version(rows, events)
     first = min((promoted_at[r["version"]] for r in rows if r["promoted"] and r["version"] in promoted_at),
                 default=None)
     lines.append(f"first version served at minute {_f(first, '.1f')} (import at {t_import:.1f}); idle state at the "
@@ -319,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", type=int, default=40, help="/predict requests with the worker stopped")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--score-only", action="store_true", help="score the versions of an earlier run again")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report and the plot of an earlier run again from its improving.json")
     args = parser.parse_args(argv)
     if args.tiny and args.minutes == 60.0:
         args.minutes = 4.0
@@ -329,13 +365,18 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     events_path = out / "events.jsonl"
-    if args.score_only:
+    if args.score_only or args.report_only:
         result = json.loads((out / "improving.json").read_text(encoding="utf-8"))["run"]
     else:
         events_path.unlink(missing_ok=True)
         result = run_stack(args, out, events_path)
         (out / "improving.json").write_text(json.dumps({"run": result}, indent=1), encoding="utf-8")
     events = [json.loads(line) for line in events_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.report_only:
+        rows = json.loads((out / "improving.json").read_text(encoding="utf-8"))["versions"]
+        print(report(out, result, rows, events))
+        print(f"plot: {plot(out, result, rows, events)}")
+        return
     rows = score_versions(args, out)
     (out / "improving.json").write_text(json.dumps({"run": result, "versions": rows}, indent=1, default=str),
                                         encoding="utf-8")
