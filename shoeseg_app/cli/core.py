@@ -143,6 +143,21 @@ def _resolve_model(model: str, registry: str | None) -> Path:
     raise FileNotFoundError(f"model {model!r} is neither a checkpoint file nor a version in {reg.root}")
 
 
+def _gate_text(meta: dict) -> str:
+    """The gate's evidence in one cell: ``+0.005 [-0.078, +0.078] on 9``, plus where the weights came from
+    when that is not the parent (an idle chunk continuing a refused one)."""
+    meta = meta or {}
+    gate = meta.get("gate") if isinstance(meta.get("gate"), dict) else {}
+    nums = [gate.get(k) for k in ("diff", "ci_low", "ci_high")]
+    if all(isinstance(x, int | float) for x in nums):
+        text = f"{nums[0]:+.3f} [{nums[1]:+.3f}, {nums[2]:+.3f}] on {gate.get('compared_on')}"
+    else:
+        text = str(gate.get("reason") or "-")[:38]
+    if meta.get("trained_from") and meta.get("trained_from") != meta.get("current_version"):
+        text += f" (from {meta['trained_from']})"
+    return text
+
+
 def _acceptance_text(a: dict | None) -> str:
     """A version's live acceptance in one line: ``"0.82 of 40 shoes kept (12 annotations: 33/4/3/5, 17 vertices)"``."""
     if not a:
@@ -520,13 +535,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"no model versions in {reg.root}")
             return
         typer.echo(f"  {'version':<24} {'status':<10} {'segm_AP':>8} {'bbox_AP':>8}  {'parent':<24} {'created':<25} "
+                   f"{'gate: difference [interval] on images':<38} "
                    "live acceptance (annotations: kept/moved/deleted/drawn, vertices changed)")
         for v in versions:
             mark = "*" if v.status == "promoted" else " "
             ap = "  ".join(f"{v.metrics.get(k):8.3f}" if isinstance(v.metrics.get(k), int | float) else f"{'-':>8}"
                            for k in ("segm_AP", "bbox_AP"))
             typer.echo(f"{mark} {v.version:<24} {v.status:<10} {ap}  {v.parent or '-':<24} {v.created_at:<25} "
-                       f"{_acceptance_text(accepted[v.version])}")
+                       f"{_gate_text(v.meta):<38} {_acceptance_text(accepted[v.version])}")
 
     @models_app.command("register")
     @_clean_errors

@@ -113,3 +113,19 @@ def test_models_list_shows_the_live_acceptance(registry):
 
     listed = {v["version"]: v for v in json.loads(r.output)}
     assert listed["cli-v1"]["acceptance"]["kept"] == 4 and listed["cli-v2"]["acceptance"] is None
+
+
+def test_models_list_shows_the_gates_evidence_and_what_a_chunk_trained_from(registry, tmp_path):
+    from tests.helpers import make_checkpoint
+
+    gate = {"promote": False, "reason": "worse", "diff": -0.0685, "ci_low": -0.1217, "ci_high": -0.023,
+            "compared_on": 9}
+    ckpt = make_checkpoint(tmp_path / "cli-v3.pt", version="cli-v3", fg_logit=1.0, detections=1, seed=1)
+    registry.register(ckpt, metrics={"segm_AP": 0.2}, parent="cli-v1",
+                      meta={"gate": gate, "current_version": "cli-v1", "trained_from": "cli-v2"})
+    r = runner.invoke(app, ["models", "list", "--registry", str(registry.root)])
+    assert r.exit_code == 0, r.output
+    line = next(line for line in r.output.splitlines() if "cli-v3" in line)
+    assert "-0.069 [-0.122, -0.023] on 9 (from cli-v2)" in line
+    first = next(line for line in r.output.splitlines() if "cli-v1" in line.split()[:2])
+    assert "from" not in first and "gate: difference" in r.output.splitlines()[0]
