@@ -21,6 +21,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+from shoeseg.gate import evidence_text
+
 log = logging.getLogger(__name__)
 
 #: Project titles are read from Label Studio at most this often (seconds), and a failure this often.
@@ -295,19 +297,13 @@ def _training_cell(t: dict | None) -> str:
 def _gate_cell(v: dict) -> str:
     gate = v.get("gate")
     if gate:
-        ci = ""
-        if isinstance(gate.get("ci_low"), int | float) and isinstance(gate.get("ci_high"), int | float):
-            ci = f" [{gate['ci_low']:+.3f}, {gate['ci_high']:+.3f}]"
-        diff = f"{gate['diff']:+.3f}" if isinstance(gate.get("diff"), int | float) else "–"
-        on = gate.get("compared_on")
-        where = f" on {_e(on)} image{'s' if on != 1 else ''}" if isinstance(on, int) else (
-            f" on {_e(on)}" if on is not None else "")
         decision = gate.get("decision")
         if decision is None and isinstance(gate.get("promote"), bool):
             decision = "promoted" if gate["promote"] else "kept as a candidate"
+        evidence = evidence_text(gate)
+        line = f"<br>{_e(gate.get('metric') or 'AP')} {_e(evidence)}" if evidence else ""
         reason = f'<br><span class="muted">{_e(gate["reason"])}</span>' if gate.get("reason") else ""
-        return (f"<b>{_e(decision or '–')}</b><br>{_e(gate.get('metric') or 'AP')} {_e(diff)}{_e(ci)}{where}"
-                f"{reason}")
+        return f"<b>{_e(decision or '–')}</b>{line}{reason}"
     return _e(v.get("decision")) if v.get("decision") else '<span class="muted">–</span>'
 
 

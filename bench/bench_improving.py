@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from bench.bench_loop import BIN, REPO, SHOES, _healthy, _kill, _markdown, _start, _stop, _wait, shoes_plan
+from shoeseg.gate import evidence_text
 
 
 def _event(path: Path, **values) -> dict:
@@ -277,8 +278,7 @@ def report(out: Path, result: dict, rows: list[dict], events: list[dict]) -> str
     table = []
     for r in rows:
         g = r.get("gate") or {}
-        gate = ("–" if g.get("diff") is None else
-                f"{g['diff']:+.3f} [{g['ci_low']:+.3f}, {g['ci_high']:+.3f}] on {g['compared_on']}")
+        gate = evidence_text(g) or "–"
         share = (r["annotator"] or {}).get("matched_share") or {}
         table.append([r["version"], r["kind"], r.get("trained_from") or "–", str(r["labels"]), str(r["iters"]),
                       str(r["size"]),

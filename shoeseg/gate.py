@@ -20,12 +20,12 @@ metadata (``meta["gate"]``) and ``/versions`` and ``shoeseg models list`` show.
 Example:
     >>> d = decide([0.5, 0.6, 0.7, 0.4], [0.5, 0.5, 0.6, 0.4], has_current=True)
     >>> d.promote, round(d.diff, 3)
-    (True, 0.075)
+    (True, 0.05)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -143,4 +143,35 @@ def decide(new: Sequence[float | None], current: Sequence[float | None], *, has_
     return GateDecision(True, f"not worse: {said}", **evidence)
 
 
-__all__ = ["METRIC", "GateDecision", "decide", "paired_interval"]
+def evidence_text(gate: Mapping[str, Any] | None) -> str | None:
+    """A recorded decision's evidence in one line, ``"+0.005 [-0.078, +0.078] on 9 images"``, as
+    ``shoeseg models list``, the status page and the benchmarks show it; ``None`` when the decision holds no
+    comparison (the first version, or no image to compare on). Plain text: a page escapes it.
+
+    Args:
+        gate: :meth:`GateDecision.to_json`'s dictionary, as stored in a version's ``meta["gate"]``.
+
+    Example:
+        >>> evidence_text({"diff": 0.005, "ci_low": -0.078, "ci_high": 0.078, "compared_on": 9})
+        '+0.005 [-0.078, +0.078] on 9 images'
+        >>> evidence_text({"reason": "no current version"}) is None
+        True
+    """
+    if not isinstance(gate, Mapping) or not _is_number(gate.get("diff")):
+        return None
+    text = f"{gate['diff']:+.3f}"
+    if _is_number(gate.get("ci_low")) and _is_number(gate.get("ci_high")):
+        text += f" [{gate['ci_low']:+.3f}, {gate['ci_high']:+.3f}]"
+    on = gate.get("compared_on")
+    if isinstance(on, int) and not isinstance(on, bool):
+        text += f" on {on} image{'' if on == 1 else 's'}"
+    elif isinstance(on, str) and on:
+        text += f" on {on}"
+    return text
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and bool(np.isfinite(x))
+
+
+__all__ = ["METRIC", "GateDecision", "decide", "evidence_text", "paired_interval"]

@@ -144,15 +144,13 @@ def _resolve_model(model: str, registry: str | None) -> Path:
 
 
 def _gate_text(meta: dict) -> str:
-    """The gate's evidence in one cell: ``+0.005 [-0.078, +0.078] on 9``, plus where the weights came from
-    when that is not the parent (an idle chunk continuing a refused one)."""
+    """The gate's evidence in one cell: ``+0.005 [-0.078, +0.078] on 9 images``, plus where the weights came
+    from when that is not the parent (an idle chunk continuing a refused one)."""
+    from shoeseg.gate import evidence_text
+
     meta = meta or {}
     gate = meta.get("gate") if isinstance(meta.get("gate"), dict) else {}
-    nums = [gate.get(k) for k in ("diff", "ci_low", "ci_high")]
-    if all(isinstance(x, int | float) for x in nums):
-        text = f"{nums[0]:+.3f} [{nums[1]:+.3f}, {nums[2]:+.3f}] on {gate.get('compared_on')}"
-    else:
-        text = str(gate.get("reason") or "-")[:38]
+    text = evidence_text(gate) or str(gate.get("reason") or "-")[:38]
     if meta.get("trained_from") and meta.get("trained_from") != meta.get("current_version"):
         text += f" (from {meta['trained_from']})"
     return text

@@ -63,3 +63,15 @@ def test_bad_scores_are_refused_by_name():
         paired_interval([float("nan")], [0.1])
     with pytest.raises(ValueError, match="no paired"):
         paired_interval([], [])
+
+
+def test_evidence_text_names_difference_interval_and_images():
+    from shoeseg.gate import evidence_text
+
+    decision = decide([0.5, 0.6, 0.7], [0.4, 0.6, 0.5], has_current=True)
+    text = evidence_text(decision.to_json())
+    assert text == f"{decision.diff:+.3f} [{decision.ci_low:+.3f}, {decision.ci_high:+.3f}] on 3 images"
+    assert evidence_text({"diff": -0.02, "compared_on": 1}) == "-0.020 on 1 image"
+    assert evidence_text(decide([], [], has_current=False).to_json()) is None
+    assert evidence_text({"diff": float("nan")}) is None
+    assert evidence_text(None) is None

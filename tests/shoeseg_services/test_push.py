@@ -126,6 +126,6 @@ def test_models_list_shows_the_gates_evidence_and_what_a_chunk_trained_from(regi
     r = runner.invoke(app, ["models", "list", "--registry", str(registry.root)])
     assert r.exit_code == 0, r.output
     line = next(line for line in r.output.splitlines() if "cli-v3" in line)
-    assert "-0.069 [-0.122, -0.023] on 9 (from cli-v2)" in line
+    assert "-0.069 [-0.122, -0.023] on 9 images (from cli-v2)" in line
     first = next(line for line in r.output.splitlines() if "cli-v1" in line.split()[:2])
     assert "from" not in first and "gate: difference" in r.output.splitlines()[0]
