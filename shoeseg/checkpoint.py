@@ -108,7 +108,8 @@ def save_checkpoint(
             a static int8 quantisation (see the module docstring).
 
     Example:
-        >>> model = build_model(num_classes=1, weights=None)
+        >>> from shoeseg.model import build_model
+        >>> model = build_model(num_classes=1, weights=None)  # doctest: +SKIP
         >>> v = save_checkpoint("model.pt", model=model, class_names=["shoe"], config={"iters": 600})  # doctest: +SKIP
     """
     path = Path(path)
