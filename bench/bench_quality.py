@@ -337,6 +337,41 @@ OUTLINE_VARIANTS = (("neither", 0.0, False), ("refine (served)", None, False), (
                     ("both", None, True))
 
 
+def _held_out_shoes():
+    """The held-out photos of the shoes (val and test of ``split_dataset(seed=0)``) and their folder."""
+    from shoeseg.data import split_dataset
+    from via_tools.io import load
+    from via_tools.options import ReadOptions
+
+    images_dir = SHOES / "images"
+    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
+    return _held_out(ds, split_dataset(ds, seed=0)), images_dir
+
+
+def _checkpoints(out_dir: Path) -> list[dict]:
+    """The rows of ``out_dir/quality.json`` that ``BENCH_QUALITY`` picks (all without it)."""
+    chosen = [c for c in (os.environ.get("BENCH_QUALITY") or "").split(",") if c]
+    return [r for r in json.loads((out_dir / "quality.json").read_text()) if not chosen or r["config"] in chosen]
+
+
+def _variant_row(r: dict, predictor, held, images_dir: Path, arrays, **fields) -> dict:
+    """One checkpoint under one serving variant: mask AP / AP75 and the annotator's numbers at score 0.5 on the
+    held-out photos, and ``Predictor.predict`` / bare forward ms per image on ``arrays``."""
+    from shoeseg.evaluate import evaluate
+
+    predictor.score_thresh = 0.05
+    ev = evaluate(predictor, held, images_dir=images_dir, with_losses=False, serve_score_thresh=0.5)
+    predictor.score_thresh = 0.5
+    ours_ms, bare_ms = _timed_predict(predictor, arrays)
+    row = {"config": r["config"], "seed": r.get("seed"), **fields, "segm_AP": ev.metrics.get("segm_AP"),
+           "segm_AP75": ev.metrics.get("segm_AP75"), "predict_ms": ours_ms, "forward_ms": bare_ms,
+           "annotator": ev.annotator.to_json()}
+    log.info("%s %s: mask AP %.3f, %.2f false positives per image, %d missed, predict %.0f ms", r["config"],
+             fields.get("variant"), row["segm_AP"], row["annotator"]["false_positives_per_image"],
+             row["annotator"]["missed"], ours_ms)
+    return row
+
+
 def outline_rows(out_dir: Path) -> list[dict]:
     """Each checkpoint of ``out_dir/quality.json`` (``BENCH_QUALITY`` picks some) with and without the steps on its
     soft masks (:mod:`shoeseg.outlines`): mask AP / AP75 and the annotator's numbers at score 0.5 on the held-out
@@ -344,38 +379,51 @@ def outline_rows(out_dir: Path) -> list[dict]:
     in this process). ``None`` in a variant: the served default. Rows go to ``out_dir/outlines.json``."""
     import torch
 
-    from shoeseg.data import split_dataset
-    from shoeseg.evaluate import evaluate
     from shoeseg.predict import OutputSettings, Predictor
-    from via_tools.io import load
-    from via_tools.options import ReadOptions
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    images_dir = SHOES / "images"
-    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
-    held = _held_out(ds, split_dataset(ds, seed=0))
-    chosen = [c for c in (os.environ.get("BENCH_QUALITY") or "").split(",") if c]
+    held, images_dir = _held_out_shoes()
     served = OutputSettings()
     rows = []
-    for r in json.loads((out_dir / "quality.json").read_text()):
-        if chosen and r["config"] not in chosen:
-            continue
+    for r in _checkpoints(out_dir):
         arrays = None
         for name, refine, rescore in OUTLINE_VARIANTS:
             refine = served.mask_refine if refine is None else refine
             predictor = Predictor.from_checkpoint(r["checkpoint"], device="cpu", score_thresh=0.05,
                                                   mask_refine=refine, mask_rescore=rescore)
-            ev = evaluate(predictor, held, images_dir=images_dir, with_losses=False, serve_score_thresh=0.5)
             arrays = arrays or _serving_arrays(held, images_dir, predictor.input_fit)
-            predictor.score_thresh = 0.5
-            ours_ms, bare_ms = _timed_predict(predictor, arrays)
-            row = {"config": r["config"], "seed": r.get("seed"), "variant": name, "mask_refine": refine,
-                   "mask_rescore": rescore, "segm_AP": ev.metrics.get("segm_AP"),
-                   "segm_AP75": ev.metrics.get("segm_AP75"), "predict_ms": ours_ms, "forward_ms": bare_ms,
-                   "annotator": ev.annotator.to_json()}
-            rows.append(row)
-            log.info("%s %s: mask AP %.3f, predict %.0f ms", r["config"], name, row["segm_AP"], ours_ms)
+            rows.append(_variant_row(r, predictor, held, images_dir, arrays, variant=name, mask_refine=refine,
+                                     mask_rescore=rescore))
     (out_dir / "outlines.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+#: Box NMS thresholds of the box head tried by :func:`nms_rows` (torchvision's default, and so ours, is 0.5).
+NMS_THRESHOLDS = (0.5, 0.4, 0.3, 0.2)
+
+
+def nms_rows(out_dir: Path) -> list[dict]:
+    """Each checkpoint of ``out_dir/quality.json`` (``BENCH_QUALITY`` picks some) served with the box head's NMS
+    at each of :data:`NMS_THRESHOLDS` (boxes of one class overlapping a higher-scored one by more than it, in
+    IoU, are dropped; ``BENCH_QUALITY_NMS=0.45,0.35`` tries others), everything else at the served settings:
+    mask AP / AP75, the annotator's numbers at 0.5 and the time, as :func:`outline_rows`. Rows go to
+    ``out_dir/nms.json``."""
+    import torch
+
+    from shoeseg.predict import Predictor
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    held, images_dir = _held_out_shoes()
+    chosen = [float(t) for t in (os.environ.get("BENCH_QUALITY_NMS") or "").split(",") if t] or NMS_THRESHOLDS
+    rows = []
+    for r in _checkpoints(out_dir):
+        predictor = Predictor.from_checkpoint(r["checkpoint"], device="cpu", score_thresh=0.05)
+        arrays = _serving_arrays(held, images_dir, predictor.input_fit)
+        for thresh in chosen:
+            predictor.model.roi_heads.nms_thresh = thresh
+            rows.append(_variant_row(r, predictor, held, images_dir, arrays, variant=f"box NMS {thresh:g}",
+                                     nms_thresh=thresh))
+    (out_dir / "nms.json").write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -407,6 +455,9 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3 and sys.argv[1] == "--outlines":
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         _print_outlines(outline_rows(Path(sys.argv[2])))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--nms":
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        _print_outlines(nms_rows(Path(sys.argv[2])))
     elif len(sys.argv) == 3 and sys.argv[1] == "--thresholds":
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         _print_thresholds(threshold_rows(Path(sys.argv[2])))

@@ -237,6 +237,7 @@ def _metadata(ckpt: Any, fmt: str, *, source: str | None) -> dict[str, Any]:
         "default_score_thresh": DEFAULT_SCORE_THRESH,
         "mask_thresh": 0.5,
         "box_detections_per_img": mcfg.box_detections_per_img,
+        "box_nms_thresh": mcfg.box_nms_thresh,
         "rpn_post_nms_top_n_test": mcfg.rpn_post_nms_top_n_test,
         "model_config": mcfg.to_dict(),
         "metrics": {k: v for k, v in (ckpt.metrics or {}).items() if isinstance(v, int | float)},

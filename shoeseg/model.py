@@ -82,6 +82,11 @@ class ModelSettings:
         rpn_post_nms_top_n_test: proposals kept per image at inference (``RPN.POST_NMS_TOPK_TEST``), the
             boxes the box head scores.
         box_detections_per_img: at most this many detections per image (``TEST.DETECTIONS_PER_IMAGE``).
+        box_nms_thresh: the box head's NMS at inference (``ROI_HEADS.NMS_THRESH_TEST``): a detection whose box
+            overlaps a higher-scored one of its class by more than this IoU is dropped. 0.4, below detectron2's
+            and torchvision's 0.5: on held-out shoes it halves the boxes an annotator deletes (nested toe caps
+            and half shoes) at the same mask AP (docs/real-data.md, "The box head's NMS"). Inference only:
+            training is the same at any value, and a checkpoint stored before the field serves at 0.4.
         int8_box_head: serve with the box head's linear layers in dynamic int8 on the CPU (a serving choice:
             training and the stored weights stay float32; see :meth:`shoeseg.predict.Predictor.from_checkpoint`).
         flip_tta: serve with test-time flip augmentation (a serving choice, see
@@ -101,6 +106,7 @@ class ModelSettings:
     trainable_backbone_layers: int | None = None
     rpn_post_nms_top_n_test: int = 1000
     box_detections_per_img: int = 100
+    box_nms_thresh: float = 0.4
     int8_box_head: bool = False
     flip_tta: bool = False
     mask_resolution: int = 28
@@ -115,6 +121,8 @@ class ModelSettings:
             raise ValueError(f"min_size/max_size must satisfy 8 <= min_size <= max_size, got {self.min_size}/{self.max_size}")
         if self.roi_batch_size_per_image < 1:
             raise ValueError(f"roi_batch_size_per_image must be at least 1, got {self.roi_batch_size_per_image}")
+        if not 0.0 < self.box_nms_thresh <= 1.0:
+            raise ValueError(f"box_nms_thresh must be in (0, 1], got {self.box_nms_thresh}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,6 +268,7 @@ def build_network(cfg: ModelConfig) -> nn.Module:
         box_batch_size_per_image=cfg.roi_batch_size_per_image,
         box_score_thresh=cfg.box_score_thresh,
         box_detections_per_img=cfg.box_detections_per_img,
+        box_nms_thresh=cfg.box_nms_thresh,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
         # torchvision's own mask pooler at 14 for the default; the mask predictor upsamples it twice
         mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_resolution // 2, sampling_ratio=2),
@@ -497,6 +506,7 @@ def model_config_of(model: nn.Module) -> ModelConfig:
         frozen_bn_eps=float(frozen[0].eps) if frozen else FROZEN_BN_EPS,
         box_score_thresh=float(model.roi_heads.score_thresh),
         box_detections_per_img=int(model.roi_heads.detections_per_img),
+        box_nms_thresh=float(model.roi_heads.nms_thresh),
         rpn_post_nms_top_n_test=int(model.rpn._post_nms_top_n["testing"]),
         mask_resolution=2 * int(model.roi_heads.mask_roi_pool.output_size[0]),
         mask_boundary_weight=float(getattr(model.roi_heads, "mask_boundary_weight", 0.0)),

@@ -211,3 +211,29 @@ def test_bad_weights_and_checkpoints_are_named(tmp_path, small_model):
         load_checkpoint(plain)
     with pytest.raises(ValueError, match="class names"):
         save_checkpoint(tmp_path / "x.pt", model=small_model, class_names=["shoe", "boot"])
+
+
+def _two_overlapping_detections(model) -> int:
+    """Detections the box head keeps from two confident proposals of IoU 0.45 (a toe cap in its shoe)."""
+    proposals = [torch.tensor([[0.0, 0.0, 40.0, 40.0], [0.0, 0.0, 40.0, 18.0]])]  # IoU 720 / 1600 = 0.45
+    class_logits = torch.tensor([[-5.0, 5.0], [-5.0, 4.0]])
+    box_regression = torch.zeros(2, 8)  # no change to either box
+    boxes, scores, labels = model.roi_heads.postprocess_detections(class_logits, box_regression, proposals,
+                                                                   [(64, 64)])
+    return len(boxes[0])
+
+
+def test_the_box_heads_nms_is_a_stored_setting_and_drops_a_nested_box_at_its_default(small_model, tmp_path):
+    from shoeseg.model import ModelConfig, model_config_of
+
+    assert small_model.roi_heads.nms_thresh == 0.4 and model_config_of(small_model).box_nms_thresh == 0.4
+    assert _two_overlapping_detections(small_model) == 1
+    loose = build_model(num_classes=1, weights=None, box_nms_thresh=0.5, **SMALL)
+    assert _two_overlapping_detections(loose) == 2
+    save_checkpoint(tmp_path / "m.pt", model=loose, class_names=["shoe"], config={})
+    assert load_checkpoint(tmp_path / "m.pt").model.roi_heads.nms_thresh == 0.5
+    # a checkpoint stored before the setting existed serves at today's default
+    old = {k: v for k, v in model_config_of(loose).to_dict().items() if k != "box_nms_thresh"}
+    assert ModelConfig.from_dict(old).box_nms_thresh == 0.4
+    with pytest.raises(ValueError, match="box_nms_thresh"):
+        build_model(num_classes=1, weights=None, box_nms_thresh=0.0, **SMALL)
