@@ -30,9 +30,10 @@ THRESH = 0.3
 
 @pytest.fixture(scope="module", params=["lite0-fpn", "r50-fpn"])
 def exported(request, tmp_path_factory):
-    """A checkpoint of a family and its ONNX and TorchScript files."""
+    """A checkpoint of a family and its ONNX and TorchScript files (box NMS at 0.5, not the default: the files
+    keep the checkpoint's, and random weights give enough overlapping boxes to compare)."""
     d = tmp_path_factory.mktemp(request.param)
-    ckpt = tiny_checkpoint(d / "model.pt", arch=request.param, serve_score_thresh=THRESH)
+    ckpt = tiny_checkpoint(d / "model.pt", arch=request.param, serve_score_thresh=THRESH, box_nms_thresh=0.5)
     files = {fmt: d / f"model{SUFFIX[fmt]}" for fmt in SUFFIX}
     for fmt, path in files.items():
         export_model(ckpt, path, fmt=fmt)
@@ -102,6 +103,7 @@ def test_an_exported_file_reloads_with_its_metadata(exported):
         assert meta["input"]["min_size"] == 64 and meta["input"]["max_size"] == 96 and meta["input"]["dynamic_size"]
         assert meta["serve_score_thresh"] == THRESH and meta["mask_thresh"] == 0.5
         assert meta["box_detections_per_img"] == 8 and meta["split"] == {"val": []}
+        assert meta["box_nms_thresh"] == 0.5 and meta["model_config"]["box_nms_thresh"] == 0.5
         predictor = Predictor.from_checkpoint(path, score_thresh=0.6)
         assert predictor.model_version == source.version and predictor.input_fit == (64, 96)
         assert predictor.score_thresh == 0.6 and predictor.checkpoint_score_thresh == THRESH
