@@ -27,6 +27,9 @@ SEED_STRIDE = 1000
 #: What a simulation's predictor does to each soft mask (:class:`shoeseg.predict.OutputSettings`' fields
 #: ``mask_refine`` and ``mask_rescore``) in a run started before it was recorded: neither, as then.
 OUTPUTS_BEFORE = {"mask_refine": 0.0, "mask_rescore": False}
+#: Training settings whose default changed after they were added: a run stored without one ran at this value
+#: (the box head's NMS was torchvision's 0.5 before it became the setting ``box_nms_thresh``, 0.4).
+TRAIN_BEFORE = {"box_nms_thresh": 0.5}
 
 
 def _default_train() -> TrainConfig:
@@ -157,13 +160,15 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
     """The settings in which two fingerprints differ (``train.`` before a training setting's name).
 
     A training setting that ``old`` does not hold (it was added to :class:`shoeseg.train.TrainConfig` after the
-    run started) is the same when ``new`` has it at its default: the run trained that way without naming it;
-    likewise ``outputs`` and :data:`OUTPUTS_BEFORE`.
+    run started) is the same when ``new`` has it at its value then, :data:`TRAIN_BEFORE`'s or its default: the
+    run trained that way without naming it; likewise ``outputs`` and :data:`OUTPUTS_BEFORE`.
 
     Example:
         >>> fingerprint_differences({"rounds": 4, "train": {"iters": 120}},
         ...                         {"rounds": 4, "train": {"iters": 120, "mask_resolution": 28}})
         []
+        >>> fingerprint_differences({"train": {"iters": 120}}, {"train": {"iters": 120, "box_nms_thresh": 0.4}})
+        ['train.box_nms_thresh']
     """
     from shoeseg.train import TrainConfig
 
@@ -172,10 +177,10 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
     diffs = sorted(k for k in set(old) | set(new) if k != "train" and old.get(k) != new.get(k))
     old_t, new_t = old.get("train") or {}, new.get("train") or {}
     for k in sorted(set(old_t) | set(new_t)):
-        mine = old_t[k] if k in old_t else defaults.get(k, old_t.get(k))
+        mine = old_t[k] if k in old_t else TRAIN_BEFORE.get(k, defaults.get(k))
         if mine != new_t.get(k):
             diffs.append(f"train.{k}")
     return diffs
 
 
-__all__ = ["OUTPUTS_BEFORE", "SEED_STRIDE", "SimulationConfig", "fingerprint_differences"]
+__all__ = ["OUTPUTS_BEFORE", "SEED_STRIDE", "TRAIN_BEFORE", "SimulationConfig", "fingerprint_differences"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoeseg.active_learning import POOL_STRATEGIES, diverse_scores, random_score, rank, score_images
-from shoeseg.simulation.config import OUTPUTS_BEFORE, SimulationConfig
+from shoeseg.simulation.config import OUTPUTS_BEFORE, TRAIN_BEFORE, SimulationConfig
 from shoeseg.simulation.plot import plot_curves
 from shoeseg.simulation.pool import prescale_dataset, split_pool, start_set, subset
 from shoeseg.simulation.results import (
@@ -230,6 +230,12 @@ def run_simulation(
             log.info("%s: a run from before mask refinement and rescoring were recorded; it continues without "
                      "them (%s)", sel_path, OUTPUTS_BEFORE)
             cfg = replace(cfg, outputs=dict(OUTPUTS_BEFORE))
+        stored_train = stored.get("train") or {}
+        then = {k: v for k, v in TRAIN_BEFORE.items() if k not in stored_train and getattr(cfg.train, k) != v}
+        if stored and then:
+            log.info("%s: a run from before %s were settings; it continues as it ran (%s)", sel_path,
+                     ", ".join(then), then)
+            cfg = replace(cfg, train=replace(cfg.train, **then))
         state = read_selections(sel_path, fingerprint=cfg.fingerprint(), test=test_names)
     elif existing:
         raise ValueError(f"{csv_path} has rows but {sel_path} is missing: the run cannot be resumed")

@@ -215,8 +215,8 @@ def test_tiny_real_run_stopped_after_one_round_and_resumed(tmp_path, monkeypatch
     assert not list((tmp_path / "part" / "runs").rglob("model.pt"))
 
 
-def test_a_run_from_before_the_mask_steps_resumes_scoring_as_it_started(tmp_path, monkeypatch):
-    from shoeseg.simulation.config import OUTPUTS_BEFORE
+def test_a_run_from_before_the_mask_steps_and_the_nms_setting_resumes_as_it_started(tmp_path, monkeypatch):
+    from shoeseg.simulation.config import OUTPUTS_BEFORE, TRAIN_BEFORE
 
     ds, images_dir = make_simulation_set(tmp_path, n=12)
     cfg = SimulationConfig(**FAKE, train=TrainConfig.for_profile("cpu", iters=100))
@@ -226,17 +226,22 @@ def test_a_run_from_before_the_mask_steps_resumes_scoring_as_it_started(tmp_path
     sel = tmp_path / "out" / "selections.json"
     state = json.loads(sel.read_text())
     assert state["config"]["outputs"] == cfg.outputs != OUTPUTS_BEFORE  # a new run records what is served
+    assert state["config"]["train"]["box_nms_thresh"] == cfg.train.box_nms_thresh == 0.4
     del state["config"]["outputs"]  # as a run started before they were recorded wrote it
+    del state["config"]["train"]["box_nms_thresh"]  # and before the box head's NMS was a setting (0.5 then)
     sel.write_text(json.dumps(state))
 
     seen: list[dict] = []
+    nms: list[float] = []
     trainer = FakeTrainer()
 
     def train_and_record(run_cfg, **kw):
         seen.append(dict(run_cfg.outputs))
+        nms.append(kw["train_config"].box_nms_thresh)
         return trainer(run_cfg, **kw)
 
     monkeypatch.setattr(loop, "_train_and_evaluate", train_and_record)
     run_simulation(cfg, dataset=ds, images_dir=images_dir, out_dir=tmp_path / "out", show_progress=False,
                    resume=True)
     assert seen and all(o == OUTPUTS_BEFORE for o in seen)
+    assert nms and all(v == TRAIN_BEFORE["box_nms_thresh"] == 0.5 for v in nms)
