@@ -21,7 +21,8 @@ the serving table of an existing checkpoint; `python -m bench.bench_quality --th
 numbers of DIR's checkpoints at the serving threshold the product would choose, cross-fitted on the held-out
 images (:func:`threshold_rows`), beside fixed thresholds; `python -m bench.bench_quality --outlines DIR` DIR's
 checkpoints with and without the steps on their soft masks (edge-guided refinement, mask-quality rescoring:
-:func:`outline_rows`); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
+:func:`outline_rows`); `python -m bench.bench_quality --nms DIR` DIR's checkpoints at several box-NMS IoUs
+(:func:`nms_rows`); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
 `BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default). With
 `BENCH_QUALITY_OUT=DIR` a stopped run continues: the configurations whose rows are in `DIR/quality.json` are
 not trained again.
@@ -254,19 +255,31 @@ def main() -> None:
     print(f"\nruns and checkpoints in {out_dir}")
 
 
+def _held_out_shoes():
+    """The held-out photos of the shoes (val and test of ``split_dataset(seed=0)``) and their folder."""
+    from shoeseg.data import split_dataset
+    from via_tools.io import load
+    from via_tools.options import ReadOptions
+
+    images_dir = SHOES / "images"
+    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
+    return _held_out(ds, split_dataset(ds, seed=0)), images_dir
+
+
+def _checkpoints(out_dir: Path) -> list[dict]:
+    """The rows of ``out_dir/quality.json`` that ``BENCH_QUALITY`` picks (all without it)."""
+    chosen = [c for c in (os.environ.get("BENCH_QUALITY") or "").split(",") if c]
+    return [r for r in json.loads((out_dir / "quality.json").read_text()) if not chosen or r["config"] in chosen]
+
+
 def serving_only(checkpoint: Path) -> None:
     """The serving table (and the predict / bare-forward timing) of an existing checkpoint."""
     import torch
 
-    from shoeseg.data import split_dataset
     from shoeseg.predict import Predictor
-    from via_tools.io import load
-    from via_tools.options import ReadOptions
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    images_dir = SHOES / "images"
-    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
-    held = _held_out(ds, split_dataset(ds, seed=0))
+    held, images_dir = _held_out_shoes()
     serve = Predictor.from_checkpoint(checkpoint, device="cpu", score_thresh=0.5)
     arrays = _serving_arrays(held, images_dir, serve.input_fit)
     ours_ms, bare_ms = _timed_predict(serve, arrays)
@@ -294,7 +307,8 @@ def _merged(numbers: list) -> dict:
 
 def threshold_rows(out_dir: Path, *, folds: int = 2, seed: int = 0) -> list[dict]:
     """The serving threshold as the product chooses it (the least edit cost, :func:`shoeseg.edits.choose_score_thresh`),
-    cross-fitted on the held-out images, for every checkpoint of ``out_dir/quality.json``: the images split in
+    cross-fitted on the held-out images, for every checkpoint of ``out_dir/quality.json`` (``BENCH_QUALITY`` picks
+    some): the images split in
     ``folds`` at random (``seed``), the threshold chosen on the others and the annotator's numbers counted on
     each fold, so that no image judges the threshold it was chosen on; beside the numbers at fixed thresholds.
     Rows go to ``out_dir/thresholds.json``."""
@@ -302,18 +316,13 @@ def threshold_rows(out_dir: Path, *, folds: int = 2, seed: int = 0) -> list[dict
 
     import numpy as np
 
-    from shoeseg.data import split_dataset
     from shoeseg.edits import EditCosts, annotator_numbers, choose_score_thresh
     from shoeseg.evaluate import evaluate
     from shoeseg.predict import Predictor
-    from via_tools.io import load
-    from via_tools.options import ReadOptions
 
-    images_dir = SHOES / "images"
-    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
-    held = _held_out(ds, split_dataset(ds, seed=0))
+    held, images_dir = _held_out_shoes()
     rows = []
-    for r in json.loads((out_dir / "quality.json").read_text()):
+    for r in _checkpoints(out_dir):
         predictor = Predictor.from_checkpoint(r["checkpoint"], device="cpu", score_thresh=0.05)
         measures = evaluate(predictor, held, images_dir=images_dir, with_losses=False).measures
         fold_of = np.random.default_rng(seed).permutation(len(measures)) % folds
@@ -335,23 +344,6 @@ def threshold_rows(out_dir: Path, *, folds: int = 2, seed: int = 0) -> list[dict
 #: The outline steps compared by :func:`outline_rows`: (name, ``mask_refine``, ``mask_rescore``).
 OUTLINE_VARIANTS = (("neither", 0.0, False), ("refine (served)", None, False), ("rescore", 0.0, True),
                     ("both", None, True))
-
-
-def _held_out_shoes():
-    """The held-out photos of the shoes (val and test of ``split_dataset(seed=0)``) and their folder."""
-    from shoeseg.data import split_dataset
-    from via_tools.io import load
-    from via_tools.options import ReadOptions
-
-    images_dir = SHOES / "images"
-    ds = load(SHOES / "via_project.json", options=ReadOptions(images_dir=images_dir))
-    return _held_out(ds, split_dataset(ds, seed=0)), images_dir
-
-
-def _checkpoints(out_dir: Path) -> list[dict]:
-    """The rows of ``out_dir/quality.json`` that ``BENCH_QUALITY`` picks (all without it)."""
-    chosen = [c for c in (os.environ.get("BENCH_QUALITY") or "").split(",") if c]
-    return [r for r in json.loads((out_dir / "quality.json").read_text()) if not chosen or r["config"] in chosen]
 
 
 def _variant_row(r: dict, predictor, held, images_dir: Path, arrays, **fields) -> dict:
