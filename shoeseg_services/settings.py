@@ -69,6 +69,8 @@ DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("torch", "onnx", "auto")
 #: Training recipes (``shoeseg.train.PROFILES``, and ``auto``).
 PROFILES = ("auto", "cpu", "study", "gpu")
+#: Which tasks judge a version after the first (``worker.promotion.rotate_validation``): ``newest`` or ``fixed``.
+VAL_ROTATIONS = ("newest", "fixed")
 
 
 class SettingsError(ValueError):
@@ -252,6 +254,9 @@ class Settings:
         init_weights: the first model's start when the registry is empty.
         keep_old_predictions: keep a task's predictions of superseded versions after the new ones are stored.
         gate_confidence / val_max: the promotion gate (:mod:`shoeseg.gate`) and the validation subset's cap.
+        val_rotation: ``newest`` (the newest labels neither version trained on judge; older validation tasks move
+            into training, :func:`worker.promotion.rotate_validation`) or ``fixed`` (the task-id hash subset
+            judges for good) (``SHOESEG_VAL_ROTATION``).
         round_budget_s: the training seconds of a fine-tuning round (:func:`shoeseg.schedule.budget_iters`): 6
             minutes, so that with the gate's evaluation and the push new labels are served within about 8
             minutes on 2 cores; the rest of the rule's iterations come from idle-time training right after.
@@ -327,6 +332,7 @@ class Settings:
     gpus_per_job: int = 1
     gate_confidence: float = 0.9
     val_max: int = 30
+    val_rotation: str = "newest"
     round_budget_s: float = 360.0
     idle_training: bool = True
     idle_chunk_iters: int = 60
@@ -425,6 +431,7 @@ class Settings:
             gpus_per_job=_int(env, "SHOESEG_GPUS_PER_JOB", d.gpus_per_job, minimum=1),
             gate_confidence=_float(env, "SHOESEG_GATE_CONFIDENCE", d.gate_confidence, lo=0.5, hi=0.999),
             val_max=_int(env, "SHOESEG_VAL_MAX", d.val_max, minimum=1),
+            val_rotation=_choice(env, "SHOESEG_VAL_ROTATION", d.val_rotation, VAL_ROTATIONS),
             round_budget_s=_float(env, "SHOESEG_ROUND_BUDGET_S", d.round_budget_s, lo=0.0, hi=1e7),
             idle_training=_bool(env, "SHOESEG_IDLE_TRAINING", d.idle_training),
             idle_chunk_iters=_int(env, "SHOESEG_IDLE_CHUNK_ITERS", d.idle_chunk_iters, minimum=1),

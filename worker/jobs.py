@@ -7,8 +7,10 @@ All are plain module-level functions with JSON-serialisable arguments, enqueued 
 ``train_project``
     pulls the accepted annotations (latest non-cancelled one per task) from Label Studio, fetches and caches
     the images, and does nothing more when no label is new or changed since the current version. Otherwise
-    it keeps a validation subset (chosen by a hash of the task id, capped at ``SHOESEG_VAL_MAX``: a task never
-    moves from training into validation), fine-tunes from the current version (or from
+    it keeps a validation subset (:mod:`worker.promotion`: the first version's by a hash of the task id, capped
+    at ``SHOESEG_VAL_MAX``; later ones the newest labels neither version trained on, as many, the older
+    validation tasks moving into training; a task never moves from training into validation), fine-tunes from
+    the current version (or from
     ``SHOESEG_INIT_WEIGHTS`` for the first model), scores the new model and the current one on the same
     validation images, registers the new version with its metrics, the task and annotation ids it saw and
     the gate's evidence, and promotes it when the gate (:mod:`shoeseg.gate`: a paired bootstrap interval of

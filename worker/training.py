@@ -18,7 +18,7 @@ from shoeseg_services.processes import stop_process_group
 from shoeseg_services.settings import Settings
 from shoeseg_services.trigger import FIRST_MODEL_REASON
 from worker.plumbing import Progress
-from worker.promotion import validation_task_ids
+from worker.promotion import rotate_validation, validation_task_ids
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,23 @@ def _localise_images(ds, fetcher, access, progress: Progress) -> Path:
 
 
 def new_images(ds, current) -> int:
-    """Labelled images of ``ds`` that the current version did not train on, or whose annotation changed since."""
+    """Labelled images of ``ds`` that the current version has not seen, or whose annotation changed since."""
     if current is None:
         return len(ds.images)
     seen = {str(k): v for k, v in (current.meta.get("annotation_ids") or {}).items()}
     return sum(1 for im in ds.images if seen.get(str(im.image_id)) != im.extra.get("ls_annotation_id"))
+
+
+def new_to_training(train_ds, current) -> int:
+    """Training images the current version did not train on (new labels, and its validation tasks that now
+    train) or whose annotation changed since: what sizes a round."""
+    if current is None:
+        return len(train_ds.images)
+    seen = {str(k): v for k, v in (current.meta.get("annotation_ids") or {}).items()}
+    trained = {str(t) for t in current.meta.get("task_ids") or []} - {
+        str(t) for t in current.meta.get("val_task_ids") or []}
+    return sum(1 for im in train_ds.images
+               if str(im.image_id) not in trained or seen.get(str(im.image_id)) != im.extra.get("ls_annotation_id"))
 
 
 def train_config(settings: Settings, *, weights: str | None, init_from: str | None, seed: int,
@@ -153,15 +165,21 @@ def read_labels(project_id: int, settings: Settings, progress: Progress):
 
 
 def split_labels(ds, settings: Settings, current):
-    """``(train, validation)``: the validation subset (:func:`worker.promotion.validation_task_ids`) less the
-    tasks the current version trained on (a version is only ever judged on images neither version saw)."""
-    val_ids = validation_task_ids([im.image_id for im in ds.images], modulo=settings.val_modulo,
-                                  max_size=settings.val_max)
-    trained = set()
+    """``(train, validation)``: a version is only ever judged on images neither it nor the current version
+    trained on. The first version's validation is the hash subset (:func:`worker.promotion.validation_task_ids`);
+    later ones rotate (:func:`worker.promotion.rotate_validation`: the newest labels judge, the oldest validation
+    tasks move into training) unless ``SHOESEG_VAL_ROTATION=fixed`` keeps the hash subset less the tasks the
+    current version trained on."""
+    ids = [str(im.image_id) for im in ds.images]
+    val_ids = validation_task_ids(ids, modulo=settings.val_modulo, max_size=settings.val_max)
     if current is not None:
         held = {str(t) for t in current.meta.get("val_task_ids") or []}
         trained = {str(t) for t in current.meta.get("task_ids") or []} - held
-    val_ids = {t for t in val_ids if t not in trained}
+        if settings.val_rotation == "newest":
+            age = {str(im.image_id): im.extra.get("ls_annotation_id") for im in ds.images}
+            val_ids = rotate_validation(ids, held=held, trained=trained, size=len(val_ids), age=age)
+        else:
+            val_ids = {t for t in val_ids if t not in trained}
     return (_subset(ds, lambda im: str(im.image_id) not in val_ids),
             _subset(ds, lambda im: str(im.image_id) in val_ids))
 
@@ -282,7 +300,7 @@ def run_training(project_id: int, *, reason: str, settings: Settings, job, progr
     # The first model starts from SHOESEG_INIT_WEIGHTS; later ones fine-tune the current version, in its family.
     weights = None if current else settings.init_weights
     init_from = str(current.checkpoint) if current else None
-    new = new_images(train_ds, current)
+    new = new_to_training(train_ds, current)
     config = train_config(settings, weights=weights, init_from=init_from,
                            seed=int(job.meta.get("seed", 0)) if job is not None else 0, new=new,
                            parent_meta=current.meta if current else None)
