@@ -11,7 +11,8 @@ With the default tolerance (1 px), rasterising the simplified polygons gives bac
 for shapes of at least 32x32 px (tested on random ellipses and unions of two).
 
 Multi-part shapes: every separate part of a mask becomes its own polygon (largest first); parts smaller than
-``min_area_px`` are dropped; holes are filled, since VIA and Label Studio polygons cannot express them. Every
+``min_area_px``, or thinner on average than ``min_width_px`` (a 1-pixel line along an image edge, which Label
+Studio lists as a region but does not draw), are dropped; holes are filled, since VIA and Label Studio polygons cannot express them. Every
 polygon is simple (no self-crossing or self-touching outline): a part pinched at one pixel becomes two.
 """
 
@@ -29,6 +30,9 @@ import shapely
 POLYGON_TOLERANCE_PX = 1.0
 POLYGON_TOLERANCE_REL = 0.005
 POLYGON_MAX_VERTICES = 40
+#: The pre-labels' thinnest part: a mask part whose mean width (twice its area over its outline's length) is under
+#: 2 px traces as a line, a region Label Studio lists but does not draw (an annotator cannot see it to delete it).
+MIN_PART_WIDTH_PX = 2.0
 
 _SHIFT = 4  # fixed-point bits for sub-pixel polygon filling (1/16 px)
 
@@ -69,6 +73,7 @@ def mask_to_polygons(
     tolerance_rel: float = 0.0,
     max_vertices: int | None = None,
     min_area_px: float = 16.0,
+    min_width_px: float = 0.0,
     largest_only: bool = False,
     offset_xy: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[np.ndarray, ...]:
@@ -85,6 +90,8 @@ def mask_to_polygons(
         tolerance_rel: tolerance relative to each part's box diagonal (0: ``tolerance_px`` alone).
         max_vertices: the most vertices of one polygon (``None``: no cap; at least 3).
         min_area_px: parts with fewer mask pixels than this are dropped (specks).
+        min_width_px: parts whose mean width (twice their pixels over their traced outline's length) is under
+            this are dropped (lines; 0 keeps them, :data:`MIN_PART_WIDTH_PX` is what the pre-labels use).
         largest_only: keep only the largest part.
         offset_xy: added to every point (for masks that are crops of a larger image).
 
@@ -95,6 +102,9 @@ def mask_to_polygons(
         >>> m = np.zeros((40, 40), bool); m[5:35, 10:30] = True
         >>> [p.shape for p in mask_to_polygons(m)]
         [(4, 2)]
+        >>> m[0, :] = True  # a 1-pixel line along the top edge
+        >>> len(mask_to_polygons(m)), len(mask_to_polygons(m, min_width_px=MIN_PART_WIDTH_PX))
+        (2, 1)
     """
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     if m.ndim != 2:
@@ -113,6 +123,8 @@ def mask_to_polygons(
         if not contours:
             continue
         raw = max(contours, key=len).reshape(-1, 2)
+        if min_width_px > 0 and 2.0 * area < min_width_px * max(cv2.arcLength(raw.reshape(-1, 1, 2), True), 1.0):
+            continue
         tol = max(float(tolerance_px), float(tolerance_rel) * float(np.hypot(w, h)))
         simplified = cv2.approxPolyDP(raw.reshape(-1, 1, 2), tol, True).reshape(-1, 2) if tol > 0 else raw
         if max_vertices is not None:

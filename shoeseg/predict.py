@@ -23,6 +23,7 @@ from torch import nn
 
 from shoeseg.device import autocast, configure_for_speed, resolve_device
 from shoeseg.geometry import (
+    MIN_PART_WIDTH_PX,
     POLYGON_MAX_VERTICES,
     POLYGON_TOLERANCE_PX,
     POLYGON_TOLERANCE_REL,
@@ -57,7 +58,8 @@ class OutputSettings:
         tolerance_px / tolerance_rel / max_vertices: the polygons' vertex budget
             (:func:`shoeseg.geometry.mask_to_polygons`): a tolerance in pixels, one relative to each shoe's box
             diagonal (the larger wins), and a cap on the vertices of one polygon.
-        min_area_px: mask parts smaller than this become no polygon.
+        min_area_px: mask parts smaller than this become no polygon (nor do parts thinner on average than
+            :data:`shoeseg.geometry.MIN_PART_WIDTH_PX`, lines Label Studio would not draw).
         batch_size: images per forward pass.
         mask_refine / mask_refine_eps: the edge-guided refinement of every soft mask before it is thresholded
             (:func:`shoeseg.outlines.refine_in_box`): the guided filter's radius relative to the box diagonal
@@ -443,7 +445,8 @@ class Predictor:
         if c1 <= c0 or r1 <= r0:
             return ()
         return mask_to_polygons(mask[r0:r1, c0:c1], tolerance_px=self.tolerance_px, tolerance_rel=self.tolerance_rel,
-                                max_vertices=self.max_vertices, min_area_px=self.min_area_px, offset_xy=(c0, r0))
+                                max_vertices=self.max_vertices, min_area_px=self.min_area_px,
+                                min_width_px=MIN_PART_WIDTH_PX, offset_xy=(c0, r0))
 
     # -- one given box --------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoeseg.geometry import (
+    MIN_PART_WIDTH_PX,
     flip_polygons_x,
     mask_box_xyxy,
     mask_iou,
@@ -121,6 +122,17 @@ def test_thin_line_parts_keep_an_area():
     m[10, 5:25] = True  # 20 pixels in one row
     (poly,) = mask_to_polygons(m, min_area_px=1)
     assert polygons_to_mask([poly], 30, 30)[10, 5:25].all()
+
+
+def test_parts_thinner_than_the_minimum_width_are_dropped_whatever_their_direction():
+    m = np.zeros((60, 60), bool)
+    m[10, 5:55] = True  # a 1-pixel row: 50 pixels, far above min_area_px
+    m[15:55, 40] = True  # a 1-pixel column
+    m[np.arange(20, 50), np.arange(5, 35)] = True  # a diagonal line
+    m[52:54, 2:30] = True  # 2 pixels thick: kept
+    assert len(mask_to_polygons(m)) == 4  # by default every part becomes a polygon
+    (kept,) = mask_to_polygons(m, min_width_px=MIN_PART_WIDTH_PX)
+    assert kept[:, 1].min() >= 52 and kept[:, 1].max() <= 54 and kept[:, 0].min() < 3 and kept[:, 0].max() > 29
 
 
 def test_empty_mask_gives_no_polygon():

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from shoeseg.checkpoint import save_checkpoint
-from shoeseg.geometry import mask_iou, mask_to_polygons, polygons_to_mask
+from shoeseg.geometry import MIN_PART_WIDTH_PX, mask_iou, mask_to_polygons, polygons_to_mask
 from shoeseg.model import build_model
 from shoeseg.predict import Detection, Predictor
 from shoeseg.visualize import dilate_mask, draw_overlay, inpainting_masks, plot_losses
@@ -44,12 +44,32 @@ def test_detections_have_full_size_masks_and_matching_polygons(predictor, images
             x1, y1, x2, y2 = d.box_xyxy
             assert 0 <= x1 <= x2 <= 96 and 0 <= y1 <= y2 <= 64
             # tracing on a crop around the box gives the same polygons as tracing the whole mask
-            full = mask_to_polygons(d.mask, min_area_px=predictor.min_area_px)
+            full = mask_to_polygons(d.mask, min_area_px=predictor.min_area_px, min_width_px=MIN_PART_WIDTH_PX)
             assert len(full) == len(d.polygons) and all(np.allclose(a, b) for a, b in zip(full, d.polygons, strict=True))
             big = d.mask.sum() >= 32 * 32
             if big:
                 assert mask_iou(polygons_to_mask(d.polygons, 64, 96), d.mask) >= 0.9
     assert predictor.model_version and predictor.class_names == ["shoe"]
+
+
+def test_a_detection_whose_mask_is_a_line_along_the_edge_gives_no_pre_label(tmp_path):
+    # a shoe and a sliver one pixel tall along the image's bottom edge (what a random model's box can give):
+    # Label Studio would list the sliver's polygon but not draw it, so nobody could see it to delete it
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model=build_model(num_classes=1, weights=None, min_size=64, max_size=96), class_names=["shoe"])
+    predictor = Predictor.from_checkpoint(path, device="cpu", score_thresh=0.0, mask_refine=0.0)
+    soft = torch.zeros(3, 1, 64, 96)
+    soft[0, 0, 10:40, 20:60] = 1.0
+    soft[1, 0, 63, 5:90] = 1.0
+    soft[2, 0, 60:62, 5:90] = 1.0  # two pixels thick: kept
+    out = {"boxes": torch.tensor([[20.0, 10, 60, 40], [5, 62, 90, 64], [5, 59, 90, 62]]),
+           "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1]), "masks": soft}
+    (dets,) = predictor.detections([out], [np.zeros((64, 96, 3), np.uint8)])
+    assert [round(d.score, 2) for d in dets] == [0.9, 0.7]
+    assert len(dets[0].polygons) == len(dets[1].polygons) == 1
+    assert mask_iou(polygons_to_mask(dets[0].polygons, 64, 96), soft[0, 0].numpy() > 0.5) > 0.9
+    assert dets[1].polygons[0][:, 1].min() >= 60 and dets[1].polygons[0][:, 1].max() <= 62
 
 
 def test_batches_threshold_and_single_images_agree(predictor, images):
