@@ -138,6 +138,15 @@ def simulate(
     max_size: int = typer.Option(None, "--max-size", min=32, help="Longest image side the model allows."),
     detections: int = typer.Option(None, "--detections", min=1,
                                    help="Detections kept per image (evaluation and scoring)."),
+    box_nms: float = typer.Option(None, "--box-nms", min=0.0, max=1.0,
+                                  help="The box head's NMS IoU threshold (evaluation and scoring; default: the "
+                                  "model's, 0.4; runs before it was a setting used 0.5)."),
+    mask_refine: float = typer.Option(None, "--mask-refine", min=0.0,
+                                      help="Mask refinement's strength in evaluation and scoring (0: off; default: "
+                                      "what is served)."),
+    mask_rescore: bool = typer.Option(None, "--mask-rescore/--no-mask-rescore",
+                                      help="Rescore detections by mask quality in evaluation and scoring (default: "
+                                      "what is served)."),
     weights: str = typer.Option(None, "--weights", help="Round 0's weights: auto (COCO R50-FPN, else ImageNet "
                                 "lite2-fpn), coco, imagenet, none or a checkpoint (default: the profile's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -151,6 +160,7 @@ def simulate(
     Example: shoeseg al simulate --data ../shared/datasets/shoes/via_project.json -s random,least_confidence
     --seeds 0,1,2 --start 8 --batch 8 --rounds 4 --profile cpu --out runs/al
     """
+    from shoeseg.predict import OutputSettings
     from shoeseg.simulation.config import SimulationConfig
     from shoeseg.simulation.loop import run_simulation
     from shoeseg.train import TrainConfig
@@ -160,13 +170,16 @@ def simulate(
         train = TrainConfig.for_profile(
             profile, device=device, iters=iters, ims_per_batch=ims_per_batch, base_lr=lr,
             roi_batch_size_per_image=roi_batch, min_size=min_size, max_size=max_size,
-            box_detections_per_img=detections, weights=weights,
+            box_detections_per_img=detections, box_nms_thresh=box_nms, weights=weights,
         )
+        served = OutputSettings()
+        outputs = {"mask_refine": served.mask_refine if mask_refine is None else mask_refine,
+                   "mask_rescore": served.mask_rescore if mask_rescore is None else mask_rescore}
         cfg = SimulationConfig(
             strategies=_strategies(strategy), seeds=_seeds(seeds), start=start, batch=batch, rounds=rounds,
             test_frac=test_frac, split_seed=split_seed, test_size=test_size, pool_size=pool_size,
             round_iters=round_iters, keep_checkpoints=keep_checkpoints,
-            train=train,
+            train=train, outputs=outputs,
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
