@@ -58,11 +58,11 @@ def fixture_body(name: str) -> dict:
 
 def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: int, seed: int, size_px: int = 128,
                     serve_score_thresh: float | None = None):
-    """A checkpoint whose model finds ``detections`` boxes per image with score ``sigmoid(2 * fg_logit)``.
+    """A checkpoint whose model finds up to ``detections`` boxes per image with score ``sigmoid(2 * fg_logit)``.
 
-    Its box NMS is torchvision's 0.5, not the product's 0.4: the boxes of these random models are arbitrary, and
-    at 0.4 one of test-v1's three on the browser test's upload is a sliver one pixel tall along the image's edge,
-    which Label Studio's editor lists but does not draw."""
+    The boxes of these random models are arbitrary: at the served box NMS (0.4) one of test-v1's on the browser
+    test's upload is a sliver one pixel tall along the image's edge, which the predictor drops (Label Studio's
+    editor would list it but not draw it; :data:`shoeseg.geometry.MIN_PART_WIDTH_PX`)."""
     import torch
 
     from shoeseg.checkpoint import save_checkpoint
@@ -70,7 +70,7 @@ def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: in
 
     torch.manual_seed(seed)
     model = build_model(num_classes=1, weights=None, min_size=size_px, max_size=size_px,
-                        box_detections_per_img=detections, box_nms_thresh=0.5)
+                        box_detections_per_img=detections)
     with torch.no_grad():
         model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-fg_logit, fg_logit]))
         model.roi_heads.mask_predictor.mask_fcn_logits.weight.zero_()
