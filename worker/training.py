@@ -184,6 +184,13 @@ def split_labels(ds, settings: Settings, current):
             _subset(ds, lambda im: str(im.image_id) in val_ids))
 
 
+def validation_rule(settings: Settings, current) -> str:
+    """How :func:`split_labels` chose a version's validation tasks, in words (its metadata's ``validation``)."""
+    if current is None or settings.val_rotation == "fixed":
+        return "task-id hash"
+    return "newest labels"
+
+
 def judge(result, current, val_ds, images_dir: Path, settings: Settings):
     """The gate (:func:`shoeseg.gate.decide`) on both versions' per-image mask AP over ``val_ds``: the
     candidate's from its training's own evaluation (``result.eval``), the current version's evaluated here.
@@ -236,6 +243,7 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
             "task_ids": [_numeric(im.image_id) for im in ds.images],
             "annotation_ids": annotation_ids,
             "val_task_ids": sorted(_numeric(im.image_id) for im in val_ds.images),
+            "validation": validation_rule(settings, current),
             "current_version": current.version if current else None,
             "trained_from": trained_from or (current.version if current and config.init_from else None),
             "current_metrics_on_val": current_metrics,

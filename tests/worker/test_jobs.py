@@ -144,6 +144,7 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     assert version.version == result["version"]
     assert version.meta["task_ids"] == [100, 102, 104]
     assert version.meta["annotation_ids"] == {"100": 1100, "102": 1102, "104": 1104}
+    assert version.meta["validation"] == "task-id hash"  # the first version's
     assert "segm_AP" in version.metrics
     assert trigger.training_state(redis_conn, 1)["state"] == "idle"
     assert not list((loop_env.cache_dir / "runs" / "1").iterdir())  # the run dir is gone
@@ -191,6 +192,7 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     gate = candidate.meta["gate"]
     assert gate["compared_on"] == res2["val_tasks"] >= 1 and gate["ci_low"] <= gate["diff"] <= gate["ci_high"]
     assert candidate.meta["kind"] == "round" and candidate.meta["decision"] == res2["decision"]
+    assert candidate.meta["validation"] == "newest labels"
 
 
 def test_label_studio_unreachable_is_retried_then_fails_with_the_reason(redis_conn, loop_env):
