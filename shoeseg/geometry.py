@@ -11,8 +11,9 @@ With the default tolerance (1 px), rasterising the simplified polygons gives bac
 for shapes of at least 32x32 px (tested on random ellipses and unions of two).
 
 Multi-part shapes: every separate part of a mask becomes its own polygon (largest first); parts smaller than
-``min_area_px``, or thinner on average than ``min_width_px`` (a 1-pixel line along an image edge, which Label
-Studio lists as a region but does not draw), are dropped; holes are filled, since VIA and Label Studio polygons cannot express them. Every
+``min_area_px``, or thinner on average than ``min_width_px`` (a strip one or two pixels wide along an image edge,
+whose outline through its boundary pixels' centres is at most a pixel wide: Label Studio lists such a region but
+does not draw it), are dropped; holes are filled, since VIA and Label Studio polygons cannot express them. Every
 polygon is simple (no self-crossing or self-touching outline): a part pinched at one pixel becomes two.
 """
 
@@ -30,9 +31,10 @@ import shapely
 POLYGON_TOLERANCE_PX = 1.0
 POLYGON_TOLERANCE_REL = 0.005
 POLYGON_MAX_VERTICES = 40
-#: The pre-labels' thinnest part: a mask part whose mean width (twice its area over its outline's length) is under
-#: 2 px traces as a line, a region Label Studio lists but does not draw (an annotator cannot see it to delete it).
-MIN_PART_WIDTH_PX = 2.0
+#: The pre-labels' thinnest part: a mask part whose mean width (twice its pixels over its traced outline's length,
+#: about the number of pixels across a strip) is under 2.5 px, a strip one or two pixels wide, traces as an outline
+#: at most a pixel wide, a region Label Studio lists but does not draw (an annotator cannot see it to delete it).
+MIN_PART_WIDTH_PX = 2.5
 
 _SHIFT = 4  # fixed-point bits for sub-pixel polygon filling (1/16 px)
 
@@ -102,7 +104,7 @@ def mask_to_polygons(
         >>> m = np.zeros((40, 40), bool); m[5:35, 10:30] = True
         >>> [p.shape for p in mask_to_polygons(m)]
         [(4, 2)]
-        >>> m[0, :] = True  # a 1-pixel line along the top edge
+        >>> m[0:2, :] = True  # a strip two pixels tall along the top edge
         >>> len(mask_to_polygons(m)), len(mask_to_polygons(m, min_width_px=MIN_PART_WIDTH_PX))
         (2, 1)
     """

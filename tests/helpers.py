@@ -61,7 +61,7 @@ def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: in
     """A checkpoint whose model finds up to ``detections`` boxes per image with score ``sigmoid(2 * fg_logit)``.
 
     The boxes of these random models are arbitrary: at the served box NMS (0.4) one of test-v1's on the browser
-    test's upload is a sliver one pixel tall along the image's edge, which the predictor drops (Label Studio's
+    test's upload is a sliver two pixels tall along the image's edge, which the predictor drops (Label Studio's
     editor would list it but not draw it; :data:`shoeseg.geometry.MIN_PART_WIDTH_PX`)."""
     import torch
 

@@ -125,14 +125,15 @@ def test_thin_line_parts_keep_an_area():
 
 
 def test_parts_thinner_than_the_minimum_width_are_dropped_whatever_their_direction():
-    m = np.zeros((60, 60), bool)
+    m = np.zeros((70, 70), bool)
     m[10, 5:55] = True  # a 1-pixel row: 50 pixels, far above min_area_px
     m[15:55, 40] = True  # a 1-pixel column
     m[np.arange(20, 50), np.arange(5, 35)] = True  # a diagonal line
-    m[52:54, 2:30] = True  # 2 pixels thick: kept
-    assert len(mask_to_polygons(m)) == 4  # by default every part becomes a polygon
+    m[58:60, 2:60] = True  # 2 pixels tall: its outline through the pixel centres is 1 px tall
+    m[64:67, 2:30] = True  # 3 pixels tall: kept
+    assert len(mask_to_polygons(m)) == 5  # by default every part becomes a polygon
     (kept,) = mask_to_polygons(m, min_width_px=MIN_PART_WIDTH_PX)
-    assert kept[:, 1].min() >= 52 and kept[:, 1].max() <= 54 and kept[:, 0].min() < 3 and kept[:, 0].max() > 29
+    assert kept[:, 1].min() >= 64 and kept[:, 1].max() <= 67 and kept[:, 0].min() < 3 and kept[:, 0].max() > 29
 
 
 def test_empty_mask_gives_no_polygon():

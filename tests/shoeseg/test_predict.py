@@ -53,7 +53,8 @@ def test_detections_have_full_size_masks_and_matching_polygons(predictor, images
 
 
 def test_a_detection_whose_mask_is_a_line_along_the_edge_gives_no_pre_label(tmp_path):
-    # a shoe and a sliver one pixel tall along the image's bottom edge (what a random model's box can give):
+    # a shoe and a sliver two pixels tall along the image's bottom edge (what a random model's box gives in the
+    # browser test), whose outline through the pixel centres is one pixel tall:
     # Label Studio would list the sliver's polygon but not draw it, so nobody could see it to delete it
     torch.manual_seed(0)
     path = tmp_path / "model.pt"
@@ -61,15 +62,15 @@ def test_a_detection_whose_mask_is_a_line_along_the_edge_gives_no_pre_label(tmp_
     predictor = Predictor.from_checkpoint(path, device="cpu", score_thresh=0.0, mask_refine=0.0)
     soft = torch.zeros(3, 1, 64, 96)
     soft[0, 0, 10:40, 20:60] = 1.0
-    soft[1, 0, 63, 5:90] = 1.0
-    soft[2, 0, 60:62, 5:90] = 1.0  # two pixels thick: kept
-    out = {"boxes": torch.tensor([[20.0, 10, 60, 40], [5, 62, 90, 64], [5, 59, 90, 62]]),
+    soft[1, 0, 62:64, 5:90] = 1.0
+    soft[2, 0, 57:60, 5:90] = 1.0  # three pixels thick: kept
+    out = {"boxes": torch.tensor([[20.0, 10, 60, 40], [5, 61, 90, 64], [5, 56, 90, 60]]),
            "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([1, 1, 1]), "masks": soft}
     (dets,) = predictor.detections([out], [np.zeros((64, 96, 3), np.uint8)])
     assert [round(d.score, 2) for d in dets] == [0.9, 0.7]
     assert len(dets[0].polygons) == len(dets[1].polygons) == 1
     assert mask_iou(polygons_to_mask(dets[0].polygons, 64, 96), soft[0, 0].numpy() > 0.5) > 0.9
-    assert dets[1].polygons[0][:, 1].min() >= 60 and dets[1].polygons[0][:, 1].max() <= 62
+    assert dets[1].polygons[0][:, 1].min() >= 57 and dets[1].polygons[0][:, 1].max() <= 60
 
 
 def test_batches_threshold_and_single_images_agree(predictor, images):
@@ -77,9 +78,11 @@ def test_batches_threshold_and_single_images_agree(predictor, images):
     single = [predictor.predict([im])[0] for im in images]
     for a, b in zip(batched, single, strict=True):
         assert np.allclose([d.box_xyxy for d in a], [d.box_xyxy for d in b], atol=1e-3)
-    cut = np.median([d.score for d in batched[0]])
-    high = predictor.predict(images[:1], score_thresh=float(cut))[0]
-    assert high and all(d.score >= cut for d in high) and len(high) < len(batched[0])
+    k = max(range(len(images)), key=lambda i: len(batched[i]))  # the image with the most pre-labels
+    assert len(batched[k]) >= 2, [len(b) for b in batched]
+    cut = np.median([d.score for d in batched[k]])
+    high = predictor.predict(images[k : k + 1], score_thresh=float(cut))[0]
+    assert high and all(d.score >= cut for d in high) and len(high) < len(batched[k])
     assert predictor.model.roi_heads.score_thresh == 0.05  # the model's own setting is restored
 
 
