@@ -57,12 +57,13 @@ def fixture_body(name: str) -> dict:
 
 
 def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: int, seed: int, size_px: int = 128,
-                    serve_score_thresh: float | None = None):
+                    serve_score_thresh: float | None = None, anchor_boxes: bool = False):
     """A checkpoint whose model finds up to ``detections`` boxes per image with score ``sigmoid(2 * fg_logit)``.
 
     The boxes of these random models are arbitrary: at the served box NMS (0.4) one of test-v1's on the browser
     test's upload is a sliver two pixels tall along the image's edge, which the predictor drops (Label Studio's
-    editor would list it but not draw it; :data:`shoeseg.geometry.MIN_PART_WIDTH_PX`)."""
+    editor would list it but not draw it; :data:`shoeseg.geometry.MIN_PART_WIDTH_PX`). ``anchor_boxes`` zeroes the
+    box deltas, so that the boxes are anchors and every image gets regions."""
     import torch
 
     from shoeseg.checkpoint import save_checkpoint
@@ -75,6 +76,10 @@ def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: in
         model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-fg_logit, fg_logit]))
         model.roi_heads.mask_predictor.mask_fcn_logits.weight.zero_()
         model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(6.0)
+        if anchor_boxes:  # no random box deltas: the boxes are anchors, never strips along an edge
+            for layer in (model.rpn.head.bbox_pred, model.roi_heads.box_predictor.bbox_pred):
+                layer.weight.zero_()
+                layer.bias.zero_()
     model.eval()
     save_checkpoint(path, model=model, class_names=["shoe"], config={"purpose": "backend tests"}, version=version,
                     serve_score_thresh=serve_score_thresh)
