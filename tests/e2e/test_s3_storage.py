@@ -151,11 +151,15 @@ def test_label_studio_s3_tasks_are_preannotated_by_the_backend(label_studio, s3_
     assert str(ml.state).endswith("CO"), f"backend state {ml.state}: {ml.error_message}\n{s3_backend.log_tail()}"
     by_task = {p.task: p for p in client.predictions.list(project=project_id)}
     assert sorted(by_task) == sorted(tasks), s3_backend.log_tail()
+    with_regions = set()
     for task_id, task in tasks.items():
         p = by_task[task_id]
-        assert p.model_version == "test-v1" and p.result, f"task {task_id}: {p}\n{s3_backend.log_tail()}"
-        assert {(r["original_width"], r["original_height"]) for r in p.result} == {
+        assert p.model_version == "test-v1", f"task {task_id}: {p}\n{s3_backend.log_tail()}"
+        if p.result:  # the random model's strips along an edge give no pre-label (too thin to draw)
+            with_regions.add(storage_uri(task.data["image"]).split("/")[2])
+        assert {(r["original_width"], r["original_height"]) for r in p.result} <= {
             expected_size(storage_uri(task.data["image"]), buckets)}
+    assert with_regions == set(buckets[1:]), f"regions only from {with_regions}\n{s3_backend.log_tail()}"
     # the routes taken, as the S3 server saw them: the allowed bucket read with the backend's own credentials
     # (a signed request, no query), the other through the presigned URL that Label Studio redirected to
     direct, presigned = image_requests(s3_server, buckets[1]), image_requests(s3_server, buckets[2])
