@@ -68,7 +68,7 @@ def test_exported_detections_match_pytorch(exported, images, fmt):
     runtime = Predictor.from_checkpoint(files[fmt], device="cpu")
     assert runtime.runtime == fmt and runtime.score_thresh == THRESH  # the file's serving threshold
     reference, got = torch_predictor.predict(images), runtime.predict(images)
-    assert sum(map(len, reference)) >= 3  # the comparison has detections to compare
+    assert sum(map(len, reference)) >= 2  # the comparison has detections to compare (thin strips give none)
     for ref, dets, image in zip(reference, got, images, strict=True):
         assert all(d.mask.shape == image.shape[:2] for d in dets)
         assert_same_detections(ref, dets, THRESH)
