@@ -87,8 +87,15 @@ def test_guided_filter_names_a_shape_mismatch():
 
 @pytest.fixture(scope="module")
 def tiny_predictor_args():
+    """A random model whose boxes are its anchors (box deltas zeroed): random deltas give strips a pixel or two
+    tall, whose masks the predictor drops as too thin to outline (:data:`shoeseg.geometry.MIN_PART_WIDTH_PX`)."""
     torch.manual_seed(0)
-    return build_model(num_classes=1, weights=None, min_size=64, max_size=96, box_detections_per_img=8)
+    model = build_model(num_classes=1, weights=None, min_size=64, max_size=96, box_detections_per_img=8)
+    with torch.no_grad():
+        for layer in (model.rpn.head.bbox_pred, model.roi_heads.box_predictor.bbox_pred):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    return model
 
 
 def _outputs(probabilities: list[float], scores: list[float]) -> dict[str, torch.Tensor]:
