@@ -27,7 +27,7 @@ settings without loading torch.
 | ``SHOESEG_PROFILE`` | ``auto`` | training recipe (``shoeseg.train.PROFILES``) |
 | ``SHOESEG_TRAIN_ITERS``, ``SHOESEG_IMS_PER_BATCH``, ``SHOESEG_BASE_LR``, ``SHOESEG_ROI_BATCH``, ``SHOESEG_MIN_SIZE``, ``SHOESEG_MAX_SIZE`` | the profile's | training overrides |
 | ``SHOESEG_INIT_WEIGHTS`` | ``auto`` | first model: ``auto``, ``none``, ``coco``, ``imagenet`` or a checkpoint path |
-| ``SHOESEG_PROMOTE_TOLERANCE`` | ``0.01`` | the gate refuses a version whose mean per-image mask AP is below the current one's by more |
+| ``SHOESEG_PROMOTE_TOLERANCE`` | unset | when set, the gate also refuses a version whose mean per-image mask AP is below the current one's by more (negative: it must gain that much); unset, the interval alone decides |
 | ``SHOESEG_GATE_CONFIDENCE`` | ``0.9`` | the gate's bootstrap interval (``shoeseg.gate``): refused when the whole interval is below 0 |
 | ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the validation subset when its hash % modulo == 0 ... |
 | ``SHOESEG_VAL_MAX`` | ``30`` | ... and among the ``SHOESEG_VAL_MAX`` such tasks of lowest hash (the rest train) |
@@ -320,7 +320,7 @@ class Settings:
     min_size: int | None = None
     max_size: int | None = None
     init_weights: str = "auto"
-    promote_tolerance: float = 0.01
+    promote_tolerance: float | None = None
     val_modulo: int = 5
     predict_batch: int = 8
     keep_old_predictions: bool = False

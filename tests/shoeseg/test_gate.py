@@ -33,11 +33,17 @@ def test_a_version_clearly_worse_on_every_image_is_refused_with_its_evidence():
     assert d.to_json()["metric"] == "per-image mask AP"
 
 
-def test_a_mean_drop_beyond_the_tolerance_is_refused_even_when_the_interval_reaches_zero():
+def test_a_mean_drop_inside_the_interval_is_promoted_unless_a_tolerance_is_set():
     current = [0.5, 0.5, 0.5, 0.5]
     new = [0.9, 0.1, 0.4, 0.4]  # mean -0.05, an image that improved keeps the interval's top above 0
+    default = decide(new, current, has_current=True)  # the interval alone: not worse beyond it
+    assert default.ci_high > 0 and default.diff == pytest.approx(-0.05)
+    assert default.promote and default.tolerance is None and default.reason.startswith("not worse")
     d = decide(new, current, has_current=True, tolerance=0.01)
-    assert d.ci_high > 0 and not d.promote and "on average" in d.reason
+    assert not d.promote and "on average" in d.reason and d.tolerance == 0.01
+    assert decide(new, current, has_current=True, tolerance=0.06).promote
+    gain = decide([c + 0.02 for c in current], current, has_current=True, tolerance=-0.05)
+    assert gain.ci_low > 0 and not gain.promote  # a negative tolerance: the new version must gain 0.05
 
 
 def test_noise_around_zero_promotes_and_a_clear_gain_promotes():

@@ -21,6 +21,7 @@ from shoeseg_services.settings import AL_STRATEGIES, PROFILES, Settings, Setting
     ("SHOESEG_DEVICE", "tpu", "is not one of"),
     ("SHOESEG_TRAIN_ITERS", "0", "must be at least 1"),
     ("SHOESEG_BASE_LR", "-0.1", "must be at least 0.0"),
+    ("SHOESEG_PROMOTE_TOLERANCE", "some", "is not a number"),
     ("SHOESEG_RETRY_INTERVALS", "10,x", "comma-separated list of integers"),
     ("SHOESEG_INSECURE", "maybe", "is not a boolean"),
     ("LABEL_STUDIO_URL", "localhost:8080", "is not an http(s) URL"),
@@ -41,6 +42,8 @@ def test_defaults_and_the_shared_reading():
     assert s.model_dir == Path("models") and s.cache_dir == Path(".cache/shoeseg")
     assert (s.min_new_annotations, s.score_thresh, s.al_strategy, s.profile) == (10, None, "least_confidence", "auto")  # None: the checkpoint's threshold
     assert s.train_overrides() == {}
+    assert s.promote_tolerance is None  # the gate's interval alone decides
+    assert Settings.from_env({"SHOESEG_PROMOTE_TOLERANCE": "-0.02"}).promote_tolerance == -0.02
     # an empty environment reads each field's own default (written once, on the field): only the cache differs
     assert s == Settings(cache_dir=Path(".cache/shoeseg"))
     # the legacy name still counts; the new one wins when both are set
