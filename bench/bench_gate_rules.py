@@ -1,0 +1,110 @@
+"""Which gate rule: every decision recorded by the 60-minute runs of ``bench_improving``, replayed under two rules.
+
+Each run's ``improving.json`` holds every registered version with its gate evidence (the paired per-image mask AP
+difference on the validation images and its bootstrap interval) and its mask AP on the 23 held-out photos that
+never entered the project. For every decision this takes the held-out change it stood for (the candidate's
+held-out mask AP minus that of the version it was judged against, the promoted one before it) and says what each
+rule would have done with the same evidence:
+
+* **interval**: refused only when the whole interval lies below 0 (the default);
+* **interval + tolerance**: refused as well when the mean drops by more than ``--tolerance`` (0.01), the rule the
+  runs before the change were made with.
+
+A rule is judged by the held-out change of what it promotes and of what it refuses. Each decision is replayed
+alone: had a run promoted another version, what followed would differ, so this does not say what a whole run
+would have reached. Decisions recorded twice (a run scored again under another name, or two runs whose first
+chunks trained alike: the same evidence) count once, as the first file in name order scored them.
+
+Run: ``python -m bench gate_rules --runs docs/improving/run-*.json`` (seconds; reads files only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("bench.gate_rules")
+
+
+def decisions(path: Path) -> list[dict]:
+    """The gate decisions of one run with evidence, in the order the versions were registered."""
+    data = json.loads(path.read_text())
+    current = None
+    rows = []
+    for v in sorted(data["versions"], key=lambda v: v["created_at"]):
+        gate = v.get("gate") or {}
+        if gate.get("diff") is not None and gate.get("ci_high") is not None and current is not None:
+            rows.append({"run": path.stem, "kind": v["kind"], "diff": gate["diff"], "ci_low": gate["ci_low"],
+                         "ci_high": gate["ci_high"], "held_out": v["segm_AP"] - current["segm_AP"],
+                         "recorded": "promoted" if v["promoted"] else "refused"})
+        if v["promoted"]:
+            current = v
+    return rows
+
+
+def replay(rows: list[dict], tolerance: float) -> dict[str, dict]:
+    """Per rule: what it promotes and refuses, with the held-out change of each."""
+    rules = {"interval": lambda r: r["ci_high"] >= 0,
+             f"interval + tolerance {tolerance:g}": lambda r: r["ci_high"] >= 0 and r["diff"] >= -tolerance}
+    out = {}
+    for name, promotes in rules.items():
+        yes = [r["held_out"] for r in rows if promotes(r)]
+        no = [r["held_out"] for r in rows if not promotes(r)]
+        out[name] = {"promoted": len(yes), "promoted_mean": sum(yes) / len(yes) if yes else None,
+                     "promoted_worse": sum(x < 0 for x in yes), "refused": len(no),
+                     "refused_mean": sum(no) / len(no) if no else None, "refused_not_worse": sum(x >= 0 for x in no)}
+    return out
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.3f}"
+
+
+def report(rows: list[dict], summary: dict[str, dict], tolerance: float) -> str:
+    lines = ["| run | kind | gate: difference [90 % interval] on 9 images | held-out change | recorded | "
+             f"interval | + tolerance {tolerance:g} |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        interval = "promote" if r["ci_high"] >= 0 else "refuse"
+        tol = "promote" if r["ci_high"] >= 0 and r["diff"] >= -tolerance else "refuse"
+        lines.append(f"| {r['run']} | {r['kind']} | {_f(r['diff'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}] | "
+                     f"{_f(r['held_out'])} | {r['recorded']} | {interval} | {tol} |")
+    lines += ["", "| rule | promoted | their mean held-out change | worse on held-out | refused | "
+              "their mean held-out change | as good or better on held-out |", "|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        lines.append(f"| {name} | {s['promoted']} | {_f(s['promoted_mean'])} | {s['promoted_worse']} | "
+                     f"{s['refused']} | {_f(s['refused_mean'])} | {s['refused_not_worse']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", default=["docs/improving/run-*.json"],
+                        help="improving.json files of bench_improving runs (globs allowed)")
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument("--out", default=None, help="write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    paths = sorted({Path(p) for pattern in args.runs for p in glob.glob(pattern)})
+    if not paths:
+        raise SystemExit(f"no run found at {args.runs}")
+    rows, seen = [], set()
+    for path in paths:
+        for r in decisions(path):
+            key = (round(r["diff"], 6), round(r["ci_low"], 6), round(r["ci_high"], 6))
+            if key in seen:
+                log.info("%s: a %s decision recorded by an earlier run too, counted once", path.name, r["kind"])
+                continue
+            seen.add(key)
+            rows.append(r)
+    text = report(rows, replay(rows, args.tolerance), args.tolerance)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
