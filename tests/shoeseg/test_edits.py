@@ -144,6 +144,12 @@ def test_the_threshold_with_the_least_edit_cost_is_chosen():
     # when drawing a shoe costs only one action, dropping the sloppy detection is cheaper: 0.5 (nearest 0.5)
     assert choose_score_thresh([m], costs=EditCosts(draw=1.0)).score_thresh == 0.5
     assert choose_score_thresh([]).score_thresh == 0.5  # a flat curve keeps the usual threshold
+    # 0.4 saves 26 actions on this one image: a margin above that keeps 0.5, one below it moves
+    assert choose_score_thresh([m], min_saving_per_image=27).score_thresh == 0.5
+    assert choose_score_thresh([m], min_saving_per_image=26).score_thresh == 0.4
+    # per image: two such images save 52 in all, still 26 each
+    assert choose_score_thresh([m, m], min_saving_per_image=27).score_thresh == 0.5
+    assert choose_score_thresh([m, m], min_saving_per_image=26).score_thresh == 0.4
     json.dumps(choice.to_json())
     with pytest.raises(ValueError):
         choose_score_thresh([m], candidates=[])
