@@ -45,12 +45,16 @@ def decisions(path: Path) -> list[dict]:
     return rows
 
 
+def rules(tolerance: float) -> dict:
+    """Each rule's name and whether it promotes a decision's evidence."""
+    return {"interval": lambda r: r["ci_high"] >= 0,
+            f"interval + tolerance {tolerance:g}": lambda r: r["ci_high"] >= 0 and r["diff"] >= -tolerance}
+
+
 def replay(rows: list[dict], tolerance: float) -> dict[str, dict]:
     """Per rule: what it promotes and refuses, with the held-out change of each."""
-    rules = {"interval": lambda r: r["ci_high"] >= 0,
-             f"interval + tolerance {tolerance:g}": lambda r: r["ci_high"] >= 0 and r["diff"] >= -tolerance}
     out = {}
-    for name, promotes in rules.items():
+    for name, promotes in rules(tolerance).items():
         yes = [r["held_out"] for r in rows if promotes(r)]
         no = [r["held_out"] for r in rows if not promotes(r)]
         out[name] = {"promoted": len(yes), "promoted_mean": sum(yes) / len(yes) if yes else None,
@@ -67,10 +71,9 @@ def report(rows: list[dict], summary: dict[str, dict], tolerance: float) -> str:
     lines = ["| run | kind | gate: difference [90 % interval] on 9 images | held-out change | recorded | "
              f"interval | + tolerance {tolerance:g} |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        interval = "promote" if r["ci_high"] >= 0 else "refuse"
-        tol = "promote" if r["ci_high"] >= 0 and r["diff"] >= -tolerance else "refuse"
+        said = " | ".join("promote" if promotes(r) else "refuse" for promotes in rules(tolerance).values())
         lines.append(f"| {r['run']} | {r['kind']} | {_f(r['diff'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}] | "
-                     f"{_f(r['held_out'])} | {r['recorded']} | {interval} | {tol} |")
+                     f"{_f(r['held_out'])} | {r['recorded']} | {said} |")
     lines += ["", "| rule | promoted | their mean held-out change | worse on held-out | refused | "
               "their mean held-out change | as good or better on held-out |", "|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
