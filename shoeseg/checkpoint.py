@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from shoeseg.model import ModelConfig, build_network, model_config_of
+from shoeseg.weights_file import CHECKPOINT_FORMAT, is_checkpoint, load_weights_file
 from via_tools.files import atomic_path
 
-CHECKPOINT_FORMAT = "shoeseg-checkpoint/1"
 _CALIBRATION_KEY = "calibration_jpeg"
 
 
@@ -168,19 +168,6 @@ def read_calibration_images(path: str | Path) -> list[np.ndarray]:
     return images
 
 
-def load_weights_file(path: Path, *, map_location: str | torch.device = "cpu") -> Any:
-    """What a weights file holds, read safely (``weights_only=True``); a ``ValueError`` naming the file otherwise."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path}: cannot be loaded as a weights file ({type(e).__name__}: {e})") from e
-
-
-def is_checkpoint(raw: Any) -> bool:
-    """Whether what :func:`load_weights_file` read is a ShoeSeg checkpoint."""
-    return isinstance(raw, dict) and raw.get("format") == CHECKPOINT_FORMAT and "state_dict" in raw and "meta" in raw
-
-
 def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a checkpoint without building the model (memory-mapped load)."""
     return _mapped(path)["meta"]
@@ -191,10 +178,7 @@ def _mapped(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a checkpoint ({type(e).__name__}: {e})") from e
+    raw = load_weights_file(path, mmap=True)
     if not is_checkpoint(raw):
         raise ValueError(f"{path}: not a ShoeSeg checkpoint (format {CHECKPOINT_FORMAT})")
     return raw

@@ -172,7 +172,9 @@ def _as_predictor(model_or_predictor: Any, dataset: AnnotationSet, device: str):
     if isinstance(model_or_predictor, Predictor):
         return model_or_predictor
     if isinstance(model_or_predictor, str | Path):
-        return Predictor.from_checkpoint(model_or_predictor, device=device, score_thresh=EVAL_SCORE_THRESH)
+        from shoeseg.runtime import load_predictor
+
+        return load_predictor(model_or_predictor, runtime="torch", device=device, score_thresh=EVAL_SCORE_THRESH)
     if isinstance(model_or_predictor, nn.Module):
         return Predictor(model_or_predictor, class_names=list(dataset.labels), device=device,
                          score_thresh=EVAL_SCORE_THRESH)

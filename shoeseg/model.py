@@ -34,6 +34,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from shoeseg.weights_file import is_checkpoint, load_weights_file
+
 log = logging.getLogger(__name__)
 
 #: Keys of the class-specific layers; they are re-initialised when the class count changes.
@@ -441,9 +443,6 @@ def build_model(config: ModelConfig | None = None, *, weights: str | Path | None
     if not path.is_file():
         raise FileNotFoundError(
             f"weights file {path} does not exist (expected auto, none, coco, imagenet or a checkpoint path)")
-    # imported here: shoeseg.checkpoint imports this module (a checkpoint rebuilds its network)
-    from shoeseg.checkpoint import is_checkpoint, load_weights_file
-
     raw = load_weights_file(path)
     if is_checkpoint(raw):
         src_cfg = ModelConfig.from_dict(raw["meta"]["model_config"])

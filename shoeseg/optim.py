@@ -8,26 +8,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from shoeseg.device import autocast
 from shoeseg.losses import LOSS_NAMES, detectron2_losses
 
-if TYPE_CHECKING:  # pragma: no cover
-    from shoeseg.train import TrainConfig
-
 #: The optimizers :func:`make_optimizer` makes (``TrainConfig.optimizer``).
 OPTIMIZERS = ("sgd", "adamw")
 
 
-def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer ``config.optimizer`` names, at ``config.base_lr``."""
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.base_lr, betas=(config.momentum, 0.999),
-                                 weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+def make_optimizer(name: str, params: list[torch.nn.Parameter], *, lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer ``name`` (one of :data:`OPTIMIZERS`, any case) at ``lr``; ``momentum`` is AdamW's first beta."""
+    name = name.lower()
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r} (expected one of {', '.join(OPTIMIZERS)})")
 
 
 class WeightAverage:

@@ -245,20 +245,15 @@ class Predictor:
 
         The checkpoint's own threshold (or None) stays in ``checkpoint_score_thresh`` whatever is served.
 
-        An exported file (``.onnx``, ``.ts``, see :mod:`shoeseg.export`) gives a
-        :class:`shoeseg.runtime.ExportedPredictor`, which runs it with ONNX Runtime or TorchScript.
+        An exported file (``.onnx``, ``.ts``, see :mod:`shoeseg.export`) is not a checkpoint:
+        :func:`shoeseg.runtime.load_predictor` opens either.
 
         Example:
             >>> Predictor.from_checkpoint("runs/shoes/model.pt", device="cpu").class_names  # doctest: +SKIP
             ['shoe']
         """
         from shoeseg.checkpoint import load_checkpoint
-        from shoeseg.export import export_format_of
 
-        if export_format_of(path) is not None:
-            from shoeseg.runtime import ExportedPredictor
-
-            return ExportedPredictor(path, device=device, score_thresh=score_thresh, flip_tta=flip_tta, **kwargs)
         ckpt = load_checkpoint(path)
         serving = ckpt.model_config  # the checkpoint's serving choices: flip TTA, an int8 box head
         p = cls(ckpt.model, class_names=ckpt.class_names, model_version=ckpt.version, device=device,

@@ -2,9 +2,11 @@
 
 :class:`ExportedPredictor` is a :class:`shoeseg.predict.Predictor` whose batched forward runs an exported
 file (:mod:`shoeseg.export`), one image per call; masks, polygons and :class:`~shoeseg.predict.Detection`
-objects come from the same code as PyTorch's. ``Predictor.from_checkpoint("model.onnx")`` gives one.
+objects come from the same code as PyTorch's.
 
-:func:`load_predictor` is what the backend and the worker's push call with the ``SHOESEG_RUNTIME`` setting:
+:func:`load_predictor` opens any model file: an exported file as an :class:`ExportedPredictor`, a checkpoint in
+the runtime the ``SHOESEG_RUNTIME`` setting names (the backend, the worker's push and ``shoeseg predict`` /
+``eval`` call it):
 
 * ``torch``: the checkpoint in PyTorch (its int8 box head and flip TTA as it records);
 * ``onnx``: ONNX Runtime on the file exported beside the checkpoint (``model.onnx`` beside ``model.pt`` in a
@@ -162,7 +164,7 @@ class ExportedPredictor(Predictor):
         FileNotFoundError / ValueError: a missing, unknown, corrupt or metadata-less file (the message names it).
 
     Example:
-        >>> p = Predictor.from_checkpoint("model.onnx")  # doctest: +SKIP
+        >>> p = load_predictor("model.onnx")  # doctest: +SKIP
         >>> p.runtime, p.class_names  # doctest: +SKIP
         ('onnx', ['shoe'])
     """
@@ -287,10 +289,11 @@ def ensure_onnx(checkpoint: str | Path, *, int8: bool = False) -> Path:
 
 def load_predictor(checkpoint: str | Path, *, runtime: str = "auto", device: str | torch.device = "auto",
                    **kwargs: Any) -> Predictor:
-    """A predictor for a checkpoint in the runtime ``SHOESEG_RUNTIME`` names (see the module docstring).
+    """A predictor for a checkpoint in the runtime ``SHOESEG_RUNTIME`` names (see the module docstring), or
+    for an exported file as it is (:class:`ExportedPredictor`, whatever ``runtime`` says).
 
     Args:
-        checkpoint: a registry version's ``model.pt`` (or an exported file, served as it is).
+        checkpoint: a registry version's ``model.pt``, or an exported file.
         runtime: ``torch``, ``onnx`` or ``auto``.
         device: ``auto``, ``cpu`` or ``cuda``.
         **kwargs: :meth:`shoeseg.predict.Predictor.from_checkpoint`'s (``score_thresh``, ``batch_size``...).
@@ -309,7 +312,9 @@ def load_predictor(checkpoint: str | Path, *, runtime: str = "auto", device: str
     from shoeseg.model import ModelConfig
 
     chosen = resolve_runtime(runtime, device)
-    if chosen == "torch" or export_format_of(checkpoint) is not None:
+    if export_format_of(checkpoint) is not None:
+        return ExportedPredictor(checkpoint, device=device, **kwargs)
+    if chosen == "torch":
         return Predictor.from_checkpoint(checkpoint, device=device, **kwargs)
     mcfg = ModelConfig.from_dict(read_checkpoint_meta(checkpoint)["model_config"])
     if mcfg.flip_tta and kwargs.get("flip_tta") is not False:

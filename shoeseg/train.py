@@ -458,7 +458,8 @@ def _train(
         persistent_workers=num_workers > 0,
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(config, params)
+    optimizer = make_optimizer(config.optimizer, params, lr=config.base_lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
     ema = WeightAverage(core, config.ema_decay) if config.ema_decay else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -359,7 +359,7 @@ def register(app: typer.Typer) -> None:
         from shoeseg.data import subset
         from shoeseg.evaluate import evaluate
         from shoeseg.export import export_format_of, read_export_meta
-        from shoeseg.predict import Predictor
+        from shoeseg.runtime import load_predictor
 
         ckpt = _resolve_model(model, registry)
         images_dir = _images_dir_for(data, images)
@@ -383,8 +383,8 @@ def register(app: typer.Typer) -> None:
                 raise ValueError(f"the split has no {split.value!r} images")
             ds = subset(ds, parts[split.value])
         _use_all_cores()
-        predictor = Predictor.from_checkpoint(ckpt, device=device.value, score_thresh=0.05,
-                                              **_outline_options(mask_refine, mask_rescore))
+        predictor = load_predictor(ckpt, runtime="torch", device=device.value, score_thresh=0.05,
+                                   **_outline_options(mask_refine, mask_rescore))
         result = evaluate(predictor, ds, images_dir=images_dir, progress_bar=True, serve_score_thresh=score_thresh)
         out = out or ckpt.parent / f"eval-{split.value}.json"
         report = {"model": str(ckpt), "version": predictor.model_version, "split": split.value,
@@ -423,7 +423,7 @@ def register(app: typer.Typer) -> None:
         """
         from tqdm import tqdm
 
-        from shoeseg.predict import Predictor
+        from shoeseg.runtime import load_predictor
         from shoeseg.visualize import draw_overlay, inpainting_masks, write_image_atomic
         from via_tools.images import read_image
         from via_tools.io import save
@@ -446,9 +446,9 @@ def register(app: typer.Typer) -> None:
             raise ValueError("two input images share a file name; outputs would overwrite each other")
         ckpt = _resolve_model(model, registry)
         _use_all_cores()
-        predictor = Predictor.from_checkpoint(ckpt, device=device.value, score_thresh=score_thresh,
-                                              tolerance_px=tolerance, batch_size=batch_size,
-                                              **_outline_options(mask_refine, mask_rescore))
+        predictor = load_predictor(ckpt, runtime="torch", device=device.value, score_thresh=score_thresh,
+                                   tolerance_px=tolerance, batch_size=batch_size,
+                                   **_outline_options(mask_refine, mask_rescore))
         out.mkdir(parents=True, exist_ok=True)
         records, rows = [], []
         for start in tqdm(range(0, len(files), batch_size), desc="predict", unit="batch"):

@@ -230,11 +230,16 @@ def connect(url: str | None, api_key: str | None, *, timeout_s: float = 60.0) ->
         >>> client.connection.url  # doctest: +SKIP
         'http://localhost:8080'
     """
-    from shoeseg_services.ls_api.client import LabelStudioClient
+    # imported here: only a process that talks to Label Studio pays for the SDK
+    from label_studio_sdk import LabelStudio
 
     if not url or not api_key:
         raise LabelStudioError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to read and write Label Studio")
-    return LabelStudioClient(Connection(url, api_key, timeout_s=timeout_s))
+
+    connection = Connection(url, api_key, timeout_s=timeout_s)
+    client = LabelStudio(base_url=connection.url, api_key=connection.credentials.key, timeout=connection.timeout_s)
+    client.connection = connection
+    return client
 
 
 _credentials: dict[tuple[str, str], Credentials] = {}

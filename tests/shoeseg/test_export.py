@@ -18,6 +18,7 @@ from shoeseg.export import (
 )
 from shoeseg.geometry import mask_iou
 from shoeseg.predict import Predictor
+from shoeseg.runtime import load_predictor
 from tests.synth import make_image, tiny_checkpoint
 
 pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed (the onnx extra)")
@@ -65,7 +66,7 @@ def assert_same_detections(reference, exported_dets, thresh: float) -> None:
 def test_exported_detections_match_pytorch(exported, images, fmt):
     ckpt, files = exported
     torch_predictor = Predictor.from_checkpoint(ckpt, device="cpu", score_thresh=THRESH, batch_size=1)
-    runtime = Predictor.from_checkpoint(files[fmt], device="cpu")
+    runtime = load_predictor(files[fmt], device="cpu")
     assert runtime.runtime == fmt and runtime.score_thresh == THRESH  # the file's serving threshold
     reference, got = torch_predictor.predict(images), runtime.predict(images)
     assert sum(map(len, reference)) >= 2  # the comparison has detections to compare (thin strips give none)
@@ -104,7 +105,7 @@ def test_an_exported_file_reloads_with_its_metadata(exported):
         assert meta["serve_score_thresh"] == THRESH and meta["mask_thresh"] == 0.5
         assert meta["box_detections_per_img"] == 8 and meta["split"] == {"val": []}
         assert meta["box_nms_thresh"] == 0.5 and meta["model_config"]["box_nms_thresh"] == 0.5
-        predictor = Predictor.from_checkpoint(path, score_thresh=0.6)
+        predictor = load_predictor(path, score_thresh=0.6)
         assert predictor.model_version == source.version and predictor.input_fit == (64, 96)
         assert predictor.score_thresh == 0.6 and predictor.checkpoint_score_thresh == THRESH
 
@@ -116,23 +117,23 @@ def test_unknown_or_corrupt_files_fail_naming_the_file(exported, tmp_path):
     garbage = b"\x00not a model\xff" * 40
     for name in ("broken.onnx", "broken.ts"):
         (tmp_path / name).write_bytes(garbage)
-        for read in (read_export_meta, Predictor.from_checkpoint):
+        for read in (read_export_meta, load_predictor):
             with pytest.raises(ValueError, match="broken"):
                 read(tmp_path / name)
     (tmp_path / "model.xyz").write_bytes(garbage)
     with pytest.raises(ValueError, match=r"model\.xyz.*unknown model file type"):
         read_export_meta(tmp_path / "model.xyz")
     with pytest.raises(FileNotFoundError, match="absent.onnx"):
-        Predictor.from_checkpoint(tmp_path / "absent.onnx")
+        load_predictor(tmp_path / "absent.onnx")
     bare = onnx.load(str(files["onnx"]))
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(ValueError, match=r"bare\.onnx.*without ShoeSeg metadata"):
-        Predictor.from_checkpoint(tmp_path / "bare.onnx")
+        load_predictor(tmp_path / "bare.onnx")
     truncated = tmp_path / "truncated.onnx"
     truncated.write_bytes(files["onnx"].read_bytes()[:5000])
     with pytest.raises(ValueError, match="truncated.onnx"):
-        Predictor.from_checkpoint(truncated)
+        load_predictor(truncated)
 
 
 class _Cummax(nn.Module):
@@ -161,10 +162,10 @@ def test_serving_choices_are_left_out_and_said(tmp_path):
                            flip_tta=True)
     meta = export_model(ckpt, tmp_path / "model.ts", fmt="torchscript")
     assert [n.split(":")[0] for n in meta["left_out"]] == ["int8_box_head", "flip_tta"]
-    predictor = Predictor.from_checkpoint(tmp_path / "model.ts")
+    predictor = load_predictor(tmp_path / "model.ts")
     assert predictor.flip_tta is False
     with pytest.raises(ValueError, match="flip TTA"):
-        Predictor.from_checkpoint(tmp_path / "model.ts", flip_tta=True)
+        load_predictor(tmp_path / "model.ts", flip_tta=True)
     with pytest.raises(ValueError, match="int8.*ONNX"):
         export_model(ckpt, tmp_path / "model-int8.ts", fmt="torchscript", int8=True)
 
@@ -174,8 +175,8 @@ def test_onnx_runtime_int8_file_keeps_the_detections(exported, images, tmp_path)
     meta = quantize_onnx(files["onnx"], tmp_path / "model.int8.onnx")
     assert meta["quantized"].startswith("int8") and read_export_meta(tmp_path / "model.int8.onnx") == meta
     assert (tmp_path / "model.int8.onnx").stat().st_size < files["onnx"].stat().st_size
-    float_dets = Predictor.from_checkpoint(files["onnx"]).predict(images)
-    int8_dets = Predictor.from_checkpoint(tmp_path / "model.int8.onnx").predict(images)
+    float_dets = load_predictor(files["onnx"]).predict(images)
+    int8_dets = load_predictor(tmp_path / "model.int8.onnx").predict(images)
     assert sum(map(len, int8_dets)) == pytest.approx(sum(map(len, float_dets)), abs=2)
     for a, b in zip(float_dets, int8_dets, strict=True):
         for x, y in zip(a, b, strict=False):
@@ -200,8 +201,8 @@ def test_calibrated_int8_quantises_the_pyramid_and_rpn_convolutions_and_keeps_th
     # the pyramid's and RPN's convolutions read int8 weights; the body's and the mask head's stay float
     assert all((n.input[1] in quantised) == n.name.startswith(STATIC_INT8_PREFIXES) for n in convs)
     assert any(n.name.startswith(STATIC_INT8_PREFIXES) for n in convs)
-    float_dets = Predictor.from_checkpoint(files["onnx"]).predict(images)
-    int8_dets = Predictor.from_checkpoint(tmp_path / "model.static.onnx").predict(images)
+    float_dets = load_predictor(files["onnx"]).predict(images)
+    int8_dets = load_predictor(tmp_path / "model.static.onnx").predict(images)
     assert sum(map(len, int8_dets)) == pytest.approx(sum(map(len, float_dets)), abs=2)
     # random weights score many boxes alike, so int8 may swap neighbours: scores compared in order, on average
     diffs = [abs(x - y) for a, b in zip(float_dets, int8_dets, strict=True)

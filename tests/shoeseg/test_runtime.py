@@ -54,7 +54,7 @@ def test_a_version_gets_its_onnx_file_beside_its_checkpoint_once(tmp_path):
     box = a[0].box_xyxy
     assert served.predict_in_box(image, box).score == pytest.approx(plain.predict_in_box(image, box).score, abs=1e-4)
     assert np.allclose(served.embed([image]), plain.embed([image]), atol=1e-5)
-    alone = Predictor.from_checkpoint(onnx_file)
+    alone = load_predictor(onnx_file)
     with pytest.raises(NotImplementedError, match="model.onnx"):
         alone.embed([image])
 

@@ -169,8 +169,13 @@ def test_optimizer_and_average_settings_are_checked_and_used(tmp_path, monkeypat
     from shoeseg.optim import WeightAverage, make_optimizer
 
     p = [torch.nn.Parameter(torch.zeros(2))]
-    assert isinstance(make_optimizer(TrainConfig(optimizer="AdamW", base_lr=1e-4), p), torch.optim.AdamW)
-    assert isinstance(make_optimizer(TrainConfig(), p), torch.optim.SGD)
+    adamw = make_optimizer("AdamW", p, lr=1e-4, momentum=0.8, weight_decay=0.01)
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.param_groups[0]["betas"] == (0.8, 0.999) and adamw.param_groups[0]["lr"] == 1e-4
+    sgd = make_optimizer("sgd", p, lr=0.005, momentum=0.9, weight_decay=1e-4)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
+        make_optimizer("lamb", p, lr=1e-4, momentum=0.9, weight_decay=0.0)
     with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
         TrainConfig(optimizer="lamb")
     with pytest.raises(ValueError, match="ema_decay"):

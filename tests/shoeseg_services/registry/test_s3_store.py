@@ -25,7 +25,7 @@ def tiny_checkpoint(path: Path, version: str, *, parent: str | None = None, seed
     """A checkpoint file the registry accepts: ShoeSeg's format with a few random weights."""
     import torch
 
-    from shoeseg.checkpoint import CHECKPOINT_FORMAT
+    from shoeseg.weights_file import CHECKPOINT_FORMAT
 
     g = torch.Generator().manual_seed(seed)
     meta = {"format": CHECKPOINT_FORMAT, "version": version, "class_names": ["shoe"], "model_config": {},
