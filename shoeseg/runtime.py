@@ -5,8 +5,8 @@ file (:mod:`shoeseg.export`), one image per call; masks, polygons and :class:`~s
 objects come from the same code as PyTorch's.
 
 :func:`load_predictor` opens any model file: an exported file as an :class:`ExportedPredictor`, a checkpoint in
-the runtime the ``SHOESEG_RUNTIME`` setting names (the backend, the worker's push and ``shoeseg predict`` /
-``eval`` call it):
+the runtime it is given: the backend and the worker's push give the ``SHOESEG_RUNTIME`` setting, ``shoeseg
+predict`` / ``eval`` and :func:`shoeseg.evaluate.evaluate` give ``torch``:
 
 * ``torch``: the checkpoint in PyTorch (its int8 box head and flip TTA as it records);
 * ``onnx``: ONNX Runtime on the file exported beside the checkpoint (``model.onnx`` beside ``model.pt`` in a
