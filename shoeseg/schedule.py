@@ -82,25 +82,33 @@ def fine_tune_config(config: TrainConfig, *, init_from: str, new_images: int | N
 
 
 def budget_iters(iters: int, *, seconds_per_iter: float | None, budget_s: float,
-                 floor: int = MIN_ROUND_ITERS) -> int:
-    """A round's iterations cut to a time budget: ``min(iters, max(floor, budget_s // seconds_per_iter))``.
+                 floor: int = MIN_ROUND_ITERS, done: int = 0, elapsed_s: float = 0.0) -> int:
+    """Iterations cut to a time budget: ``min(iters, max(floor, done + (budget_s - elapsed_s) // seconds_per_iter))``.
+
+    Sizes a round before it starts (from its parent's seconds per iteration, ``done`` 0) and a full training
+    while it runs (``TrainConfig.time_budget_s``: from its own first iterations, ``done`` of them taking
+    ``elapsed_s``).
 
     Args:
-        iters: what the rule (:func:`round_iters`) asks for.
+        iters: what the schedule asks for (:func:`round_iters`, or the profile's).
         seconds_per_iter: what one iteration costs here (``None`` or not positive: unknown, ``iters`` stands).
-        budget_s: the training seconds a round may take (0 or less: no budget).
+        budget_s: the training seconds the run may take (0 or less: no budget).
         floor: the fewest iterations a budget leaves (:data:`MIN_ROUND_ITERS`: 40 at half the rate scored
             within 0.003 of a from-scratch training, docs/improving.md).
+        done / elapsed_s: iterations already run and the seconds they took.
 
     Example:
         >>> budget_iters(120, seconds_per_iter=5.8, budget_s=360), budget_iters(120, seconds_per_iter=0.2, budget_s=360)
         (62, 120)
         >>> budget_iters(120, seconds_per_iter=30.0, budget_s=360), budget_iters(120, seconds_per_iter=None, budget_s=360)
         (40, 120)
+        >>> budget_iters(200, seconds_per_iter=5.0, budget_s=780, floor=100, done=20, elapsed_s=110.0)
+        154
     """
     if budget_s <= 0 or not seconds_per_iter or seconds_per_iter <= 0:
         return int(iters)
-    return int(min(int(iters), max(int(floor), int(budget_s // seconds_per_iter))))
+    fits = int(done) + int(max(0.0, budget_s - elapsed_s) // seconds_per_iter)
+    return int(min(int(iters), max(int(floor), fits)))
 
 
 #: The idle-time continuation (``worker.improving``): AdamW at half the cpu profile's rate, at a third larger

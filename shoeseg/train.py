@@ -26,7 +26,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ from via_tools.images import ImageReadError
 from via_tools.model import AnnotationSet
 
 log = logging.getLogger(__name__)
+
+#: Iterations a run with a time budget (``TrainConfig.time_budget_s``) measures before it fits its schedule.
+BUDGET_PROBE_ITERS = 10
 
 @dataclass(frozen=True)
 class TrainConfig(ModelSettings):
@@ -90,6 +93,12 @@ class TrainConfig(ModelSettings):
         amp: mixed precision on CUDA.
         clip_grad_norm: clip the gradients' total norm to this (``SOLVER.CLIP_GRADIENTS``); ``None``: off.
         progress_bar: show a tqdm bar.
+        time_budget_s: training seconds the run may take (0: no budget). After its first
+            :data:`BUDGET_PROBE_ITERS` iterations the schedule is cut to what fits at the seconds per iteration
+            measured on them (:func:`shoeseg.schedule.budget_iters`), never below half of ``iters``; the step
+            decay follows the shorter schedule. The worker gives a full training ``SHOESEG_TRAIN_BUDGET_S``, so
+            the first pre-labels come in about the same time on a slower machine (fewer iterations; idle-time
+            training continues them).
     """
 
     iters: int = 600
@@ -116,6 +125,7 @@ class TrainConfig(ModelSettings):
     amp: bool = True
     clip_grad_norm: float | None = None
     progress_bar: bool = True
+    time_budget_s: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -135,6 +145,9 @@ class TrainConfig(ModelSettings):
         if self.steps is not None:
             object.__setattr__(self, "steps", tuple(sorted(int(s) for s in self.steps)))
         object.__setattr__(self, "log_period", max(1, int(self.log_period)))
+        if not (self.time_budget_s >= 0 and math.isfinite(self.time_budget_s)):
+            raise ValueError(f"time_budget_s must be 0 (no budget) or a positive number of seconds, "
+                             f"got {self.time_budget_s}")
 
     @classmethod
     def for_profile(cls, profile: str = "auto", *, device: str = "auto", **overrides: Any) -> TrainConfig:
@@ -489,8 +502,11 @@ def _train(
     steps_done = images_seen = 0
     t_loop = time.perf_counter()
     mfile = open(metrics_path, "w", encoding="utf-8") if main else None
+    budget: dict[str, Any] | None = None
+    t_first = 0.0
     try:
-        for it in range(config.iters):
+        it = 0
+        while it < config.iters:
             t_data = time.perf_counter()
             images, targets = next(data_iter)
             images = [im.to(device, non_blocking=True) for im in images]
@@ -511,7 +527,16 @@ def _train(
                 window[k].append(v)
             if bar is not None:
                 bar.update(1)
-            done = it + 1
+            done = it = it + 1
+            if done == 1:
+                t_first = time.perf_counter() - t_loop
+            if config.time_budget_s > 0 and done == BUDGET_PROBE_ITERS < config.iters:
+                config, budget = _fit_to_budget(config, denv=denv, device=device, done=done, t_first=t_first,
+                                                elapsed_s=time.perf_counter() - t_loop)
+                scheduler.lr_lambdas[0] = config.lr_factor  # the step decay follows the shorter schedule
+                if bar is not None:
+                    bar.total = config.iters
+                    bar.refresh()
             if main and (done % config.log_period == 0 or done == config.iters):
                 elapsed = time.perf_counter() - t_loop
                 eta = elapsed / done * (config.iters - done)
@@ -554,6 +579,8 @@ def _train(
     core.eval()
     final: dict[str, Any] = {"iterations": config.iters, "train_s": round(train_s, 2),
                              "train_losses": {k: rows[-1][k] for k in LOSS_KEYS if k in rows[-1]}}
+    if budget is not None:
+        final["time_budget"] = budget
     if denv.enabled:
         final["distributed"] = {
             "world_size": denv.world_size, "backend": distributed.backend_for(device),
@@ -585,6 +612,28 @@ def _train(
     return TrainResult(checkpoint=ckpt_path, metrics=rows, run_dir=run_dir, version=version, class_names=class_names,
                        eval=eval_result, loss_plot=plot_path, wall_s=time.perf_counter() - t_start,
                        final_metrics=final)
+
+
+def _fit_to_budget(config: TrainConfig, *, denv, device: torch.device, done: int, t_first: float,
+                   elapsed_s: float) -> tuple[TrainConfig, dict[str, Any]]:
+    """``config`` with its iterations cut to ``config.time_budget_s`` at the seconds per iteration of iterations
+    2..``done`` (the first one loads and warms up: counted in the elapsed time, not in the rate); under torchrun
+    the slowest process decides, so every rank cuts alike. Returns the config and what was decided."""
+    from shoeseg import distributed
+    from shoeseg.schedule import budget_iters
+
+    per_iter = (elapsed_s - t_first) / max(1, done - 1)
+    ranks = distributed.per_rank(denv, device, [per_iter, elapsed_s])
+    per_iter, elapsed_s = max(r[0] for r in ranks), max(r[1] for r in ranks)
+    iters = budget_iters(config.iters, seconds_per_iter=per_iter, budget_s=config.time_budget_s,
+                         floor=max(done, config.iters // 2), done=done, elapsed_s=elapsed_s)
+    decided = {"budget_s": config.time_budget_s, "planned_iters": config.iters, "iters": iters,
+               "seconds_per_iter": round(per_iter, 3)}
+    if iters < config.iters:
+        log.info("%d iterations cut to %d: a budget of %g s at %.2f s per iteration", config.iters, iters,
+                 config.time_budget_s, per_iter)
+        config = replace(config, iters=iters)
+    return config, decided
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -31,6 +31,7 @@ settings without loading torch.
 | ``SHOESEG_GATE_CONFIDENCE`` | ``0.9`` | the gate's bootstrap interval (``shoeseg.gate``): refused when the whole interval is below 0 |
 | ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the validation subset when its hash % modulo == 0 ... |
 | ``SHOESEG_VAL_MAX`` | ``30`` | ... and among the ``SHOESEG_VAL_MAX`` such tasks of lowest hash (the rest train) |
+| ``SHOESEG_TRAIN_BUDGET_S`` | ``780`` | training seconds of a full training (the first version, a full retrain): after its first 10 iterations its schedule is cut to fit at their seconds per iteration (at least half of it; 0: no budget), so the first pre-labels come within about 15 minutes on a slower machine too; idle training continues after it |
 | ``SHOESEG_ROUND_BUDGET_S`` | ``360`` | training seconds of a fine-tuning round: its iterations are cut to fit at its parent's seconds per iteration (at least 40; 0: no budget), idle training continues after it |
 | ``SHOESEG_IDLE_TRAINING`` | ``true`` | keep improving the current version while the project has no other job (``worker.improving``) |
 | ``SHOESEG_IDLE_CHUNK_ITERS`` | ``60`` | iterations of one idle-time chunk (each chunk that passes the gate is a version) |
@@ -257,6 +258,10 @@ class Settings:
         val_rotation: ``newest`` (the newest labels neither version trained on judge; older validation tasks move
             into training, :func:`worker.promotion.rotate_validation`) or ``fixed`` (the task-id hash subset
             judges for good) (``SHOESEG_VAL_ROTATION``).
+        train_budget_s: the training seconds of a full training (``TrainConfig.time_budget_s``): 13 minutes, so
+            that with the model's start, its evaluation and the push the first version is served within 15
+            minutes of the import on 2 cores; a slower machine trains fewer iterations, idle-time training
+            continues them.
         round_budget_s: the training seconds of a fine-tuning round (:func:`shoeseg.schedule.budget_iters`): 6
             minutes, so that with the gate's evaluation and the push new labels are served within about 8
             minutes on 2 cores; the rest of the rule's iterations come from idle-time training right after.
@@ -333,6 +338,7 @@ class Settings:
     gate_confidence: float = 0.9
     val_max: int = 30
     val_rotation: str = "newest"
+    train_budget_s: float = 780.0
     round_budget_s: float = 360.0
     idle_training: bool = True
     idle_chunk_iters: int = 60
@@ -432,6 +438,7 @@ class Settings:
             gate_confidence=_float(env, "SHOESEG_GATE_CONFIDENCE", d.gate_confidence, lo=0.5, hi=0.999),
             val_max=_int(env, "SHOESEG_VAL_MAX", d.val_max, minimum=1),
             val_rotation=_choice(env, "SHOESEG_VAL_ROTATION", d.val_rotation, VAL_ROTATIONS),
+            train_budget_s=_float(env, "SHOESEG_TRAIN_BUDGET_S", d.train_budget_s, lo=0.0, hi=1e7),
             round_budget_s=_float(env, "SHOESEG_ROUND_BUDGET_S", d.round_budget_s, lo=0.0, hi=1e7),
             idle_training=_bool(env, "SHOESEG_IDLE_TRAINING", d.idle_training),
             idle_chunk_iters=_int(env, "SHOESEG_IDLE_CHUNK_ITERS", d.idle_chunk_iters, minimum=1),

@@ -84,7 +84,9 @@ def train_config(settings: Settings, *, weights: str | None, init_from: str | No
     labelled images, unless ``SHOESEG_TRAIN_ITERS`` fixes the iterations. With the parent version's metadata
     (``parent_meta``): a parent that idle-time training enlarged keeps its input size (a round at a smaller one
     would undo it), and the round's iterations are cut to ``SHOESEG_ROUND_BUDGET_S`` at the parent's seconds per
-    iteration (:func:`shoeseg.schedule.budget_iters`; scaled by the pixels when the sizes differ).
+    iteration (:func:`shoeseg.schedule.budget_iters`; scaled by the pixels when the sizes differ). A full training
+    (no ``init_from``) runs with ``SHOESEG_TRAIN_BUDGET_S`` as its time budget: it fits its schedule to its own
+    first iterations (``TrainConfig.time_budget_s``). ``SHOESEG_TRAIN_ITERS`` turns both budgets off.
     """
     from shoeseg.schedule import budget_iters, fine_tune_config, round_iters
     from shoeseg.train import TrainConfig
@@ -95,6 +97,8 @@ def train_config(settings: Settings, *, weights: str | None, init_from: str | No
     if settings.min_size is None and int(parent.get("min_size") or 0) > config.min_size:
         config = replace(config, min_size=int(parent["min_size"]),
                          max_size=max(config.max_size, int(parent.get("max_size") or 0)))
+    if init_from is None and settings.train_iters is None:
+        config = replace(config, time_budget_s=settings.train_budget_s)  # cut while it runs, to its own pace
     if init_from is not None and new is not None and settings.train_iters is None:
         iters = round_iters(config.iters, new)
         per_iter = parent_seconds_per_iter(parent_meta, min_size=config.min_size)

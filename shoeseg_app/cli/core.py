@@ -235,6 +235,9 @@ def register(app: typer.Typer) -> None:
                                     help="Recipe that fills the defaults: cpu, study, gpu, or auto (from the device)."),
         arch: str | None = typer.Option(None, "--arch", help="Model family: r50-fpn, lite0-fpn or lite2-fpn."),
         iters: int | None = typer.Option(None, "--iters", help="Iterations (MAX_ITER)."),
+        time_budget: float | None = typer.Option(
+            None, "--time-budget", min=0, help="Training seconds: after 10 iterations the schedule is cut to fit at "
+            "their pace (at least half of it; 0: none)."),
         ims_per_batch: int | None = typer.Option(None, "--ims-per-batch", help="Images per iteration (IMS_PER_BATCH)."),
         base_lr: float | None = typer.Option(None, "--base-lr", help="Learning rate after warm-up (BASE_LR)."),
         warmup_iters: int | None = typer.Option(None, "--warmup-iters", help="Linear warm-up iterations."),
@@ -290,7 +293,7 @@ def register(app: typer.Typer) -> None:
                 "--mask-resolution": mask_resolution, "--mask-boundary-weight": mask_boundary_weight,
                 "--device": device.value if device is not Device.auto else None, "--weights": weights,
                 "--copy-paste": copy_paste, "--init-from": init_from, "--clip-grad": clip_grad,
-                "--optimizer": optimizer, "--ema-decay": ema_decay})
+                "--optimizer": optimizer, "--ema-decay": ema_decay, "--time-budget": time_budget})
         else:
             config = TrainConfig.for_profile(
                 profile, device=device.value, arch=arch, iters=iters, ims_per_batch=ims_per_batch, base_lr=base_lr,
@@ -298,7 +301,7 @@ def register(app: typer.Typer) -> None:
                 max_size=max_size, mask_resolution=mask_resolution,
                 mask_boundary_weight=mask_boundary_weight, weights=weights, copy_paste=copy_paste,
                 init_from=str(init_from) if init_from else None, log_period=log_period, seed=seed,
-                clip_grad_norm=clip_grad, optimizer=optimizer, ema_decay=ema_decay,
+                clip_grad_norm=clip_grad, optimizer=optimizer, ema_decay=ema_decay, time_budget_s=time_budget,
             )
         if (config.init_from is None and str(config.weights).lower() == "coco" and rank.local_rank == 0
                 and not coco_weights_cache_path().is_file()):

@@ -92,6 +92,30 @@ def test_fine_tuning_from_a_checkpoint_records_its_parent(short_run):
     assert load_checkpoint(child.checkpoint).parent_version == result.version
 
 
+def test_a_time_budget_cuts_the_schedule_after_its_probe_and_the_decay_follows(short_run):
+    _, _, ds, d = short_run
+    calls = []
+    # a budget nothing fits in: cut to the floor, half the schedule, once BUDGET_PROBE_ITERS (10) have run
+    cfg = TrainConfig(iters=30, log_period=5, time_budget_s=1e-6, **TINY)
+    result = train(cfg, dataset=ds, images_dir=d / "images", out_dir=d / "budget", progress=calls.append)
+    assert [r["iteration"] for r in result.metrics] == [5, 10, 15]
+    assert [c["max_iter"] for c in calls] == [30, 15, 15]  # decided at iteration 10, before its report
+    # the step decay of a 15-iteration schedule (steps 11 and 14), not of the 30 planned (22 and 27)
+    assert result.metrics[-1]["lr"] == pytest.approx(0.01 * 0.1 ** 2)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt.config["iters"] == 15 and ckpt.config["steps"] == [11, 14]
+    budget = ckpt.metrics["time_budget"]
+    assert (budget["planned_iters"], budget["iters"], budget["budget_s"]) == (30, 15, 1e-6)
+    assert budget["seconds_per_iter"] > 0
+    # a budget that fits: the schedule stands, and what was decided is recorded all the same
+    roomy = train(TrainConfig(iters=12, log_period=6, time_budget_s=1e6, **TINY), dataset=ds,
+                  images_dir=d / "images", out_dir=d / "roomy")
+    assert [r["iteration"] for r in roomy.metrics] == [6, 12]
+    assert roomy.final_metrics["time_budget"]["iters"] == 12
+    with pytest.raises(ValueError, match="time_budget_s"):
+        TrainConfig(time_budget_s=-1)
+
+
 def test_nan_losses_raise(short_run):
     _, _, ds, d = short_run
     cfg = TrainConfig(iters=6, log_period=1, **{**TINY, "base_lr": 1e12, "warmup_iters": 0, "clip_grad_norm": None})

@@ -17,7 +17,7 @@ from rq.registry import FailedJobRegistry
 
 from shoeseg_services import trigger
 from shoeseg_services.queues import PREDICT_QUEUE, TRAIN_QUEUE
-from shoeseg_services.settings import Settings
+from shoeseg_services.settings import Settings, SettingsError
 from via_tools.labelstudio import labeling_config
 from worker import jobs
 
@@ -266,3 +266,19 @@ def test_a_round_on_a_slow_machine_is_cut_to_its_time_budget_and_keeps_its_paren
     # the parent's cost is scaled by the pixels to the round's size
     assert parent_seconds_per_iter(slow, min_size=256) == pytest.approx(5.8 / 4)
     assert parent_seconds_per_iter({"final_losses": {"time": 5.8}}, min_size=384) is None  # size unknown
+    # a round fine-tunes on its budget decided up front; it runs without an in-run budget of its own
+    assert cut.time_budget_s == 0
+
+
+def test_a_full_training_runs_with_the_train_budget_unless_the_iterations_are_fixed():
+    from worker.training import train_config
+
+    first = train_config(Settings.from_env({"SHOESEG_PROFILE": "cpu"}), weights=None, init_from=None, seed=0)
+    assert (first.iters, first.time_budget_s) == (200, 780)  # the profile's schedule, cut while it runs
+    assert train_config(Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_TRAIN_BUDGET_S": "0"}),
+                        weights=None, init_from=None, seed=0).time_budget_s == 0
+    fixed = Settings.from_env({"SHOESEG_PROFILE": "cpu", "SHOESEG_TRAIN_ITERS": "50"})
+    assert (train_config(fixed, weights=None, init_from=None, seed=0).iters,
+            train_config(fixed, weights=None, init_from=None, seed=0).time_budget_s) == (50, 0)
+    with pytest.raises(SettingsError, match="SHOESEG_TRAIN_BUDGET_S"):
+        Settings.from_env({"SHOESEG_TRAIN_BUDGET_S": "soon"})
