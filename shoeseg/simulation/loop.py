@@ -153,6 +153,13 @@ def _drop(checkpoint: Path) -> None:
         log.warning("could not delete %s: %s", checkpoint, e)
 
 
+def _unfinished_chains(selections: dict[str, Any], seed: int, rounds: int) -> list[str]:
+    """Strategies whose chain on ``seed`` was started (by this run or an earlier one) and not finished: they
+    still need the seed's first version."""
+    return sorted(s for s, by_seed in selections["rounds"].items()
+                  if 0 < len(by_seed.get(str(seed)) or []) < rounds - 1)
+
+
 def run_simulation(
     cfg: SimulationConfig,
     *,
@@ -287,7 +294,12 @@ def run_simulation(
                 taken = {im.file_name for im in labelled}
                 unlabelled = [im for im in pool if im.file_name not in taken]
                 prev = None if first == 0 else _run_dir(out_dir, seed, strategy, first - 1) / "model.pt"
-                if prev is not None and not prev.is_file():
+                if prev == round0_ckpt and not prev.is_file():
+                    # removed when the seed's other strategies finished: the first version is trained again
+                    log.info("seed %d: its first version is trained again for %s (its checkpoint %s is gone)",
+                             seed, strategy, prev)
+                    prev = round0(list(start_images))[0].checkpoint
+                elif prev is not None and not prev.is_file():
                     raise ValueError(f"cannot resume {strategy} seed {seed} at round {first}: the checkpoint of round "
                                      f"{first - 1} ({prev}) is gone; choose another output folder")
                 for r in range(first, cfg.rounds):
@@ -330,7 +342,8 @@ def run_simulation(
                         names = {im.file_name for im in picked}
                         labelled += picked
                         unlabelled = [im for im in unlabelled if im.file_name not in names]
-            if not cfg.keep_checkpoints and all((s, seed, r) in done for s in cfg.strategies for r in range(cfg.rounds)):
+            if not cfg.keep_checkpoints and all((s, seed, r) in done for s in cfg.strategies for r in range(cfg.rounds)) \
+                    and not _unfinished_chains(selections, seed, cfg.rounds):
                 _drop(round0_ckpt)
     finally:
         bar.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -125,6 +126,33 @@ def test_a_stopped_run_resumed_gives_the_rows_of_an_uninterrupted_one(tmp_path, 
     assert read_csv(tmp_path / "part" / "simulation.csv")[: len(partial)] == partial  # appended, not rewritten
     assert json.loads(res.selections_path.read_text())["rounds"] == json.loads(
         expected.selections_path.read_text())["rounds"]
+
+
+def test_a_resume_with_fewer_strategies_keeps_the_first_version_the_others_still_need(tmp_path, monkeypatch):
+    ds, images_dir = make_simulation_set(tmp_path, n=12)
+    both = dict(FAKE, strategies=["random", "least_confidence"], seeds=[0])
+    cfg = SimulationConfig(**both, train=TrainConfig.for_profile("cpu", iters=100))
+    _fake_model(monkeypatch, FakeTrainer())
+    expected = run_simulation(cfg, dataset=ds, images_dir=images_dir, out_dir=tmp_path / "whole", show_progress=False)
+    # stopped in least_confidence's round 1 (calls: round 0, random's rounds 1 and 2, then this one)
+    _fake_model(monkeypatch, FakeTrainer(crash_at=4))
+    with pytest.raises(KeyboardInterrupt):
+        run_simulation(cfg, dataset=ds, images_dir=images_dir, out_dir=tmp_path / "part", show_progress=False)
+    first_version = tmp_path / "part" / "runs" / "seed0" / "round0" / "model.pt"
+    # resumed with random alone, which is finished: least_confidence's chain still needs the first version
+    _fake_model(monkeypatch, FakeTrainer())
+    run_simulation(replace(cfg, strategies=["random"]), dataset=ds, images_dir=images_dir, out_dir=tmp_path / "part",
+                   show_progress=False, resume=True)
+    assert first_version.is_file()
+    # a first version removed anyway (as runs before this rule did) is trained again, and the rows come out alike
+    first_version.unlink()
+    resumed = FakeTrainer()
+    _fake_model(monkeypatch, resumed)
+    res = run_simulation(cfg, dataset=ds, images_dir=images_dir, out_dir=tmp_path / "part", show_progress=False,
+                         resume=True)
+    assert [iters for _, iters in resumed.calls] == [100, 40, 40]  # the first version, then its two rounds
+    assert _without_seconds(res.rows) == _without_seconds(expected.rows)
+    assert not list((tmp_path / "part" / "runs").rglob("model.pt"))
 
 
 def test_resume_adds_seeds_but_refuses_other_settings(tmp_path, monkeypatch):
