@@ -86,7 +86,7 @@ def budget_iters(iters: int, *, seconds_per_iter: float | None, budget_s: float,
     """Iterations cut to a time budget: ``min(iters, max(floor, done + (budget_s - elapsed_s) // seconds_per_iter))``.
 
     Sizes a round before it starts (from its parent's seconds per iteration, ``done`` 0) and a full training
-    while it runs (``TrainConfig.time_budget_s``: from its own first iterations, ``done`` of them taking
+    while it runs (``TrainConfig.time_budget_s``: at the pace of its last iterations, ``done`` of them taking
     ``elapsed_s``).
 
     Args:

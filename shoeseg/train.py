@@ -52,7 +52,8 @@ from via_tools.model import AnnotationSet
 
 log = logging.getLogger(__name__)
 
-#: Iterations a run with a time budget (``TrainConfig.time_budget_s``) measures before it fits its schedule.
+#: A run with a time budget (``TrainConfig.time_budget_s``) fits its schedule again after every this many
+#: iterations, at the pace of the last ones (an iteration gets slower as the heads find more shoes to learn from).
 BUDGET_PROBE_ITERS = 10
 
 @dataclass(frozen=True)
@@ -93,10 +94,10 @@ class TrainConfig(ModelSettings):
         amp: mixed precision on CUDA.
         clip_grad_norm: clip the gradients' total norm to this (``SOLVER.CLIP_GRADIENTS``); ``None``: off.
         progress_bar: show a tqdm bar.
-        time_budget_s: training seconds the run may take (0: no budget). After its first
-            :data:`BUDGET_PROBE_ITERS` iterations the schedule is cut to what fits at the seconds per iteration
-            measured on them (:func:`shoeseg.schedule.budget_iters`), never below half of ``iters``; the step
-            decay follows the shorter schedule. The worker gives a full training ``SHOESEG_TRAIN_BUDGET_S``, so
+        time_budget_s: training seconds the run may take (0: no budget). Every :data:`BUDGET_PROBE_ITERS`
+            iterations the schedule is cut to what fits in the rest of the budget at the seconds per iteration of
+            the last ones (:func:`shoeseg.schedule.budget_iters`), never below half of ``iters``; the step decay
+            follows the shorter schedule (a cut only moves it earlier). The worker gives a full training ``SHOESEG_TRAIN_BUDGET_S``, so
             the first pre-labels come in about the same time on a slower machine (fewer iterations; idle-time
             training continues them).
     """
@@ -503,7 +504,7 @@ def _train(
     t_loop = time.perf_counter()
     mfile = open(metrics_path, "w", encoding="utf-8") if main else None
     budget: dict[str, Any] | None = None
-    t_first = 0.0
+    t_probe, planned = 0.0, config.iters
     try:
         it = 0
         while it < config.iters:
@@ -528,11 +529,14 @@ def _train(
             if bar is not None:
                 bar.update(1)
             done = it = it + 1
-            if done == 1:
-                t_first = time.perf_counter() - t_loop
-            if config.time_budget_s > 0 and done == BUDGET_PROBE_ITERS < config.iters:
-                config, budget = _fit_to_budget(config, denv=denv, device=device, done=done, t_first=t_first,
-                                                elapsed_s=time.perf_counter() - t_loop)
+            if done == 1:  # the first iteration loads and warms up: in the elapsed time, not in the pace
+                t_probe = time.perf_counter() - t_loop
+            if config.time_budget_s > 0 and done % BUDGET_PROBE_ITERS == 0 and done < config.iters:
+                elapsed = time.perf_counter() - t_loop
+                per_iter = (elapsed - t_probe) / (BUDGET_PROBE_ITERS - (done == BUDGET_PROBE_ITERS))
+                config, budget = _fit_to_budget(config, denv=denv, device=device, done=done, planned=planned,
+                                                per_iter=per_iter, elapsed_s=elapsed)
+                t_probe = elapsed
                 scheduler.lr_lambdas[0] = config.lr_factor  # the step decay follows the shorter schedule
                 if bar is not None:
                     bar.total = config.iters
@@ -614,24 +618,23 @@ def _train(
                        final_metrics=final)
 
 
-def _fit_to_budget(config: TrainConfig, *, denv, device: torch.device, done: int, t_first: float,
+def _fit_to_budget(config: TrainConfig, *, denv, device: torch.device, done: int, planned: int, per_iter: float,
                    elapsed_s: float) -> tuple[TrainConfig, dict[str, Any]]:
-    """``config`` with its iterations cut to ``config.time_budget_s`` at the seconds per iteration of iterations
-    2..``done`` (the first one loads and warms up: counted in the elapsed time, not in the rate); under torchrun
-    the slowest process decides, so every rank cuts alike. Returns the config and what was decided."""
+    """``config`` with its iterations cut to what fits in ``config.time_budget_s`` after ``done`` iterations took
+    ``elapsed_s``, at ``per_iter`` seconds each, never below half the ``planned`` schedule; under torchrun the
+    slowest process decides, so every rank cuts alike. Returns the config and what was decided."""
     from shoeseg import distributed
     from shoeseg.schedule import budget_iters
 
-    per_iter = (elapsed_s - t_first) / max(1, done - 1)
     ranks = distributed.per_rank(denv, device, [per_iter, elapsed_s])
     per_iter, elapsed_s = max(r[0] for r in ranks), max(r[1] for r in ranks)
     iters = budget_iters(config.iters, seconds_per_iter=per_iter, budget_s=config.time_budget_s,
-                         floor=max(done, config.iters // 2), done=done, elapsed_s=elapsed_s)
-    decided = {"budget_s": config.time_budget_s, "planned_iters": config.iters, "iters": iters,
+                         floor=max(done, planned // 2), done=done, elapsed_s=elapsed_s)
+    decided = {"budget_s": config.time_budget_s, "planned_iters": planned, "iters": iters, "decided_at": done,
                "seconds_per_iter": round(per_iter, 3)}
     if iters < config.iters:
-        log.info("%d iterations cut to %d: a budget of %g s at %.2f s per iteration", config.iters, iters,
-                 config.time_budget_s, per_iter)
+        log.info("%d iterations cut to %d after %d (%.0f s): a budget of %g s at %.2f s per iteration", config.iters,
+                 iters, done, elapsed_s, config.time_budget_s, per_iter)
         config = replace(config, iters=iters)
     return config, decided
 

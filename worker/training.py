@@ -86,7 +86,7 @@ def train_config(settings: Settings, *, weights: str | None, init_from: str | No
     would undo it), and the round's iterations are cut to ``SHOESEG_ROUND_BUDGET_S`` at the parent's seconds per
     iteration (:func:`shoeseg.schedule.budget_iters`; scaled by the pixels when the sizes differ). A full training
     (no ``init_from``) runs with ``SHOESEG_TRAIN_BUDGET_S`` as its time budget: it fits its schedule to its own
-    first iterations (``TrainConfig.time_budget_s``). ``SHOESEG_TRAIN_ITERS`` turns both budgets off.
+    pace as it runs (``TrainConfig.time_budget_s``). ``SHOESEG_TRAIN_ITERS`` turns both budgets off.
     """
     from shoeseg.schedule import budget_iters, fine_tune_config, round_iters
     from shoeseg.train import TrainConfig

@@ -236,8 +236,8 @@ def register(app: typer.Typer) -> None:
         arch: str | None = typer.Option(None, "--arch", help="Model family: r50-fpn, lite0-fpn or lite2-fpn."),
         iters: int | None = typer.Option(None, "--iters", help="Iterations (MAX_ITER)."),
         time_budget: float | None = typer.Option(
-            None, "--time-budget", min=0, help="Training seconds: after 10 iterations the schedule is cut to fit at "
-            "their pace (at least half of it; 0: none)."),
+            None, "--time-budget", min=0, help="Training seconds: every 10 iterations the schedule is cut to what "
+            "fits the rest at their pace (at least half of it; 0: none)."),
         ims_per_batch: int | None = typer.Option(None, "--ims-per-batch", help="Images per iteration (IMS_PER_BATCH)."),
         base_lr: float | None = typer.Option(None, "--base-lr", help="Learning rate after warm-up (BASE_LR)."),
         warmup_iters: int | None = typer.Option(None, "--warmup-iters", help="Linear warm-up iterations."),

@@ -105,7 +105,7 @@ def test_a_time_budget_cuts_the_schedule_after_its_probe_and_the_decay_follows(s
     ckpt = load_checkpoint(result.checkpoint)
     assert ckpt.config["iters"] == 15 and ckpt.config["steps"] == [11, 14]
     budget = ckpt.metrics["time_budget"]
-    assert (budget["planned_iters"], budget["iters"], budget["budget_s"]) == (30, 15, 1e-6)
+    assert (budget["planned_iters"], budget["iters"], budget["budget_s"], budget["decided_at"]) == (30, 15, 1e-6, 10)
     assert budget["seconds_per_iter"] > 0
     # a budget that fits: the schedule stands, and what was decided is recorded all the same
     roomy = train(TrainConfig(iters=12, log_period=6, time_budget_s=1e6, **TINY), dataset=ds,
@@ -114,6 +114,30 @@ def test_a_time_budget_cuts_the_schedule_after_its_probe_and_the_decay_follows(s
     assert roomy.final_metrics["time_budget"]["iters"] == 12
     with pytest.raises(ValueError, match="time_budget_s"):
         TrainConfig(time_budget_s=-1)
+
+
+def test_the_budget_is_fitted_again_at_the_pace_of_the_last_iterations_and_only_ever_shortens():
+    import torch
+
+    from shoeseg.distributed import DistEnv
+    from shoeseg.train import _fit_to_budget
+
+    def fit(cfg, **kw):
+        return _fit_to_budget(cfg, denv=DistEnv(), device=torch.device("cpu"), planned=200, **kw)
+
+    cfg = TrainConfig(iters=200, time_budget_s=780.0)
+    # the first ten iterations are the cheap ones (few shoes found yet): 196 would fit at their pace ...
+    cfg, decided = fit(cfg, done=10, per_iter=3.96, elapsed_s=40.0)
+    assert cfg.iters == 196 and decided["seconds_per_iter"] == 3.96
+    # ... later ones take 5.2 s: what is left of the budget fits 119 more after the 40 run
+    cfg, decided = fit(cfg, done=40, per_iter=5.2, elapsed_s=160.0)
+    assert (cfg.iters, decided["decided_at"], decided["planned_iters"]) == (159, 40, 200)
+    assert cfg.resolved_steps() == (119, 143)
+    # a faster stretch does not lengthen it again (the decay must not move back), and a spent budget stops it
+    # where it is, never before half the plan
+    assert fit(cfg, done=50, per_iter=1.0, elapsed_s=170.0)[0].iters == 159
+    assert fit(cfg, done=120, per_iter=9.0, elapsed_s=900.0)[0].iters == 120
+    assert fit(cfg, done=60, per_iter=9.0, elapsed_s=900.0)[0].iters == 100
 
 
 def test_nan_losses_raise(short_run):
