@@ -25,6 +25,7 @@ Run (nothing else on the machine, about 75 minutes):
 
 * ``python -m bench.bench_improving --out bench/out/improving --minutes 60`` (no click);
 * ``python -m bench.bench_improving --out bench/out/improving-labels --minutes 60 --add-at 20``;
+* ``--set SHOESEG_TRAIN_BUDGET_S=0`` (repeatable): the same with a setting other than ``make up``'s;
 * ``python -m bench.bench_improving --tiny --out bench/out/improving-tiny``: the same flow in a few minutes on 9
   photos at 128-192 px with 2-iteration trainings, a smoke test whose figures mean nothing.
 """
@@ -114,6 +115,7 @@ def run_stack(args, out: Path, events: Path) -> dict:
     env_stack = {"SHOESEG_PROFILE": "cpu", "SHOESEG_DEVICE": "cpu", "SHOESEG_MODEL_DIR": str(root / "models"),
                  "SHOESEG_CACHE_DIR": str(root / "cache"), "SHOESEG_RESULT_CACHE_SIZE": "0",
                  "PYTHONUNBUFFERED": "1"}
+    env_stack.update(args.settings)
     if args.tiny:
         env_stack.update(SHOESEG_TRAIN_ITERS="2", SHOESEG_MIN_SIZE="128", SHOESEG_MAX_SIZE="192",
                          SHOESEG_ROI_BATCH="32", SHOESEG_IDLE_CHUNK_ITERS="2", SHOESEG_MIN_NEW_ANNOTATIONS="3")
@@ -352,10 +354,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-every", type=float, default=20.0)
     parser.add_argument("--baseline", type=int, default=40, help="/predict requests with the worker stopped")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="SHOESEG_NAME=VALUE",
+                        help="a setting of the stack other than make up's default (repeatable; recorded in the report)")
     parser.add_argument("--score-only", action="store_true", help="score the versions of an earlier run again")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report and the plot of an earlier run again from its improving.json")
     args = parser.parse_args(argv)
+    args.settings = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(args.settings) != len(args.set) or not all(k.startswith("SHOESEG_") for k in args.settings):
+        parser.error(f"--set takes SHOESEG_NAME=VALUE, got {args.set}")
     if args.tiny and args.minutes == 60.0:
         args.minutes = 4.0
     data = Path(args.data)

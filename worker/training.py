@@ -232,6 +232,7 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
 
     new_metrics = dict(result.eval.metrics) if result.eval is not None else {}
     train_losses = result.metrics[-1] if getattr(result, "metrics", None) else {}
+    ran = getattr(result, "final_metrics", None) or {}
     annotation_ids = {im.image_id: im.extra.get("ls_annotation_id") for im in ds.images}
     promote = decision.promote
     version = registry.register(
@@ -254,7 +255,10 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
             "decision": decision.reason,
             "gate": decision.to_json(),
             "promoted": promote,
-            "train_config": {f.name: getattr(config, f.name) for f in fields(config)},
+            # the iterations that ran: a time budget may have cut the schedule the config planned
+            "train_config": {**{f.name: getattr(config, f.name) for f in fields(config)},
+                             "iters": int(ran.get("iterations") or config.iters)},
+            "time_budget": ran.get("time_budget"),
             "final_losses": train_losses if isinstance(train_losses, dict) else {},
         },
     )

@@ -195,6 +195,30 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     assert candidate.meta["validation"] == "newest labels"
 
 
+def test_a_first_model_over_its_time_budget_records_the_iterations_it_ran(redis_conn, fake_ls, loop_env,
+                                                                          monkeypatch):
+    from shoeseg.train import PROFILES
+    from shoeseg_services.registry import ModelRegistry
+
+    # the profile's schedule (shortened here to 24 iterations) planned, a budget nothing fits in: cut to half of
+    # it at iteration 10
+    monkeypatch.setitem(PROFILES["cpu"], "iters", 24)
+    monkeypatch.setitem(PROFILES["cpu"], "warmup_iters", 4)
+    monkeypatch.delenv("SHOESEG_TRAIN_ITERS")
+    monkeypatch.setenv("SHOESEG_PROFILE", "cpu")
+    monkeypatch.setenv("SHOESEG_TRAIN_BUDGET_S", "0.001")
+    settings = Settings.from_env()
+    first = trigger.request_training(redis_conn, 1, reason="test", settings=settings)
+    work(redis_conn, TRAIN_QUEUE)
+    job = Job.fetch(first["job_id"], connection=redis_conn)
+    assert job.get_status() == JobStatus.FINISHED, job.meta.get("error")
+    assert job.meta["iteration"] == 12
+    version = ModelRegistry(settings.model_dir).current()
+    assert version.meta["train_config"]["iters"] == 12 and version.meta["train_config"]["time_budget_s"] == 0.001
+    budget = version.meta["time_budget"]
+    assert (budget["planned_iters"], budget["iters"], budget["decided_at"]) == (24, 12, 10)
+
+
 def test_label_studio_unreachable_is_retried_then_fails_with_the_reason(redis_conn, loop_env):
     queued = trigger.request_training(redis_conn, 9, reason="test", settings=loop_env)
     work(redis_conn, TRAIN_QUEUE)
