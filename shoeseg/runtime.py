@@ -30,7 +30,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,10 @@ def ensure_onnx(checkpoint: str | Path, *, int8: bool = False) -> Path:
     """The ONNX file of ``checkpoint``, exported beside it unless one of the same version is already there
     (in a temporary folder when the checkpoint's folder is read-only).
 
+    One process exports a version at a time: the worker (before it promotes the version) and the backend (when
+    it loads it) take a lock file beside the export, so the one that comes second waits for the file instead
+    of exporting it again.
+
     Raises:
         shoeseg.export.ExportError: the model cannot be exported.
     """
@@ -266,25 +271,65 @@ def ensure_onnx(checkpoint: str | Path, *, int8: bool = False) -> Path:
     calibration = read_calibration_images(checkpoint) if int8 else []
     candidates = [onnx_path_beside(checkpoint, int8=int8),
                   Path(tempfile.gettempdir()) / "shoeseg-onnx" / onnx_path_beside(f"{version}.pt", int8=int8).name]
+
+    def exported(path: Path) -> bool:
+        if not path.is_file():
+            return False
+        try:
+            meta = read_export_meta(path)
+        except ValueError as e:
+            log.warning("%s: exporting again (%s)", path, e)
+            return False
+        return (meta.get("version") == version and _quantized(meta) == (int8, bool(calibration))
+                and meta.get("inputs") == list(INPUT_NAMES))  # one exported before masks_from: again
+
     for path in candidates:
-        if path.is_file():
-            try:
-                meta = read_export_meta(path)
-            except ValueError as e:
-                log.warning("%s: exporting again (%s)", path, e)
-            else:
-                if (meta.get("version") == version and _quantized(meta) == (int8, bool(calibration))
-                        and meta.get("inputs") == list(INPUT_NAMES)):  # one exported before masks_from: again
-                    return path
+        if exported(path):
+            return path
     for path in candidates:
         try:
-            export_model(checkpoint, path, fmt="onnx")
-            if int8:
-                quantize_onnx(path, path, calibration=calibration)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _export_lock(path):
+                if not exported(path):  # another process may have written it while this one waited
+                    export_model(checkpoint, path, fmt="onnx")
+                    if int8:
+                        quantize_onnx(path, path, calibration=calibration)
             return path
         except OSError as e:
             log.warning("cannot write %s (%s)", path, e)
     raise OSError(f"no writable place for the ONNX file of {checkpoint}: {', '.join(map(str, candidates))}")
+
+
+@contextmanager
+def _export_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<path>.lock`` for as long as the block runs (advisory, between processes)."""
+    import fcntl
+
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def serving_export(checkpoint: str | Path, *, runtime: str = "auto", device: str | torch.device = "auto") -> Path | None:
+    """The exported file ``checkpoint`` is served from in ``runtime``, exported now unless it is there
+    (:func:`ensure_onnx`, int8 as the checkpoint's ``int8_box_head`` asks); ``None`` when PyTorch serves it.
+
+    The worker calls it before it promotes a version, so the backend's first request after the promotion loads
+    the file instead of exporting it.
+
+    Raises:
+        shoeseg.export.ExportError: the model cannot be exported.
+    """
+    from shoeseg.checkpoint import read_checkpoint_meta
+    from shoeseg.model import ModelConfig
+
+    if resolve_runtime(runtime, device) == "torch":
+        return None
+    mcfg = ModelConfig.from_dict(read_checkpoint_meta(checkpoint)["model_config"])
+    return ensure_onnx(checkpoint, int8=mcfg.int8_box_head)
 
 
 def load_predictor(checkpoint: str | Path, *, runtime: str = "auto", device: str | torch.device = "auto",
@@ -321,7 +366,7 @@ def load_predictor(checkpoint: str | Path, *, runtime: str = "auto", device: str
         log.warning("%s asks for flip TTA, which ONNX files do not hold: served without it", checkpoint)
     kwargs.pop("flip_tta", None)
     try:
-        path = ensure_onnx(checkpoint, int8=mcfg.int8_box_head)
+        path = serving_export(checkpoint, runtime=chosen, device=device)
     except (ExportError, OSError) as e:
         if runtime != "auto":
             raise

@@ -59,6 +59,33 @@ def test_a_version_gets_its_onnx_file_beside_its_checkpoint_once(tmp_path):
         alone.embed([image])
 
 
+def test_two_processes_loading_one_new_version_export_it_once(tmp_path, monkeypatch):
+    """The worker (before promoting) and the backend (on its next request) ask for the same version's file at
+    once: the lock makes the second wait for the first's export instead of exporting it again."""
+    import threading
+
+    ckpt = tiny_checkpoint(tmp_path / "versions" / "v1" / "model.pt")
+    exports, real = [], runtime.export_model
+
+    def counted(*args, **kwargs):
+        exports.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "export_model", counted)
+    paths: list = []
+    callers = [threading.Thread(target=lambda: paths.append(runtime.serving_export(ckpt, runtime="onnx", device="cpu")))
+               for _ in range(2)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert paths == [tmp_path / "versions" / "v1" / "model.onnx"] * 2 and len(exports) == 1
+    from shoeseg.checkpoint import read_checkpoint_meta
+
+    assert read_export_meta(paths[0])["version"] == read_checkpoint_meta(ckpt)["version"]
+    assert runtime.serving_export(ckpt, runtime="torch", device="cpu") is None  # PyTorch serves the checkpoint
+
+
 def test_an_int8_box_head_is_served_by_onnx_runtime_int8(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "model.pt", int8_box_head=True)
     served = load_predictor(ckpt, runtime="onnx", device="cpu")

@@ -146,6 +146,11 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     assert version.meta["annotation_ids"] == {"100": 1100, "102": 1102, "104": 1104}
     assert version.meta["validation"] == "task-id hash"  # the first version's
     assert "segm_AP" in version.metrics
+    # exported for serving before it was promoted (ONNX Runtime serves on CPU when installed)
+    from shoeseg.runtime import onnx_path_beside, resolve_runtime
+
+    if resolve_runtime(loop_env.runtime, "cpu") == "onnx":
+        assert any(onnx_path_beside(version.checkpoint, int8=q).is_file() for q in (False, True))
     assert trigger.training_state(redis_conn, 1)["state"] == "idle"
     assert not list((loop_env.cache_dir / "runs" / "1").iterdir())  # the run dir is gone
 
