@@ -15,7 +15,7 @@ first version, 3 seeds): the rule before, 40 iterations at the recipe's 2e-4, sc
 started from on two seeds of three; 40 at 1e-4 scored above it on all three, and 120 at 1e-4 (this rule for 10
 labels) above the from-scratch training on the same labels.
 
-On a slow machine a round also has a time budget (:func:`budget_iters`): its iterations are cut to what fits
+On a slow machine a round also has a time budget (:func:`shoeseg.budget.budget_iters`): its iterations are cut to what fits
 the budget at the seconds per iteration its parent version took (never below :data:`MIN_ROUND_ITERS`), so new
 labels are served within minutes; the iterations the rule asked for beyond it are what idle-time training
 (:func:`idle_config`, the same AdamW rate) continues with right after. On a GPU the budget does not bind.
@@ -81,36 +81,6 @@ def fine_tune_config(config: TrainConfig, *, init_from: str, new_images: int | N
                    warmup_iters=min(config.warmup_iters, max(1, n // 5)))
 
 
-def budget_iters(iters: int, *, seconds_per_iter: float | None, budget_s: float,
-                 floor: int = MIN_ROUND_ITERS, done: int = 0, elapsed_s: float = 0.0) -> int:
-    """Iterations cut to a time budget: ``min(iters, max(floor, done + (budget_s - elapsed_s) // seconds_per_iter))``.
-
-    Sizes a round before it starts (from its parent's seconds per iteration, ``done`` 0) and a full training
-    while it runs (``TrainConfig.time_budget_s``: at the pace of its last iterations, ``done`` of them taking
-    ``elapsed_s``).
-
-    Args:
-        iters: what the schedule asks for (:func:`round_iters`, or the profile's).
-        seconds_per_iter: what one iteration costs here (``None`` or not positive: unknown, ``iters`` stands).
-        budget_s: the training seconds the run may take (0 or less: no budget).
-        floor: the fewest iterations a budget leaves (:data:`MIN_ROUND_ITERS`: 40 at half the rate scored
-            within 0.003 of a from-scratch training, docs/improving.md).
-        done / elapsed_s: iterations already run and the seconds they took.
-
-    Example:
-        >>> budget_iters(120, seconds_per_iter=5.8, budget_s=360), budget_iters(120, seconds_per_iter=0.2, budget_s=360)
-        (62, 120)
-        >>> budget_iters(120, seconds_per_iter=30.0, budget_s=360), budget_iters(120, seconds_per_iter=None, budget_s=360)
-        (40, 120)
-        >>> budget_iters(200, seconds_per_iter=5.0, budget_s=780, floor=100, done=20, elapsed_s=110.0)
-        154
-    """
-    if budget_s <= 0 or not seconds_per_iter or seconds_per_iter <= 0:
-        return int(iters)
-    fits = int(done) + int(max(0.0, budget_s - elapsed_s) // seconds_per_iter)
-    return int(min(int(iters), max(int(floor), fits)))
-
-
 #: The idle-time continuation (``worker.improving``): AdamW at half the cpu profile's rate, at a third larger
 #: input size than the recipe's own (the cpu profile's 384 / 640 px become 512 / 853). From the measurement that
 #: motivated it: the cpu profile's model continued 300 AdamW iterations at 1e-4 and 512-853 px went from mask AP
@@ -141,4 +111,4 @@ def idle_config(config: TrainConfig, *, init_from: str, iters: int) -> TrainConf
 
 
 __all__ = ["IDLE_RECIPE", "IDLE_SIZE_SCALE", "MIN_ROUND_ITERS", "ROUND_ITERS_PER_NEW_IMAGE", "ROUND_LR_SCALE",
-           "budget_iters", "fine_tune_config", "idle_config", "round_iters"]
+           "fine_tune_config", "idle_config", "round_iters"]

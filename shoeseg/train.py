@@ -96,7 +96,7 @@ class TrainConfig(ModelSettings):
         progress_bar: show a tqdm bar.
         time_budget_s: training seconds the run may take (0: no budget). Every :data:`BUDGET_PROBE_ITERS`
             iterations the schedule is cut to what fits in the rest of the budget at the seconds per iteration of
-            the last ones (:func:`shoeseg.schedule.budget_iters`), never below half of ``iters``; the step decay
+            the last ones (:func:`shoeseg.budget.budget_iters`), never below half of ``iters``; the step decay
             follows the shorter schedule (a cut only moves it earlier). The worker gives a full training ``SHOESEG_TRAIN_BUDGET_S``, so
             the first pre-labels come in about the same time on a slower machine (fewer iterations; idle-time
             training continues them).
@@ -624,7 +624,7 @@ def _fit_to_budget(config: TrainConfig, *, denv, device: torch.device, done: int
     ``elapsed_s``, at ``per_iter`` seconds each, never below half the ``planned`` schedule; under torchrun the
     slowest process decides, so every rank cuts alike. Returns the config and what was decided."""
     from shoeseg import distributed
-    from shoeseg.schedule import budget_iters
+    from shoeseg.budget import budget_iters
 
     ranks = distributed.per_rank(denv, device, [per_iter, elapsed_s])
     per_iter, elapsed_s = max(r[0] for r in ranks), max(r[1] for r in ranks)

@@ -262,7 +262,7 @@ class Settings:
             that with the model's start, its evaluation and the push the first version is served within 15
             minutes of the import on 2 cores; a slower machine trains fewer iterations, idle-time training
             continues them.
-        round_budget_s: the training seconds of a fine-tuning round (:func:`shoeseg.schedule.budget_iters`): 6
+        round_budget_s: the training seconds of a fine-tuning round (:func:`shoeseg.budget.budget_iters`): 6
             minutes, so that with the gate's evaluation and the push new labels are served within about 8
             minutes on 2 cores; the rest of the rule's iterations come from idle-time training right after.
         idle_training / idle_chunk_iters / idle_max_iters / idle_nice / idle_threads: training in idle time

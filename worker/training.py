@@ -84,11 +84,12 @@ def train_config(settings: Settings, *, weights: str | None, init_from: str | No
     labelled images, unless ``SHOESEG_TRAIN_ITERS`` fixes the iterations. With the parent version's metadata
     (``parent_meta``): a parent that idle-time training enlarged keeps its input size (a round at a smaller one
     would undo it), and the round's iterations are cut to ``SHOESEG_ROUND_BUDGET_S`` at the parent's seconds per
-    iteration (:func:`shoeseg.schedule.budget_iters`; scaled by the pixels when the sizes differ). A full training
+    iteration (:func:`shoeseg.budget.budget_iters`; scaled by the pixels when the sizes differ). A full training
     (no ``init_from``) runs with ``SHOESEG_TRAIN_BUDGET_S`` as its time budget: it fits its schedule to its own
     pace as it runs (``TrainConfig.time_budget_s``). ``SHOESEG_TRAIN_ITERS`` turns both budgets off.
     """
-    from shoeseg.schedule import budget_iters, fine_tune_config, round_iters
+    from shoeseg.budget import budget_iters
+    from shoeseg.schedule import MIN_ROUND_ITERS, fine_tune_config, round_iters
     from shoeseg.train import TrainConfig
 
     config = TrainConfig.for_profile(settings.profile, device=settings.device, weights=weights, init_from=init_from,
@@ -102,7 +103,8 @@ def train_config(settings: Settings, *, weights: str | None, init_from: str | No
     if init_from is not None and new is not None and settings.train_iters is None:
         iters = round_iters(config.iters, new)
         per_iter = parent_seconds_per_iter(parent_meta, min_size=config.min_size)
-        budgeted = budget_iters(iters, seconds_per_iter=per_iter, budget_s=settings.round_budget_s)
+        budgeted = budget_iters(iters, seconds_per_iter=per_iter, budget_s=settings.round_budget_s,
+                                floor=MIN_ROUND_ITERS)
         if budgeted < iters:
             log.info("round of %d iterations cut to %d: SHOESEG_ROUND_BUDGET_S=%g at %.1f s per iteration; idle "
                      "training continues after it", iters, budgeted, settings.round_budget_s, per_iter)
