@@ -97,9 +97,9 @@ class TrainConfig(ModelSettings):
         time_budget_s: training seconds the run may take (0: no budget). Every :data:`BUDGET_PROBE_ITERS`
             iterations the schedule is cut to what fits in the rest of the budget at the seconds per iteration of
             the last ones (:func:`shoeseg.budget.budget_iters`), never below half of ``iters``; the step decay
-            follows the shorter schedule (a cut only moves it earlier). The worker gives a full training ``SHOESEG_TRAIN_BUDGET_S``, so
-            the first pre-labels come in about the same time on a slower machine (fewer iterations; idle-time
-            training continues them).
+            follows the shorter schedule (a cut only moves it earlier). The worker gives a full training
+            ``SHOESEG_TRAIN_BUDGET_S``, so the first pre-labels come in about the same time on a slower machine
+            (fewer iterations; idle-time training continues them).
     """
 
     iters: int = 600
