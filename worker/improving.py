@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from shoeseg_services import idle_training
+from shoeseg_services.processes import session_nice, set_session_nice
 from shoeseg_services.settings import Settings
 from worker.plumbing import Progress
 from worker.training import (
@@ -63,15 +64,32 @@ def labels_fingerprint(ds) -> str:
     return hashlib.blake2b(json.dumps(pairs).encode(), digest_size=12).hexdigest()
 
 
-def _lower_priority(settings: Settings) -> None:
+def _lower_priority(settings: Settings) -> int | None:
+    """The chunk's process at ``nice`` ``SHOESEG_IDLE_NICE``, and its session too where Linux shares the CPU
+    between sessions first (autogroup, :func:`shoeseg_services.processes.session_nice`): the process's own nice
+    only counts within its session, and rq's work horse shares the worker's. Returns the session's nice to set back
+    when the chunk ends (None: unchanged)."""
     try:
         os.nice(settings.idle_nice)
     except OSError:  # not allowed here: run at the same priority
         log.warning("could not lower the idle-time training's priority", exc_info=True)
+    restore = None
+    before = session_nice()
+    if before is not None and settings.idle_nice > before and set_session_nice(settings.idle_nice):
+        restore = before
     if settings.idle_threads:
         import torch
 
         torch.set_num_threads(settings.idle_threads)
+    return restore
+
+
+def undo_stale_idle_priority(settings: Settings) -> None:
+    """Sets the session's nice back to 0 when it is still the idle chunks' (a chunk killed before it could):
+    called by the jobs that are not idle time, which share the worker's session."""
+    if settings.idle_nice > 0 and session_nice() == settings.idle_nice and set_session_nice(0):
+        log.warning("this worker's session was still at the idle-time nice %d (a chunk was killed): back to 0",
+                    settings.idle_nice)
 
 
 def idle_line(registry, state: dict[str, str], *, labels: str, current):
@@ -136,7 +154,6 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
     if start.version != current.version:
         log.info("project %s: idle-time chunk continues the idle line at %s (current: %s)", project_id,
                  start.version, current.version)
-    _lower_priority(settings)
     progress.update(force=True, stage="training", kind="idle", train_tasks=len(train_ds), val_tasks=len(val_ds),
                     iteration=0, iters=config.iters, idle_iters_done=done, idle_max_iters=settings.idle_max_iters)
     if conn is not None:
@@ -157,6 +174,7 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
     runs_dir.mkdir(parents=True, exist_ok=True)
     clean_old_runs(runs_dir)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
+    restore_session = _lower_priority(settings)
     try:
         try:
             result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=run_dir,
@@ -179,6 +197,8 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
             trained_from=start.version)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+        if restore_session is not None:
+            set_session_nice(restore_session)
     done += iters
     outcome = "promoted" if registered["promoted"] else "candidate"
     line_base = registered["version"] if registered["promoted"] else current.version

@@ -42,7 +42,7 @@ import logging
 
 from shoeseg_services import idle_training, trigger
 from shoeseg_services.settings import Settings
-from worker.improving import run_improvement
+from worker.improving import run_improvement, undo_stale_idle_priority
 from worker.plumbing import Lease, Progress, current_job, now, will_retry
 from worker.predicting import run_prediction, task_order
 from worker.promotion import validation_task_ids
@@ -76,6 +76,7 @@ def train_project(project_id: int, *, reason: str = "manual") -> dict:
     """
     project_id = int(project_id)
     settings = Settings.from_env()
+    undo_stale_idle_priority(settings)
     job = current_job()
     conn = job.connection if job is not None else None
     owned = job is not None and trigger.begin_training(conn, project_id, job.id,
@@ -166,6 +167,7 @@ def predict_project(project_id: int, *, version: str, strategy: str | None = Non
     """
     project_id = int(project_id)
     settings = Settings.from_env()
+    undo_stale_idle_priority(settings)
     job = current_job()
     progress = Progress(job)
     attempts = int(job.meta.get("attempts", 0)) + 1 if job is not None else 1

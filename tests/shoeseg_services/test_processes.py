@@ -4,6 +4,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from shoeseg_services.processes import stop_process_group
 
 
@@ -44,3 +46,34 @@ def test_an_exited_process_is_left_alone():
     proc.wait(timeout=30)
     stop_process_group(proc)  # no error, nothing signalled
     assert proc.returncode == 0
+
+
+_AUTOGROUP = os.path.exists("/proc/self/autogroup")
+
+
+def _in_own_session(code: str) -> str:
+    """Runs ``code`` in a fresh session (its own scheduling group), so the test's own session is not touched."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         start_new_session=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not _AUTOGROUP, reason="this kernel has no session scheduling groups (/proc/self/autogroup)")
+def test_a_session_lowers_its_nice_and_sets_it_back():
+    printed = _in_own_session(
+        "from shoeseg_services.processes import session_nice, set_session_nice\n"
+        "before = session_nice()\n"
+        "up = set_session_nice(7)\n"
+        "during = session_nice()\n"
+        "down = set_session_nice(before)\n"
+        "print(before, up, during, down, session_nice())")
+    assert printed == "0 True 7 True 0"
+
+
+def test_without_session_groups_nothing_is_set(monkeypatch, tmp_path):
+    from shoeseg_services import processes
+
+    monkeypatch.setattr(processes, "AUTOGROUP", str(tmp_path / "missing" / "autogroup"))
+    assert processes.session_nice() is None
+    assert processes.set_session_nice(10) is False

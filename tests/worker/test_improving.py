@@ -172,6 +172,7 @@ def test_an_idle_chunk_gives_the_worker_back_within_an_iteration_when_a_round_is
 
 
 def _run_chunk(project_id: int, images_dir, ds, tasks) -> None:  # pragma: no cover - runs in the child process
+    os.setsid()  # a session of its own, as a worker's: the chunk's lower session nice must not reach the test's
     from tests.worker.conftest import FakeLabelStudio, use_fake_ls
     from worker.jobs import improve_project
 
@@ -180,6 +181,60 @@ def _run_chunk(project_id: int, images_dir, ds, tasks) -> None:  # pragma: no co
     with pytest.MonkeyPatch.context() as mp:
         use_fake_ls(ls, mp)
         improve_project(project_id)
+
+
+def _run_chunk_in_own_session(project_id: int, images_dir, ds, tasks, report) -> None:  # pragma: no cover - child
+    from shoeseg_services.processes import session_nice
+
+    _run_chunk(project_id, images_dir, ds, tasks)
+    report.put(session_nice())
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"),
+                    reason="this kernel has no session scheduling groups (/proc/self/autogroup)")
+def test_a_chunk_lowers_its_sessions_share_of_the_cpu_while_it_trains_and_gives_it_back(redis_conn, fake_ls,
+                                                                                        loop_env, monkeypatch):
+    # a process's own nice counts only within its session: against a backend in another session the chunk
+    # must lower its session's (Linux autogroup), and set it back for the worker's next job
+    _first_version(redis_conn, loop_env)
+    monkeypatch.setenv("SHOESEG_IDLE_TRAINING", "true")
+    monkeypatch.setenv("SHOESEG_IDLE_CHUNK_ITERS", "3")
+    monkeypatch.setenv("SHOESEG_IDLE_NICE", "10")
+    ctx = multiprocessing.get_context("spawn")
+    report = ctx.Queue()
+    child = ctx.Process(target=_run_chunk_in_own_session,
+                        args=(1, fake_ls.images_dir, fake_ls.ds, fake_ls.tasks, report))
+    child.start()
+    seen = set()
+    while child.is_alive():
+        try:
+            with open(f"/proc/{child.pid}/autogroup", encoding="ascii") as f:
+                seen.add(int(f.read().split()[-1]))
+        except (OSError, ValueError, IndexError):  # between its start and its end
+            pass
+        time.sleep(0.01)
+    after = report.get(timeout=300)
+    child.join(60)
+    assert child.exitcode == 0
+    assert 10 in seen and after == 0, (seen, after)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"),
+                    reason="this kernel has no session scheduling groups (/proc/self/autogroup)")
+def test_a_job_after_a_killed_chunk_sets_the_session_back_and_leaves_a_chosen_nice_alone():
+    import subprocess
+    import sys
+
+    code = ("from shoeseg_services.processes import session_nice, set_session_nice\n"
+            "from shoeseg_services.settings import Settings\n"
+            "from worker.improving import undo_stale_idle_priority\n"
+            "s = Settings(idle_nice=10)\n"
+            "set_session_nice(10); undo_stale_idle_priority(s); a = session_nice()\n"
+            "set_session_nice(5); undo_stale_idle_priority(s); print(a, session_nice())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         start_new_session=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "5"]
 
 
 @pytest.mark.slow
