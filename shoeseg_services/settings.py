@@ -36,7 +36,7 @@ settings without loading torch.
 | ``SHOESEG_IDLE_TRAINING`` | ``true`` | keep improving the current version while the project has no other job (``worker.improving``) |
 | ``SHOESEG_IDLE_CHUNK_ITERS`` | ``60`` | iterations of one idle-time chunk (each chunk that passes the gate is a version) |
 | ``SHOESEG_IDLE_MAX_ITERS`` | ``600`` | idle-time iterations per project on one set of labels; new labels start a new budget |
-| ``SHOESEG_IDLE_NICE`` / ``SHOESEG_IDLE_THREADS`` | ``10`` / ``0`` | idle chunks run at this niceness, with this many torch threads (0: torch's default) |
+| ``SHOESEG_IDLE_NICE`` / ``SHOESEG_IDLE_THREADS`` | ``10`` / ``0`` | idle chunks run at this niceness (their session's too where Linux groups the scheduler by session), with this many torch threads (0: torch's default) |
 | ``SHOESEG_PREDICT_BATCH`` | ``8`` | images per prediction batch of the worker |
 | ``SHOESEG_KEEP_OLD_PREDICTIONS`` | ``false`` | keep a task's predictions of superseded versions (default: removed once the new ones are stored) |
 | ``SHOESEG_TRAIN_TIMEOUT`` / ``SHOESEG_PREDICT_TIMEOUT`` | ``7200`` / ``3600`` | rq job timeouts, seconds |
