@@ -230,3 +230,17 @@ def setup_body(media_server: MediaServer, *, token: str = LEGACY_TOKEN, schema: 
     body = fixture_body("setup.json")
     body.update(hostname=media_server.url, access_token=token, schema=schema)
     return body
+
+
+def skip_without_session_groups() -> None:
+    """Skips a test of session scheduling groups (Linux autogroup) where the kernel has none, or refuses a fresh
+    session changing its own nice (a sandboxed ``/proc``)."""
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/autogroup").exists():
+        pytest.skip("this kernel has no session scheduling groups (/proc/self/autogroup)")
+    probe = subprocess.run([sys.executable, "-c", "open('/proc/self/autogroup', 'w').write('1')"],
+                           capture_output=True, text=True, timeout=60, start_new_session=True)
+    if probe.returncode != 0:
+        pytest.skip(f"a session may not change its nice here: {probe.stderr.strip().splitlines()[-1:]}")

@@ -4,9 +4,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from shoeseg_services.processes import stop_process_group
+from tests.helpers import skip_without_session_groups
 
 
 def _group_alive(pgid: int) -> bool:
@@ -48,9 +47,6 @@ def test_an_exited_process_is_left_alone():
     assert proc.returncode == 0
 
 
-_AUTOGROUP = os.path.exists("/proc/self/autogroup")
-
-
 def _in_own_session(code: str) -> str:
     """Runs ``code`` in a fresh session (its own scheduling group), so the test's own session is not touched."""
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -59,8 +55,8 @@ def _in_own_session(code: str) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.skipif(not _AUTOGROUP, reason="this kernel has no session scheduling groups (/proc/self/autogroup)")
 def test_a_session_lowers_its_nice_and_sets_it_back():
+    skip_without_session_groups()
     printed = _in_own_session(
         "from shoeseg_services.processes import session_nice, set_session_nice\n"
         "before = session_nice()\n"

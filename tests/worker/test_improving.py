@@ -23,6 +23,7 @@ from shoeseg_services import idle_training, trigger
 from shoeseg_services.queues import IDLE_QUEUE, QUEUES, TRAIN_QUEUE
 from shoeseg_services.registry import ModelRegistry
 from shoeseg_services.settings import Settings
+from tests.helpers import skip_without_session_groups
 
 
 def _work_all(conn) -> None:
@@ -190,10 +191,9 @@ def _run_chunk_in_own_session(project_id: int, images_dir, ds, tasks, report) ->
     report.put(session_nice())
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"),
-                    reason="this kernel has no session scheduling groups (/proc/self/autogroup)")
 def test_a_chunk_lowers_its_sessions_share_of_the_cpu_while_it_trains_and_gives_it_back(redis_conn, fake_ls,
                                                                                         loop_env, monkeypatch):
+    skip_without_session_groups()
     # a process's own nice counts only within its session: against a backend in another session the chunk
     # must lower its session's (Linux autogroup), and set it back for the worker's next job
     _first_version(redis_conn, loop_env)
@@ -219,9 +219,8 @@ def test_a_chunk_lowers_its_sessions_share_of_the_cpu_while_it_trains_and_gives_
     assert 10 in seen and after == 0, (seen, after)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"),
-                    reason="this kernel has no session scheduling groups (/proc/self/autogroup)")
 def test_a_job_after_a_killed_chunk_sets_the_session_back_and_leaves_a_chosen_nice_alone():
+    skip_without_session_groups()
     import subprocess
     import sys
 
