@@ -213,9 +213,9 @@ def test_a_chunk_lowers_its_sessions_share_of_the_cpu_while_it_trains_and_gives_
         except (OSError, ValueError, IndexError):  # between its start and its end
             pass
         time.sleep(0.01)
-    after = report.get(timeout=300)
     child.join(60)
-    assert child.exitcode == 0
+    assert child.exitcode == 0  # a chunk that failed says so here, not after a wait for its report
+    after = report.get(timeout=30)
     assert 10 in seen and after == 0, (seen, after)
 
 
