@@ -22,7 +22,8 @@ numbers of DIR's checkpoints at the serving threshold the product would choose, 
 images (:func:`threshold_rows`), beside fixed thresholds; `python -m bench.bench_quality --outlines DIR` DIR's
 checkpoints with and without the steps on their soft masks (edge-guided refinement, mask-quality rescoring:
 :func:`outline_rows`); `python -m bench.bench_quality --nms DIR` DIR's checkpoints at several box-NMS IoUs
-(:func:`nms_rows`); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
+(:func:`nms_rows`); `python -m bench.bench_quality --mask-thresh DIR` every `model.pt` under DIR with its masks
+cut at several probabilities (:func:`mask_thresh_rows`); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
 `BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default). With
 `BENCH_QUALITY_OUT=DIR` a stopped run continues: the configurations whose rows are in `DIR/quality.json` are
 not trained again.
@@ -419,6 +420,37 @@ def nms_rows(out_dir: Path) -> list[dict]:
     return rows
 
 
+#: Mask probability thresholds tried by :func:`mask_thresh_rows` (torchvision's and detectron2's, and so ours,
+#: is 0.5).
+MASK_THRESHOLDS = [0.5, 0.45, 0.4, 0.35]
+
+
+def mask_thresh_rows(root: Path) -> list[dict]:
+    """Every checkpoint under ``root`` (its ``model.pt`` files: a registry's versions, a quality run) with its
+    soft masks cut at each of :data:`MASK_THRESHOLDS` (``BENCH_QUALITY_MASK_THRESH=0.45,0.4`` tries others; the
+    refinement along the image's edges uses the same threshold), everything else at the served settings: mask
+    AP / AP75, the annotator's numbers at 0.5 and the time, as :func:`outline_rows`. Rows go to
+    ``root/mask_thresh.json``."""
+    import torch
+
+    from shoeseg.predict import Predictor
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    held, images_dir = _held_out_shoes()
+    chosen = [float(t) for t in (os.environ.get("BENCH_QUALITY_MASK_THRESH") or "").split(",") if t] or MASK_THRESHOLDS
+    rows = []
+    for checkpoint in sorted(root.rglob("model.pt")):
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", score_thresh=0.05)
+        arrays = _serving_arrays(held, images_dir, predictor.input_fit)
+        r = {"config": checkpoint.parent.name, "seed": None}
+        for thresh in chosen:
+            predictor.mask_thresh = thresh
+            rows.append(_variant_row(r, predictor, held, images_dir, arrays, variant=f"mask threshold {thresh:g}",
+                                     mask_thresh=thresh))
+    (root / "mask_thresh.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def _print_outlines(rows: list[dict]) -> None:
     print("| config | seed | masks | mask AP | AP75 | score thr | matched IoU 0.5/0.75/0.85/0.9 | to draw/img | "
           "to delete/img | vertices/polygon | to drag/img | predict ms/img | bare forward ms/img |")
@@ -450,6 +482,9 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3 and sys.argv[1] == "--nms":
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         _print_outlines(nms_rows(Path(sys.argv[2])))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--mask-thresh":
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        _print_outlines(mask_thresh_rows(Path(sys.argv[2])))
     elif len(sys.argv) == 3 and sys.argv[1] == "--thresholds":
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         _print_thresholds(threshold_rows(Path(sys.argv[2])))
