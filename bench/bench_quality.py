@@ -59,6 +59,8 @@ CONFIGS = {
     # tight outlines: a boundary term in the mask loss (shoeseg.heads)
     "lite2-boundary": {"arch": "lite2-fpn", "weights": "imagenet", "mask_boundary_weight": 1.0},
     "lite2-boundary-seed1": {"arch": "lite2-fpn", "weights": "imagenet", "mask_boundary_weight": 1.0, "seed": 1},
+    # tight outlines: PointRend's point head, two subdivision steps (28 to 112 per shoe), on the cpu recipe
+    "lite2-points": {"arch": "lite2-fpn", "weights": "imagenet", "mask_point_steps": 2},
     # the cpu profile's recipe before AdamW: SGD at 0.005 (0.01 diverged) for 250 iterations
     "lite2-sgd": {"arch": "lite2-fpn", "weights": "imagenet", "optimizer": "sgd", "base_lr": 0.005,
                   "weight_decay": 1e-4, "iters": 250},
@@ -146,7 +148,7 @@ def run_one(name: str, out_dir: Path) -> dict:
         "segm_AP": metrics.get("segm_AP"), "segm_AP50": metrics.get("segm_AP50"),
         "segm_AP75": metrics.get("segm_AP75"), "bbox_AP": metrics.get("bbox_AP"),
         "mask_resolution": cfg.mask_resolution, "mask_boundary_weight": cfg.mask_boundary_weight,
-        "train_min": result.final_metrics["train_s"] / 60, "s_per_iter": result.final_metrics["train_s"] / cfg.iters,
+        "mask_point_steps": cfg.mask_point_steps, "train_min": result.final_metrics["train_s"] / 60, "s_per_iter": result.final_metrics["train_s"] / cfg.iters,
         "predict_ms": ours_ms, "forward_ms": bare_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "held_out_images": len(held.images), "checkpoint": str(result.checkpoint),
         "annotator": evaluated.annotator.to_json(),

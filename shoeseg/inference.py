@@ -19,8 +19,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
+
+from shoeseg.heads import mask_probabilities
 
 
 def detect(model: torch.nn.Module, batch, original_sizes: Sequence[tuple[int, int]],
@@ -49,8 +51,7 @@ def detect(model: torch.nn.Module, batch, original_sizes: Sequence[tuple[int, in
         keep = [s >= masks_from for s in scores]
         mask_boxes = [b[k] for b, k in zip(boxes, keep, strict=True)]
         mask_labels = [lab[k] for lab, k in zip(labels, keep, strict=True)]
-    mask_logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, mask_boxes, sizes)))
-    probs = maskrcnn_inference(mask_logits, mask_labels)
+    probs = mask_probabilities(heads, features, mask_boxes, mask_labels, sizes)
     out = []
     for b, s, lab, mb, p, size, original in zip(boxes, scores, labels, mask_boxes, probs, sizes, original_sizes,
                                                  strict=True):

@@ -29,5 +29,5 @@ def detectron2_losses(loss_dict: dict[str, Any]) -> dict[str, float]:
         1.5
     """
     out = {LOSS_NAMES.get(k, k): float(v) for k, v in loss_dict.items()}
-    extra = {k: v for k, v in out.items() if k not in LOSS_KEYS}  # ``loss_mask_boundary`` when it is trained
+    extra = {k: v for k, v in out.items() if k not in LOSS_KEYS}  # ``loss_mask_boundary`` and ``loss_mask_point`` when trained
     return {"total_loss": sum(out.values()), **{k: out[k] for k in LOSS_KEYS[1:] if k in out}, **extra}

@@ -39,7 +39,10 @@ from shoeseg.weights_file import is_checkpoint, load_weights_file
 log = logging.getLogger(__name__)
 
 #: Keys of the class-specific layers; they are re-initialised when the class count changes.
-_HEAD_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+_HEAD_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.", "roi_heads.point_head.predictor.")
+#: Keys of a layer a recipe may add or leave out: started fresh when the weights lack it, dropped when the network
+#: has none (the point head, ``mask_point_steps``).
+_OPTIONAL_PREFIXES = ("roi_heads.point_head.",)
 
 
 #: The model families :func:`build_model` knows (``arch``).
@@ -99,6 +102,11 @@ class ModelSettings:
             28 checkpoint warm-starts a 56 network.
         mask_boundary_weight: weight of a boundary term added to the mask loss while training
             (``loss_mask_boundary``, :mod:`shoeseg.heads`); 0 trains with ``loss_mask`` alone, as detectron2 does.
+        mask_point_steps: PointRend's subdivision steps (``POINT_HEAD.SUBDIVISION_STEPS``): with 1 or more a
+            point head (:class:`shoeseg.heads.PointHead`) is trained (``loss_mask_point``) and at inference
+            predicts each mask's least certain points again from the stride-4 features, the mask doubling in
+            side at each step (2: 28 to 112). 0: no point head. A checkpoint without the head warm-starts a
+            network with one (the head starts fresh), and one with it a network without (the head is dropped).
     """
 
     arch: str | None = None
@@ -113,8 +121,11 @@ class ModelSettings:
     flip_tta: bool = False
     mask_resolution: int = 28
     mask_boundary_weight: float = 0.0
+    mask_point_steps: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.mask_point_steps <= 3:
+            raise ValueError(f"mask_point_steps must be in 0..3, got {self.mask_point_steps}")
         if not self.mask_boundary_weight >= 0:
             raise ValueError(f"mask_boundary_weight must be at least 0, got {self.mask_boundary_weight}")
         if self.mask_resolution < 14 or self.mask_resolution % 2 or self.mask_resolution > 112:
@@ -277,10 +288,11 @@ def build_network(cfg: ModelConfig) -> nn.Module:
         **extra,
     )
     _init_heads_like_detectron2(model)
-    if cfg.mask_boundary_weight > 0:
-        from shoeseg.heads import with_boundary_loss
+    if cfg.mask_boundary_weight > 0 or cfg.mask_point_steps > 0:
+        from shoeseg.heads import with_outline_heads
 
-        with_boundary_loss(model.roi_heads, cfg.mask_boundary_weight)
+        with_outline_heads(model.roi_heads, boundary_weight=cfg.mask_boundary_weight,
+                           point_steps=cfg.mask_point_steps, fine_channels=backbone.out_channels)
     if cfg.norm == "frozen_bn" and cfg.arch == "r50-fpn":
         for m in model.modules():
             if isinstance(m, FrozenBatchNorm2d):
@@ -304,7 +316,12 @@ def _load_partial(model: nn.Module, state: dict[str, torch.Tensor], *, source: s
     """Loads ``state``; class-specific heads whose shapes differ are left freshly initialised."""
     own = model.state_dict()
     keep, skipped = {}, []
+    dropped = [k for k in state if k.startswith(_OPTIONAL_PREFIXES) and k not in own]
+    if dropped:
+        log.info("%s: its point head is left out (the network has none)", source)
     for k, v in state.items():
+        if k in dropped:
+            continue
         if k in own and own[k].shape != v.shape:
             if k.startswith(_HEAD_PREFIXES):
                 skipped.append(k)
@@ -312,7 +329,10 @@ def _load_partial(model: nn.Module, state: dict[str, torch.Tensor], *, source: s
             raise ValueError(f"{source}: weight {k} has shape {tuple(v.shape)}, the model needs {tuple(own[k].shape)}")
         keep[k] = v
     missing, unexpected = model.load_state_dict(keep, strict=False)
-    missing = [k for k in missing if k not in skipped and not k.endswith("num_batches_tracked")]
+    fresh = [k for k in missing if k.startswith(_OPTIONAL_PREFIXES)]
+    if fresh:
+        log.info("%s: has no point head; the network's starts fresh", source)
+    missing = [k for k in missing if k not in skipped and k not in fresh and not k.endswith("num_batches_tracked")]
     if unexpected or missing:
         raise ValueError(
             f"{source}: does not fit Mask R-CNN {model_config_of(model).arch} (missing {missing[:5]}, "
@@ -509,5 +529,6 @@ def model_config_of(model: nn.Module) -> ModelConfig:
         rpn_post_nms_top_n_test=int(model.rpn._post_nms_top_n["testing"]),
         mask_resolution=2 * int(model.roi_heads.mask_roi_pool.output_size[0]),
         mask_boundary_weight=float(getattr(model.roi_heads, "mask_boundary_weight", 0.0)),
+        mask_point_steps=int(getattr(model.roi_heads, "mask_point_steps", 0)),
         trainable_backbone_layers=5,  # the layers do not tell; checkpoints of such models have always said 5
     )

@@ -30,6 +30,7 @@ from shoeseg.geometry import (
     flip_polygons_x,
     mask_to_polygons,
 )
+from shoeseg.heads import mask_probabilities
 from shoeseg.outlines import REFINE_EPS, REFINE_RADIUS_REL, grey, maskness, refine_in_box
 
 log = logging.getLogger(__name__)
@@ -311,7 +312,6 @@ class Predictor:
         image's detections are flipped back, the union is reduced by the box head's own class-wise NMS and
         detection cap, and each kept box's mask is the mean of the mask head's probabilities on both views.
         """
-        from torchvision.models.detection.roi_heads import maskrcnn_inference
         from torchvision.ops import batched_nms
 
         model, rh, n = self.model, self.model.roi_heads, len(tensors)
@@ -333,8 +333,7 @@ class Predictor:
             keep = batched_nms(both, both_scores, both_labels, rh.nms_thresh)[: rh.detections_per_img]
             kept.append((both[keep], both_scores[keep], both_labels[keep]))
         mask_boxes = [b for b, _, _ in kept] + [mirror(b, sizes[i][1]) for i, (b, _, _) in enumerate(kept)]
-        mask_logits = rh.mask_predictor(rh.mask_head(rh.mask_roi_pool(features, mask_boxes, sizes)))
-        probs = maskrcnn_inference(mask_logits, [lab for _, _, lab in kept] * 2)
+        probs = mask_probabilities(rh, features, mask_boxes, [lab for _, _, lab in kept] * 2, sizes)
         results = [{"boxes": b, "scores": sc, "labels": lab, "masks": (probs[i] + probs[n + i].flip(-1)) / 2}
                    for i, (b, sc, lab) in enumerate(kept)]
         return model.transform.postprocess(results, sizes[:n], original_sizes)
@@ -492,8 +491,8 @@ class Predictor:
             class_logits, _ = rh_.box_predictor(box_feats)
             probs = class_logits.float().softmax(-1)[0]
             cls = int(probs[1:].argmax()) + 1
-            mask_feats = rh_.mask_head(rh_.mask_roi_pool(features, [scaled], batch.image_sizes))
-            mask_prob = rh_.mask_predictor(mask_feats)[:, cls].float().sigmoid()[:, None]
+            label = torch.tensor([cls], device=self.device)
+            mask_prob = mask_probabilities(rh_, features, [scaled], [label], batch.image_sizes)[0].float()
             pasted = paste_masks_in_image(mask_prob, orig, (h, w))[0, 0].float().cpu().numpy()
         if self.mask_refine > 0:
             refine_in_box(grey(image), pasted, (x1, y1, x2, y2), radius_rel=self.mask_refine, eps=self.mask_refine_eps,

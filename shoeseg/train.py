@@ -486,7 +486,7 @@ def _train(
 
     metrics_path = run_dir / "metrics.jsonl"
     rows: list[dict[str, Any]] = []
-    window: dict[str, list[float]] = defaultdict(list)  # LOSS_KEYS, and loss_mask_boundary when it is trained
+    window: dict[str, list[float]] = defaultdict(list)  # LOSS_KEYS, and the outline losses when trained
     data_iter = _infinite(loader, sampler)
     if main:
         log.info("training %d iterations on %s: %d images, classes %s, %d ROIs/image, %d-%d px", config.iters,

@@ -248,6 +248,9 @@ def register(app: typer.Typer) -> None:
             None, "--mask-resolution", help="Mask head output per shoe in pixels: 28 (the default) or 56 (finer)."),
         mask_boundary_weight: float | None = typer.Option(
             None, "--mask-boundary-weight", help="Weight of the outline term added to the mask loss (0: off)."),
+        mask_point_steps: int | None = typer.Option(
+            None, "--mask-point-steps", help="PointRend subdivision steps of a point head refining each mask "
+            "(2: 28 to 112 px per shoe; 0: no point head)."),
         device: Device = typer.Option(Device.auto, "--device", help="auto, cpu or cuda."),
         weights: str | None = typer.Option(
             None, "--weights", help="auto (COCO R50-FPN when it can be had, else ImageNet lite2-fpn), coco, "
@@ -291,6 +294,7 @@ def register(app: typer.Typer) -> None:
                 "--ims-per-batch": ims_per_batch, "--base-lr": base_lr, "--warmup-iters": warmup_iters,
                 "--roi-batch": roi_batch, "--min-size": min_size, "--max-size": max_size,
                 "--mask-resolution": mask_resolution, "--mask-boundary-weight": mask_boundary_weight,
+                "--mask-point-steps": mask_point_steps,
                 "--device": device.value if device is not Device.auto else None, "--weights": weights,
                 "--copy-paste": copy_paste, "--init-from": init_from, "--clip-grad": clip_grad,
                 "--optimizer": optimizer, "--ema-decay": ema_decay, "--time-budget": time_budget})
@@ -299,7 +303,8 @@ def register(app: typer.Typer) -> None:
                 profile, device=device.value, arch=arch, iters=iters, ims_per_batch=ims_per_batch, base_lr=base_lr,
                 warmup_iters=warmup_iters, roi_batch_size_per_image=roi_batch, min_size=min_size,
                 max_size=max_size, mask_resolution=mask_resolution,
-                mask_boundary_weight=mask_boundary_weight, weights=weights, copy_paste=copy_paste,
+                mask_boundary_weight=mask_boundary_weight, mask_point_steps=mask_point_steps, weights=weights,
+                copy_paste=copy_paste,
                 init_from=str(init_from) if init_from else None, log_period=log_period, seed=seed,
                 clip_grad_norm=clip_grad, optimizer=optimizer, ema_decay=ema_decay, time_budget_s=time_budget,
             )

@@ -50,18 +50,19 @@ def test_bad_input_is_one_clear_line(via_dataset, tmp_path):
     assert res.exit_code == 2 and "nope.jpg" in res.output
 
 
-def test_train_with_the_outline_levers_keeps_them_in_the_checkpoint_and_logs_the_boundary_loss(via_dataset, tmp_path):
+def test_train_with_the_outline_levers_keeps_them_in_the_checkpoint_and_logs_their_losses(via_dataset, tmp_path):
     run = tmp_path / "run"
     res = runner.invoke(app, ["train", "--data", str(via_dataset / "via_project.json"), "--out", str(run),
                               "--weights", "none", "--arch", "lite0-fpn", "--iters", "2", "--min-size", "64",
                               "--max-size", "80", "--roi-batch", "16", "--log-period", "1", "--device", "cpu",
-                              "--mask-resolution", "56", "--mask-boundary-weight", "0.5"])
+                              "--mask-resolution", "56", "--mask-boundary-weight", "0.5", "--mask-point-steps", "1"])
     assert res.exit_code == 0, res.output
     cfg = load_checkpoint(run / "model.pt").model_config
-    assert (cfg.mask_resolution, cfg.mask_boundary_weight) == (56, 0.5)
+    assert (cfg.mask_resolution, cfg.mask_boundary_weight, cfg.mask_point_steps) == (56, 0.5, 1)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= r["loss_mask_boundary"] <= 0.5 for r in rows)
-    assert all(r["total_loss"] >= r["loss_mask"] + r["loss_mask_boundary"] for r in rows)
+    assert all(r["loss_mask_point"] >= 0 for r in rows)
+    assert all(r["total_loss"] >= r["loss_mask"] + r["loss_mask_boundary"] + r["loss_mask_point"] for r in rows)
 
 
 def test_train_eval_predict_and_models_end_to_end(via_dataset, tmp_path, monkeypatch):

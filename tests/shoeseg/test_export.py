@@ -234,3 +234,23 @@ def test_a_torchscript_file_loads_in_a_fresh_process(exported):
             "print(len(p.predict([np.zeros((40, 50, 3), np.uint8)], score_thresh=0.0)[0]))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_a_point_head_model_exports_with_its_refined_masks(images, tmp_path):
+    """The point head's subdivision (top-k of the least certain cells, grid sampling, scatter) is part of the
+    exported graph: ONNX Runtime gives PyTorch's refined masks."""
+    source = load_checkpoint(tiny_checkpoint(tmp_path / "plain.pt", mask_point_steps=2, box_nms_thresh=0.5))
+    with torch.no_grad():  # a head that corrects (an untrained one serves the upsampled coarse masks)
+        nn.init.normal_(source.model.roi_heads.point_head.predictor.weight, std=0.5)
+    from shoeseg.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, model=source.model, class_names=["shoe"], serve_score_thresh=THRESH,
+                    extra={"split": {"val": []}})
+    export_model(ckpt, tmp_path / "model.onnx", fmt="onnx")
+    assert load_checkpoint(ckpt).model_config.mask_point_steps == 2
+    reference = Predictor.from_checkpoint(ckpt, device="cpu", score_thresh=THRESH, batch_size=1).predict(images)
+    got = load_predictor(tmp_path / "model.onnx", device="cpu").predict(images)
+    assert sum(map(len, reference)) >= 2
+    for ref, dets in zip(reference, got, strict=True):
+        assert_same_detections(ref, dets, THRESH)
