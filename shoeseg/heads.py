@@ -106,7 +106,7 @@ def fine_features(feature: Tensor, scale: float, boxes: list[Tensor], uv: Tensor
         n = len(b)
         xy = boxes_points(b.to(uv.dtype), uv[start:start + n]) * scale / side  # in [0, 1] of the feature map
         read = point_sample(feature[i:i + 1], xy.reshape(1, -1, 2))  # 1 x C x (n K)
-        out.append(read[0].reshape(feature.shape[1], n, -1).transpose(0, 1))
+        out.append(read[0].reshape(feature.shape[1], n, uv.shape[1]).transpose(0, 1))
         start += n
     return torch.cat(out) if out else feature.new_zeros(0, feature.shape[1], uv.shape[1])
 
@@ -165,9 +165,8 @@ def refine_mask_logits(heads: RoIHeads, features: dict[str, Tensor], boxes: list
         side = logits.shape[-1]
         flat = logits.flatten(1)
         idx = (-flat.abs()).topk(min(SUBDIVISION_POINTS, side * side), dim=1).indices  # the least certain cells
-        uv = torch.stack([(idx % side).to(coarse.dtype), torch.div(idx, side, rounding_mode="floor").to(coarse.dtype)],
-                         dim=-1)
-        uv = (uv + 0.5) / side
+        uv = torch.stack([idx % side, torch.div(idx, side, rounding_mode="floor")], dim=-1).float()
+        uv = (uv + 0.5) / side  # cell centres, in float32 also under autocast (pixel coordinates to come)
         new = _point_logits(heads, features, boxes, labels, coarse, uv, image_sizes)
         logits = flat.scatter(1, idx, new.to(flat.dtype)).view_as(logits)
     return logits

@@ -193,3 +193,19 @@ def test_checkpoints_warm_start_across_the_point_head_both_ways(tmp_path):
     assert getattr(back.roi_heads, "point_head", None) is None and model_config_of(back).mask_point_steps == 0
     with pytest.raises(ValueError, match="mask_point_steps"):
         build_model(num_classes=1, weights=None, mask_point_steps=4)
+
+
+def test_images_without_boxes_get_no_refined_masks_and_the_others_theirs():
+    from shoeseg.heads import mask_probabilities
+
+    model = _point_model().eval()
+    images = [torch.rand(3, 96, 96), torch.rand(3, 80, 96)]
+    with torch.inference_mode():
+        batch, _ = model.transform(images)
+        features = model.backbone(batch.tensors)
+        for boxes in ([torch.zeros(0, 4), torch.zeros(0, 4)], [torch.tensor([[1.0, 1, 50, 50]]), torch.zeros(0, 4)]):
+            labels = [torch.ones(len(b), dtype=torch.int64) for b in boxes]
+            probs = mask_probabilities(model.roi_heads, features, boxes, labels, batch.image_sizes)
+            assert [tuple(p.shape) for p in probs] == [(len(b), 1, 112, 112) for b in boxes]
+        model.roi_heads.score_thresh = 1.0  # nothing detected
+        assert [tuple(o["masks"].shape) for o in model(images)] == [(0, 1, 96, 96), (0, 1, 80, 96)]
