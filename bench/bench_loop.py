@@ -169,12 +169,15 @@ def _count_pushed(client, pid: int, version: str) -> tuple[int, int]:
 
 
 def push_throughput(client, pid: int, version: str, registry, image_paths: list[Path], *, batch: int,
-                    device: str, cache_dir: Path) -> tuple[list[list[str]], dict]:
+                    device: str, cache_dir: Path, one_image=None) -> tuple[list[list[str]], dict]:
     """``predict_project`` in this process (images fetched from Label Studio, then cached) against the bare
     batched forward of the same model, in the runtime the push serves it with, on the same images decoded at
     its serving size.
 
     ``SHOESEG_*`` / ``LABEL_STUDIO_*`` must already be in ``os.environ`` (``predict_project`` reads them).
+
+    ``one_image(predictor, writer, arrays)``, when given, is timed on the same predictor and decoded images
+    (after the pushes) and its result kept as ``"one_image"``.
 
     Returns:
         The table rows (path, tasks, seconds, tasks/s, ratio) and ``{"bare_tasks_per_s", <path>: tasks/s...}``.
@@ -235,6 +238,14 @@ def push_throughput(client, pid: int, version: str, registry, image_paths: list[
         rates[label + " (ratio)"] = round(rate / bare_rate, 3)
         rates[label + " (stages)"] = stages
     rates["serving_fit"] = list(fit)
+    if one_image is not None:
+        from shoeseg_services.ls_config import parse_label_config
+        from shoeseg_services.predictions import PredictionWriter
+
+        config = parse_label_config(client.projects.get(id=pid).label_config)
+        writer = PredictionWriter(config, predictor.class_names, strategy=settings.al_strategy,
+                                  score_thresh=predictor.score_thresh)
+        rates["one_image"] = one_image(predictor, writer, arrays)
     return rows, rates
 
 
