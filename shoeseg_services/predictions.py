@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from shoeseg.active_learning import (
+    DEFAULT_STRATEGY,
     candidates_needed,
     check_strategy,
     detections_score,
@@ -112,7 +113,7 @@ class PredictionWriter:
         score_thresh: detections below this score are not written as regions (they still count in the score).
     """
 
-    def __init__(self, config: LabelConfig, class_names: Sequence[str], *, strategy: str = "least_confidence",
+    def __init__(self, config: LabelConfig, class_names: Sequence[str], *, strategy: str = DEFAULT_STRATEGY,
                  score_thresh: float = 0.5):
         self.config = config
         self.class_names = list(class_names)

@@ -23,7 +23,7 @@ settings without loading torch.
 | ``SHOESEG_SCORE_THRESH`` | the checkpoint's | detections below are not written as regions; unset: the threshold training chose on its validation images (fewest edits, ``shoeseg.edits``), else 0.5 |
 | ``SHOESEG_POLYGON_TOLERANCE`` / ``SHOESEG_POLYGON_TOLERANCE_REL`` / ``SHOESEG_POLYGON_MAX_VERTICES`` | ``1`` / ``0.005`` / ``40`` | the pre-labels' vertex budget, backend and worker alike: simplification tolerance in pixels, relative to each shoe's box diagonal (the larger wins), and the most vertices of a polygon |
 | ``SHOESEG_MASK_REFINE`` / ``SHOESEG_MASK_RESCORE`` | ``0.04`` / ``false`` | every soft mask refined along the image's edges (a guided filter's radius relative to the box diagonal; 0: off), and every score multiplied by its mask's quality, before thresholding (``shoeseg.outlines``), backend and worker alike |
-| ``SHOESEG_AL_STRATEGY`` | ``least_confidence`` | the task score of every prediction (``shoeseg.active_learning``) |
+| ``SHOESEG_AL_STRATEGY`` | ``flip_consistency`` | the task score of every prediction (``shoeseg.active_learning``; the best measured, docs/active-learning.md; ``least_confidence`` runs each image once instead of twice) |
 | ``SHOESEG_PROFILE`` | ``auto`` | training recipe (``shoeseg.train.PROFILES``) |
 | ``SHOESEG_TRAIN_ITERS``, ``SHOESEG_IMS_PER_BATCH``, ``SHOESEG_BASE_LR``, ``SHOESEG_ROI_BATCH``, ``SHOESEG_MIN_SIZE``, ``SHOESEG_MAX_SIZE`` | the profile's | training overrides |
 | ``SHOESEG_INIT_WEIGHTS`` | ``auto`` | first model: ``auto``, ``none``, ``coco``, ``imagenet`` or a checkpoint path |
@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from shoeseg.active_learning import DEFAULT_STRATEGY as _AL_DEFAULT
 from shoeseg.active_learning import STRATEGIES as _AL_TABLE
 from shoeseg.geometry import POLYGON_MAX_VERTICES, POLYGON_TOLERANCE_PX, POLYGON_TOLERANCE_REL
 from shoeseg.outlines import REFINE_RADIUS_REL
@@ -303,7 +304,7 @@ class Settings:
     polygon_max_vertices: int | None = POLYGON_MAX_VERTICES
     mask_refine: float = REFINE_RADIUS_REL
     mask_rescore: bool = False
-    al_strategy: str = "least_confidence"
+    al_strategy: str = _AL_DEFAULT
     # the backend's bounds on one request
     max_image_bytes: int = 30 * 1024 * 1024
     max_image_pixels: int = 50_000_000

@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 FIXTURES = REPO / "tests" / "fixtures"
 N_TASKS = 8
+# least_confidence (one pass), not the default flip_consistency: test_loop recomputes the stored task scores from the
+# registered model, which a one-pass score allows to 5e-4; the default runs in tests/worker
 TINY = {
     "SHOESEG_TRAIN_ITERS": "2", "SHOESEG_MIN_SIZE": "64", "SHOESEG_MAX_SIZE": "96", "SHOESEG_ROI_BATCH": "32",
     "SHOESEG_INIT_WEIGHTS": "none", "SHOESEG_DEVICE": "cpu", "SHOESEG_PROMOTE_TOLERANCE": "1.0",

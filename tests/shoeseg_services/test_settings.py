@@ -40,7 +40,7 @@ def test_a_bad_value_is_refused_at_start_up_naming_the_variable_and_the_value(na
 def test_defaults_and_the_shared_reading():
     s = Settings.from_env({})
     assert s.model_dir == Path("models") and s.cache_dir == Path(".cache/shoeseg")
-    assert (s.min_new_annotations, s.score_thresh, s.al_strategy, s.profile) == (10, None, "least_confidence", "auto")  # None: the checkpoint's threshold
+    assert (s.min_new_annotations, s.score_thresh, s.al_strategy, s.profile) == (10, None, "flip_consistency", "auto")  # None: the checkpoint's threshold
     assert s.train_overrides() == {}
     assert s.promote_tolerance is None  # the gate's interval alone decides
     assert Settings.from_env({"SHOESEG_PROMOTE_TOLERANCE": "-0.02"}).promote_tolerance == -0.02
