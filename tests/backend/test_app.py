@@ -28,8 +28,9 @@ from tests.helpers import (
 @pytest.fixture(scope="module")
 def client(registry, media_server):
     """One started app for the tests that do not change settings (the model loads once)."""
+    # least_confidence (not the default flip_consistency): the task score is then a known answer, the best region's
     settings = Settings(model_dir=registry.root, device="cpu", fetch_timeout_s=2.0, reload_interval_s=0.0,
-                        batch_size=2, label_studio_url=media_server.url,
+                        batch_size=2, label_studio_url=media_server.url, al_strategy="least_confidence",
                         allowed_hosts=(f"127.0.0.1:{media_server.port}",))
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         assert c.post("/setup", json=setup_body(media_server)).status_code == 200
@@ -111,7 +112,7 @@ def test_predict_recorded_body(client):
         assert task_result["result"], "the biased test model finds shoes in every image"
         for region in task_result["result"]:
             check_polygon_result(region, width_px=w, height_px=h)
-        # the task score is the active-learning score (least confidence by default): the best candidate's score
+        # the task score is the active-learning score (least confidence here): the best candidate's score
         region_scores = [reg["score"] for reg in task_result["result"]]
         assert task_result["score"] == pytest.approx(max(region_scores), abs=1e-3)
 
@@ -312,12 +313,12 @@ def test_no_trained_model_yet(app_client, tmp_path, media_server):
 def test_the_task_score_counts_candidates_under_the_drawing_threshold(app_client, media_server):
     # nothing is drawn over a threshold of 1.01, but the task score is the active-learning score of every
     # candidate (least confidence: the best one's score), the same whatever the drawing threshold
-    drawn = app_client()
+    drawn = app_client(al_strategy="least_confidence")
     drawn.post("/setup", json=setup_body(media_server))
     body = fixture_body("predict.json")
     body["tasks"] = body["tasks"][:1]
     (shown,) = drawn.post("/predict", json=body).json()["results"]
-    c = app_client(score_thresh=1.01)
+    c = app_client(score_thresh=1.01, al_strategy="least_confidence")
     c.post("/setup", json=setup_body(media_server))
     (result,) = c.post("/predict", json=body).json()["results"]
     assert result["result"] == [] and result["model_version"] == "test-v1"

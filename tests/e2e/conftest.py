@@ -43,9 +43,13 @@ def backend_registry(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def shoeseg_backend(label_studio, backend_registry, tmp_path_factory):
-    """The backend trusting the session's Label Studio (``LABEL_STUDIO_URL``); its token comes from /setup."""
+    """The backend trusting the session's Label Studio (``LABEL_STUDIO_URL``); its token comes from /setup.
+
+    It scores tasks by ``least_confidence``, not the default ``flip_consistency``: the stored task score is then
+    a known answer from the stored regions (their best score). The default's score is checked against the
+    worker's push, byte for byte, in tests/worker."""
     backend = start_backend(tmp_path_factory.mktemp("backend-logs"), registry_root=backend_registry.root,
-                            env={"LABEL_STUDIO_URL": label_studio.url})
+                            env={"LABEL_STUDIO_URL": label_studio.url, "SHOESEG_AL_STRATEGY": "least_confidence"})
     yield backend
     stop_backend(backend)
 
