@@ -23,7 +23,9 @@ images (:func:`threshold_rows`), beside fixed thresholds; `python -m bench.bench
 checkpoints with and without the steps on their soft masks (edge-guided refinement, mask-quality rescoring:
 :func:`outline_rows`); `python -m bench.bench_quality --nms DIR` DIR's checkpoints at several box-NMS IoUs
 (:func:`nms_rows`); `python -m bench.bench_quality --mask-thresh DIR` every `model.pt` under DIR with its masks
-cut at several probabilities (:func:`mask_thresh_rows`); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
+cut at several probabilities (:func:`mask_thresh_rows`); `python -m bench.bench_quality --point-steps DIR` every
+`model.pt` under DIR that has a point head, served with its subdivision steps and without them
+(:func:`point_step_rows`); `BENCH_QUALITY=lite0,lite0-cp` runs a subset,
 `BENCH_QUALITY_ITERS=N` changes the iterations (the README's table uses the default). With
 `BENCH_QUALITY_OUT=DIR` a stopped run continues: the configurations whose rows are in `DIR/quality.json` are
 not trained again.
@@ -61,6 +63,7 @@ CONFIGS = {
     "lite2-boundary-seed1": {"arch": "lite2-fpn", "weights": "imagenet", "mask_boundary_weight": 1.0, "seed": 1},
     # tight outlines: PointRend's point head, two subdivision steps (28 to 112 per shoe), on the cpu recipe
     "lite2-points": {"arch": "lite2-fpn", "weights": "imagenet", "mask_point_steps": 2},
+    "lite2-points-seed1": {"arch": "lite2-fpn", "weights": "imagenet", "mask_point_steps": 2, "seed": 1},
     # the cpu profile's recipe before AdamW: SGD at 0.005 (0.01 diverged) for 250 iterations
     "lite2-sgd": {"arch": "lite2-fpn", "weights": "imagenet", "optimizer": "sgd", "base_lr": 0.005,
                   "weight_decay": 1e-4, "iters": 250},
@@ -359,7 +362,7 @@ def _variant_row(r: dict, predictor, held, images_dir: Path, arrays, **fields) -
     predictor.score_thresh = 0.5
     ours_ms, bare_ms = _timed_predict(predictor, arrays)
     row = {"config": r["config"], "seed": r.get("seed"), **fields, "segm_AP": ev.metrics.get("segm_AP"),
-           "segm_AP75": ev.metrics.get("segm_AP75"), "predict_ms": ours_ms, "forward_ms": bare_ms,
+           "segm_AP50": ev.metrics.get("segm_AP50"), "segm_AP75": ev.metrics.get("segm_AP75"), "predict_ms": ours_ms, "forward_ms": bare_ms,
            "annotator": ev.annotator.to_json()}
     log.info("%s %s: mask AP %.3f, %.2f false positives per image, %d missed, predict %.0f ms", r["config"],
              fields.get("variant"), row["segm_AP"], row["annotator"]["false_positives_per_image"],
@@ -453,12 +456,41 @@ def mask_thresh_rows(root: Path) -> list[dict]:
     return rows
 
 
+def point_step_rows(root: Path) -> list[dict]:
+    """Every checkpoint under ``root`` with a point head (``mask_point_steps`` > 0), served with each of its steps
+    down to 0 (0: the coarse 28x28 mask, as a model without the head serves it), everything else as served: what
+    the subdivision at inference adds, apart from what training with the point loss changed. Mask AP / AP50 /
+    AP75, the annotator's numbers at 0.5 and the time, as :func:`outline_rows`. Rows go to
+    ``root/point_steps.json``."""
+    import torch
+
+    from shoeseg.predict import Predictor
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    held, images_dir = _held_out_shoes()
+    rows = []
+    for checkpoint in sorted(root.rglob("model.pt")):
+        predictor = Predictor.from_checkpoint(checkpoint, device="cpu", score_thresh=0.05)
+        heads = predictor.model.roi_heads
+        trained_steps = int(getattr(heads, "mask_point_steps", 0))
+        if getattr(heads, "point_head", None) is None or trained_steps < 1:
+            continue
+        arrays = _serving_arrays(held, images_dir, predictor.input_fit)
+        r = {"config": checkpoint.parent.name, "seed": None}
+        for steps in range(trained_steps, -1, -1):
+            heads.mask_point_steps = steps
+            rows.append(_variant_row(r, predictor, held, images_dir, arrays, variant=f"{steps} point steps"))
+    (root / "point_steps.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
 def _print_outlines(rows: list[dict]) -> None:
-    print("| config | seed | masks | mask AP | AP75 | score thr | matched IoU 0.5/0.75/0.85/0.9 | to draw/img | "
+    print("| config | seed | masks | mask AP | AP50 | AP75 | score thr | matched IoU 0.5/0.75/0.85/0.9 | to draw/img | "
           "to delete/img | vertices/polygon | to drag/img | predict ms/img | bare forward ms/img |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['config']} | {r['seed']} | {r['variant']} | {_fmt(r['segm_AP'])} | {_fmt(r['segm_AP75'])} | "
+        print(f"| {r['config']} | {r['seed']} | {r['variant']} | {_fmt(r['segm_AP'])} | {_fmt(r.get('segm_AP50'))} | "
+              f"{_fmt(r['segm_AP75'])} | "
               f"{_annotator_cells(r['annotator'])} | {r['predict_ms']:.0f} | {r['forward_ms']:.0f} |")
 
 
@@ -487,6 +519,9 @@ if __name__ == "__main__":
     elif len(sys.argv) == 3 and sys.argv[1] == "--mask-thresh":
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         _print_outlines(mask_thresh_rows(Path(sys.argv[2])))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--point-steps":
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        _print_outlines(point_step_rows(Path(sys.argv[2])))
     elif len(sys.argv) == 3 and sys.argv[1] == "--thresholds":
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
         _print_thresholds(threshold_rows(Path(sys.argv[2])))
