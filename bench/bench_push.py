@@ -37,8 +37,9 @@ HEADER = ["path", "tasks", "seconds", "tasks/s", "ratio to bare forward"]
 def one_image_ms(predictor, writer, arrays) -> dict:
     """The backend's path for one uncached task, image by image: candidates (one forward, two with a mirror
     view) and the written prediction. Median and p95 in milliseconds, after one warm-up image."""
-    import statistics
     import time
+
+    from bench.bench_improving import _percentiles
 
     name = next(iter(writer.config.images))  # the project's <Image name=...>
 
@@ -52,9 +53,8 @@ def one_image_ms(predictor, writer, arrays) -> dict:
         t = time.perf_counter()
         once(a)
         times.append((time.perf_counter() - t) * 1000)
-    times.sort()
-    return {"p50_ms": round(statistics.median(times), 1), "p95_ms": round(times[int(0.95 * (len(times) - 1))], 1),
-            "images": len(times)}
+    pct = _percentiles(times)
+    return {"p50_ms": round(pct["p50"], 1), "p95_ms": round(pct["p95"], 1), "images": pct["n"]}
 
 
 def run(checkpoint: Path, runtimes: list[str], *, batch: int, shoes: Path,
