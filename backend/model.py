@@ -245,7 +245,8 @@ class ShoeSegModel:
             "details": [
                 {"version": v.version, "status": v.status, "created_at": v.created_at, "parent": v.parent,
                  "metrics": {k: m for k, m in v.metrics.items() if isinstance(m, int | float | str | None)},
-                 "acceptance": registry.acceptance(v.version)}
+                 "acceptance": registry.acceptance(v.version),
+                 "gate": v.recorded("gate"), "annotator": v.recorded("annotator")}
                 for v in versions
             ],
         }

@@ -140,6 +140,17 @@ class VersionInfo(BaseModel):
         description="live acceptance (shoeseg.acceptance): annotations it rests on, shoes kept within IoU 0.9, "
                     "moved, deleted, drawn, vertices changed, kept_share; null before the first annotation",
     )
+    gate: dict[str, Any] | None = Field(
+        default=None,
+        description="the gate's decision when it was registered (shoeseg.gate): what it was compared on, the "
+                    "difference in mask AP and its interval, promote or not and why; null when none was recorded",
+    )
+    annotator: dict[str, Any] | None = Field(
+        default=None,
+        description="the annotator's numbers on its validation images at its serving threshold (shoeseg.edits): "
+                    "shoes matched at IoU 0.5 / 0.75 / 0.85 / 0.9, missed, false positives, vertices; null when "
+                    "none were measured",
+    )
 
 
 class VersionsResponse(BaseModel):

@@ -3,7 +3,8 @@
 What it shows: the served version; each project (its title from Label Studio) and its training (``queued``,
 ``running`` with the job's stage and progress, ``idle``, ``failed`` with the reason) from
 :func:`shoeseg_services.trigger.overview` and the rq jobs' meta; every registry version with its validation mask AP,
-the labels it trained on (``metrics.train_tasks``), the gate's decision (``meta["gate"]`` when the worker
+the labels it trained on (``metrics.train_tasks``), what an annotator would edit on its validation images
+(``meta["annotator"]``, :func:`shoeseg.edits.summary_text`), the gate's decision (``meta["gate"]`` when the worker
 recorded one, else ``meta["decision"]``), its kind (``meta["kind"]``: a round on new labels or idle-time
 training) and its live acceptance (:mod:`shoeseg.acceptance`); and the learning curve, an inline SVG of
 validation AP and live acceptance against the labels trained on and against time.
@@ -21,6 +22,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from shoeseg.edits import summary_text
 from shoeseg.gate import evidence_text
 
 log = logging.getLogger(__name__)
@@ -139,7 +141,8 @@ def gather(model) -> dict[str, Any]:
             "version": v.version, "status": v.status, "created_at": v.created_at, "parent": v.parent,
             "project": meta.get("project"), "ap": metrics.get("segm_AP"), "box_ap": metrics.get("bbox_AP"),
             "train_tasks": metrics.get("train_tasks"), "val_tasks": metrics.get("val_tasks"),
-            "decision": meta.get("decision"), "gate": meta.get("gate") if isinstance(meta.get("gate"), dict) else None,
+            "decision": meta.get("decision"), "gate": v.recorded("gate"),
+            "annotator": v.recorded("annotator"),
             "kind": meta.get("kind"), "promoted_at": v.promoted_at, "acceptance": acceptance,
         })
     training, training_error = training_rows(model)
@@ -307,6 +310,11 @@ def _gate_cell(v: dict) -> str:
     return _e(v.get("decision")) if v.get("decision") else '<span class="muted">–</span>'
 
 
+def _prelabels_cell(numbers: dict | None) -> str:
+    text = summary_text(numbers)
+    return _e(text) if text else '<span class="muted">–</span>'
+
+
 def _acceptance_cells(a: dict | None) -> str:
     if not a:
         return '<td class="num muted">–</td>' * 7
@@ -344,13 +352,15 @@ def render(data: dict[str, Any]) -> str:
             f'<td class="num">{_e(v["project"]) if v["project"] is not None else "–"}</td>'
             f'<td>{_e((v["created_at"] or "")[:19].replace("T", " "))}</td><td>{kind}</td>'
             f'<td class="num">{_e(_num(v["train_tasks"], "d") if isinstance(v["train_tasks"], int) else "–")}</td>'
-            f'<td class="num ap">{_num(v["ap"])}</td><td>{_gate_cell(v)}</td>{_acceptance_cells(v["acceptance"])}</tr>')
+            f'<td class="num ap">{_num(v["ap"])}</td><td class="prelabels">{_prelabels_cell(v.get("annotator"))}</td>'
+            f'<td>{_gate_cell(v)}</td>{_acceptance_cells(v["acceptance"])}</tr>')
     versions = ('<table id="versions"><tr><th rowspan="2">version</th><th rowspan="2">project</th>'
                 '<th rowspan="2">registered</th><th rowspan="2">kind</th><th rowspan="2">labels trained on</th>'
-                '<th rowspan="2">validation mask AP</th><th rowspan="2">gate</th><th colspan="7">live acceptance</th>'
+                '<th rowspan="2">validation mask AP</th><th rowspan="2">pre-labels on validation</th>'
+                '<th rowspan="2">gate</th><th colspan="7">live acceptance</th>'
                 '</tr><tr><th>kept share</th><th>annotations</th><th>kept (IoU ≥ 0.9)</th><th>moved</th>'
                 '<th>deleted</th><th>drawn</th><th>vertices changed</th></tr>'
-                + ("".join(vrows) or '<tr><td colspan="14" class="muted">no version yet</td></tr>') + "</table>")
+                + ("".join(vrows) or '<tr><td colspan="15" class="muted">no version yet</td></tr>') + "</table>")
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="30">'
         f"<title>ShoeSeg status</title><style>{_STYLE}</style></head><body>"

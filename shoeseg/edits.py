@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -407,6 +407,33 @@ def annotator_numbers(
         min_tolerance_px=min_tolerance_px,
         costs=costs,
     )
+
+
+def summary_text(numbers: Mapping[str, Any] | None) -> str | None:
+    """Recorded annotator's numbers (:meth:`AnnotatorNumbers.to_json`, as a version's ``meta["annotator"]`` holds
+    them) in one line, as ``shoeseg models list`` and the status page show them: the shoes kept within IoU 0.85,
+    the shoes to draw and the boxes to delete per image, the images and shoes measured; ``None`` when nothing was measured.
+    Plain text: a page escapes it.
+
+    Example:
+        >>> summary_text({"n_images": 9, "n_truth": 20, "matched_share": {"iou>=0.85": 0.45},
+        ...               "missed_per_image": 0.222, "false_positives_per_image": 0.333})
+        '45 % within IoU 0.85, 0.22 to draw, 0.33 to delete / image (9 images, 20 shoes)'
+        >>> summary_text({"n_images": 0}) is None
+        True
+    """
+    if not isinstance(numbers, Mapping) or not numbers.get("n_images"):
+        return None
+
+    def num(v: Any, spec: str) -> str:
+        return format(v, spec) if isinstance(v, int | float) and not isinstance(v, bool) else "-"
+
+    shares = numbers.get("matched_share") if isinstance(numbers.get("matched_share"), Mapping) else {}
+    kept = shares.get("iou>=0.85")
+    kept_text = f"{num(None if kept is None else 100 * kept, '.0f')} %"
+    return (f"{kept_text} within IoU 0.85, {num(numbers.get('missed_per_image'), '.2f')} to draw, "
+            f"{num(numbers.get('false_positives_per_image'), '.2f')} to delete / image "
+            f"({numbers['n_images']} images, {numbers.get('n_truth', '-')} shoes)")
 
 
 @dataclass

@@ -143,13 +143,13 @@ def _resolve_model(model: str, registry: str | None) -> Path:
     raise FileNotFoundError(f"model {model!r} is neither a checkpoint file nor a version in {reg.root}")
 
 
-def _gate_text(meta: dict) -> str:
+def _gate_text(version) -> str:
     """The gate's evidence in one cell: ``+0.005 [-0.078, +0.078] on 9 images``, plus where the weights came
     from when that is not the parent (an idle chunk continuing a refused one)."""
     from shoeseg.gate import evidence_text
 
-    meta = meta or {}
-    gate = meta.get("gate") if isinstance(meta.get("gate"), dict) else {}
+    meta = version.meta or {}
+    gate = version.recorded("gate") or {}
     text = evidence_text(gate) or str(gate.get("reason") or "-")[:38]
     if meta.get("trained_from") and meta.get("trained_from") != meta.get("current_version"):
         text += f" (from {meta['trained_from']})"
@@ -529,6 +529,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Lists registered versions (the promoted one marked with *)."""
+        from shoeseg.edits import summary_text
         from shoeseg_services.registry import ModelRegistry
 
         reg = ModelRegistry(registry)
@@ -541,14 +542,15 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"no model versions in {reg.root}")
             return
         typer.echo(f"  {'version':<24} {'status':<10} {'segm_AP':>8} {'bbox_AP':>8}  {'parent':<24} {'created':<25} "
-                   f"{'gate: difference [interval] on images':<38} "
+                   f"{'gate: difference [interval] on images':<38} {'pre-labels on its validation images':<80} "
                    "live acceptance (annotations: kept/moved/deleted/drawn, vertices changed)")
         for v in versions:
             mark = "*" if v.status == "promoted" else " "
             ap = "  ".join(f"{v.metrics.get(k):8.3f}" if isinstance(v.metrics.get(k), int | float) else f"{'-':>8}"
                            for k in ("segm_AP", "bbox_AP"))
             typer.echo(f"{mark} {v.version:<24} {v.status:<10} {ap}  {v.parent or '-':<24} {v.created_at:<25} "
-                       f"{_gate_text(v.meta):<38} {_acceptance_text(accepted[v.version])}")
+                       f"{_gate_text(v):<38} {summary_text(v.recorded('annotator')) or '-':<80} "
+                       f"{_acceptance_text(accepted[v.version])}")
 
     @models_app.command("register")
     @_clean_errors

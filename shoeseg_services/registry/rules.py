@@ -65,6 +65,13 @@ class ModelVersion:
     promoted_at: str | None = None
     sha256: str | None = None
 
+    def recorded(self, key: str) -> dict[str, Any] | None:
+        """A record the worker kept in ``meta`` (``"gate"``: the gate's decision, ``"annotator"``: the
+        annotator's numbers on the validation images), or ``None`` when there is none or it is not a mapping
+        (versions registered by hand, or before the record existed)."""
+        value = (self.meta or {}).get(key)
+        return value if isinstance(value, dict) else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,

@@ -25,7 +25,10 @@ def status_registry(tmp_path, checkpoints):
     reg.register(checkpoints.v2, metrics={"segm_AP": 0.42, "train_tasks": 18, "val_tasks": 3}, parent="test-v1",
                  meta={"project": 5, "decision": "promoted", "kind": "idle",
                        "gate": {"metric": "segm_AP", "compared_on": "3 images", "diff": 0.11, "ci_low": 0.02,
-                                "ci_high": 0.2, "decision": "promote <b>now</b>"}})
+                                "ci_high": 0.2, "decision": "promote <b>now</b>"},
+                       "annotator": {"score_thresh": 0.5, "n_images": 3, "n_truth": 4,
+                                     "matched_share": {"iou>=0.5": 1.0, "iou>=0.75": 0.75, "iou>=0.85": 0.5},
+                                     "missed_per_image": 0.0, "false_positives_per_image": 1 / 3}})
     reg.promote("test-v2")
     from tests.helpers import make_checkpoint
 
@@ -92,6 +95,8 @@ def test_the_page_shows_projects_versions_acceptance_and_the_curve(app_client, s
     assert [int(n) for n in re.findall(r'<td class="num">(\d+)</td>', row1)[-6:]] == [1, 3, 1, 1, 2, 4]
     assert "0.60" in row1  # kept share 3 / 5
     assert "0.420" in row2 and ">18<" in row2 and "idle" in row2 and "[+0.020, +0.200]" in row2 and "★" in row2
+    assert "50 % within IoU 0.85, 0.00 to draw, 0.33 to delete / image (3 images, 4 shoes)" in row2
+    assert re.search(r'<td class="prelabels"><span class="muted">–</span></td>', row1)  # none recorded
     row3 = re.search(r'<tr data-version="test-v3".*?</tr>', page).group(0)  # shoeseg.gate's own record
     assert "kept as a candidate" in row3 and "-0.020 [-0.050, +0.010] on 3 images" in row3
     assert "the mean dropped by &gt; 0.01" in row3
@@ -108,6 +113,15 @@ def test_versions_json_carries_the_live_acceptance(app_client, status_registry):
     assert details["test-v1"]["acceptance"]["annotations"] == 1
     assert details["test-v1"]["acceptance"]["kept_share"] == 0.6
     assert details["test-v2"]["acceptance"] is None
+
+
+def test_versions_json_carries_the_gates_evidence_and_the_annotators_numbers(app_client, status_registry):
+    details = {d["version"]: d for d in app_client(status_registry.root).get("/versions").json()["details"]}
+    assert details["test-v3"]["gate"] == {"promote": False, "reason": "the mean dropped by > 0.01", "metric": "segm_AP",
+                                          "compared_on": 3, "diff": -0.02, "ci_low": -0.05, "ci_high": 0.01}
+    assert details["test-v2"]["annotator"]["matched_share"]["iou>=0.85"] == 0.5
+    assert details["test-v2"]["annotator"]["n_images"] == 3
+    assert details["test-v1"]["gate"] is None and details["test-v1"]["annotator"] is None
 
 
 def test_the_page_refuses_without_basic_auth_when_it_is_set(app_client, status_registry, titles):

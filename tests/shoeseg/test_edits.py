@@ -14,6 +14,7 @@ from shoeseg.edits import (
     choose_score_thresh,
     image_edits,
     measure_image,
+    summary_text,
     tolerance_px,
     vertices_off_outline,
 )
@@ -128,6 +129,10 @@ def test_numbers_over_images():
     assert "to draw" in text and "to drag" in text and "0.67" in text
     empty = annotator_numbers([], 0.5)
     assert empty.matched_share[0.5] is None and empty.vertices_median is None and "n/a" in empty.table()
+    # the one line a version's listing shows, from the recorded JSON
+    assert summary_text(doc) == "67 % within IoU 0.85, 0.50 to draw, 0.50 to delete / image (2 images, 3 shoes)"
+    assert summary_text(empty.to_json()) is None and summary_text(None) is None
+    assert summary_text({"n_images": 4, "matched_share": {}}).startswith("- % within IoU 0.85, - to draw")
 
 
 def test_the_threshold_with_the_least_edit_cost_is_chosen():

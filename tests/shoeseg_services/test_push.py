@@ -121,11 +121,16 @@ def test_models_list_shows_the_gates_evidence_and_what_a_chunk_trained_from(regi
     gate = {"promote": False, "reason": "worse", "diff": -0.0685, "ci_low": -0.1217, "ci_high": -0.023,
             "compared_on": 9}
     ckpt = make_checkpoint(tmp_path / "cli-v3.pt", version="cli-v3", fg_logit=1.0, detections=1, seed=1)
+    annotator = {"score_thresh": 0.6, "n_images": 9, "n_truth": 12, "matched_share": {"iou>=0.85": 0.25},
+                 "missed_per_image": 1 / 9, "false_positives_per_image": 0.5}
     registry.register(ckpt, metrics={"segm_AP": 0.2}, parent="cli-v1",
-                      meta={"gate": gate, "current_version": "cli-v1", "trained_from": "cli-v2"})
+                      meta={"gate": gate, "current_version": "cli-v1", "trained_from": "cli-v2",
+                            "annotator": annotator})
     r = runner.invoke(app, ["models", "list", "--registry", str(registry.root)])
     assert r.exit_code == 0, r.output
     line = next(line for line in r.output.splitlines() if "cli-v3" in line)
     assert "-0.069 [-0.122, -0.023] on 9 images (from cli-v2)" in line
+    assert "25 % within IoU 0.85, 0.11 to draw, 0.50 to delete / image (9 images, 12 shoes)" in line
+    assert "pre-labels on its validation images" in r.output.splitlines()[0]
     first = next(line for line in r.output.splitlines() if "cli-v1" in line.split()[:2])
     assert "from" not in first and "gate: difference" in r.output.splitlines()[0]

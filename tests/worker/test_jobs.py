@@ -146,6 +146,12 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     assert version.meta["annotation_ids"] == {"100": 1100, "102": 1102, "104": 1104}
     assert version.meta["validation"] == "task-id hash"  # the first version's
     assert "segm_AP" in version.metrics
+    # what an annotator would edit on its validation images, measured by its own evaluation
+    annotator = version.recorded("annotator")
+    assert annotator["n_images"] == result["val_tasks"] and annotator["n_truth"] >= result["val_tasks"]
+    from shoeseg.checkpoint import read_checkpoint_meta
+
+    assert annotator["score_thresh"] == read_checkpoint_meta(version.checkpoint)["serve_score_thresh"]
     # exported for serving before it was promoted (ONNX Runtime serves on CPU when installed)
     from shoeseg.runtime import onnx_path_beside, resolve_runtime
 
