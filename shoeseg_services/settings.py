@@ -31,6 +31,7 @@ settings without loading torch.
 | ``SHOESEG_GATE_CONFIDENCE`` | ``0.9`` | the gate's bootstrap interval (``shoeseg.gate``): refused when the whole interval is below 0 |
 | ``SHOESEG_VAL_MODULO`` | ``5`` | a task is in the validation subset when its hash % modulo == 0 ... |
 | ``SHOESEG_VAL_MAX`` | ``30`` | ... and among the ``SHOESEG_VAL_MAX`` such tasks of lowest hash (the rest train) |
+| ``SHOESEG_VAL_ROTATION`` | ``newest`` | which tasks judge a later version: ``newest``, the newest labels neither version trained on (the oldest validation tasks move into training), or ``fixed``, the hash subset above for good |
 | ``SHOESEG_TRAIN_BUDGET_S`` | ``780`` | training seconds of a full training (the first version, a full retrain): every 10 iterations its schedule is cut to what fits the rest of it at their pace (at least half of it; 0: no budget), so the first pre-labels come within about 15 minutes on a slower machine too; idle training continues after it |
 | ``SHOESEG_ROUND_BUDGET_S`` | ``360`` | training seconds of a fine-tuning round: its iterations are cut to fit at its parent's seconds per iteration (at least 40; 0: no budget), idle training continues after it |
 | ``SHOESEG_IDLE_TRAINING`` | ``true`` | keep improving the current version while the project has no other job (``worker.improving``) |

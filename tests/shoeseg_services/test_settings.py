@@ -82,3 +82,36 @@ def test_the_mask_steps_are_read_for_backend_and_worker_alike(caplog):
     with caplog.at_level("WARNING"):
         Settings.from_env({"SHOESEG_MASK_RESCORE": "1"})
     assert "set SHOESEG_SCORE_THRESH" in caplog.text
+
+
+class _Recording(dict):
+    """An empty environment that remembers every name it was asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.asked.add(key)
+        return super().__contains__(key)
+
+
+def test_the_settings_table_names_every_variable_that_is_read():
+    import shoeseg_services.settings as module
+
+    env = _Recording()
+    Settings.from_env(env)
+    read = {name for name in env.asked if name.startswith("SHOESEG_")}
+    assert len(read) > 30  # the recording saw the reads
+    table = module.__doc__
+    families = re.findall(r"``(SHOESEG_[A-Z_]+)\*``", table)  # e.g. SHOESEG_MAX_* for the request limits
+    missing = sorted(n for n in read if f"``{n}``" not in table and not any(n.startswith(f) for f in families))
+    assert not missing, f"not in the table of shoeseg_services/settings.py: {missing}"
