@@ -223,7 +223,7 @@ def score_versions(args, out: Path) -> list[dict]:
         cfg = mv.meta.get("train_config") or {}
         rows.append({"version": mv.version, "kind": mv.meta.get("kind") or "round", "created_at": mv.created_at,
                      "promoted": bool(mv.meta.get("promoted")), "reason": mv.meta.get("reason"),
-                     "gate": mv.meta.get("gate"), "labels": mv.metrics.get("train_tasks"),
+                     "gate": mv.recorded("gate"), "labels": mv.metrics.get("train_tasks"),
                      "trained_from": mv.meta.get("trained_from", mv.parent),
                      "iters": cfg.get("iters"), "size": cfg.get("min_size"),
                      "segm_AP": res.metrics.get("segm_AP"), "segm_AP75": res.metrics.get("segm_AP75"),

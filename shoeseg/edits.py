@@ -430,7 +430,7 @@ def summary_text(numbers: Mapping[str, Any] | None) -> str | None:
 
     shares = numbers.get("matched_share") if isinstance(numbers.get("matched_share"), Mapping) else {}
     kept = shares.get("iou>=0.85")
-    kept_text = f"{num(None if kept is None else 100 * kept, '.0f')} %"
+    kept_text = f"{num(100 * kept if isinstance(kept, int | float) else None, '.0f')} %"
     return (f"{kept_text} within IoU 0.85, {num(numbers.get('missed_per_image'), '.2f')} to draw, "
             f"{num(numbers.get('false_positives_per_image'), '.2f')} to delete / image "
             f"({numbers['n_images']} images, {numbers.get('n_truth', '-')} shoes)")

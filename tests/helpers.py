@@ -57,13 +57,15 @@ def fixture_body(name: str) -> dict:
 
 
 def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: int, seed: int, size_px: int = 128,
-                    serve_score_thresh: float | None = None, anchor_boxes: bool = False):
+                    serve_score_thresh: float | None = None, anchor_boxes: bool = False,
+                    metrics: dict | None = None):
     """A checkpoint whose model finds up to ``detections`` boxes per image with score ``sigmoid(2 * fg_logit)``.
 
     The boxes of these random models are arbitrary: at the served box NMS (0.4) one of test-v1's on the browser
     test's upload is a sliver two pixels tall along the image's edge, which the predictor drops (Label Studio's
     editor would list it but not draw it; :data:`shoeseg.geometry.MIN_PART_WIDTH_PX`). ``anchor_boxes`` zeroes the
-    box deltas, so that the boxes are anchors and every image gets regions."""
+    box deltas, so that the boxes are anchors and every image gets regions. ``metrics``: the evaluation the
+    checkpoint records (as training writes it)."""
     import torch
 
     from shoeseg.checkpoint import save_checkpoint
@@ -82,7 +84,7 @@ def make_checkpoint(path: Path, *, version: str, fg_logit: float, detections: in
                 layer.bias.zero_()
     model.eval()
     save_checkpoint(path, model=model, class_names=["shoe"], config={"purpose": "backend tests"}, version=version,
-                    serve_score_thresh=serve_score_thresh)
+                    serve_score_thresh=serve_score_thresh, metrics=metrics)
     return path
 
 

@@ -275,9 +275,6 @@ def register_and_promote(registry, result, *, current, decision, current_metrics
             "current_metrics_on_val": current_metrics,
             "decision": decision.reason,
             "gate": decision.to_json(),
-            # what an annotator would edit on the validation images, at the version's serving threshold
-            "annotator": (result.eval.annotator.to_json()
-                          if result.eval is not None and result.eval.annotator is not None else None),
             "promoted": promote,
             # the iterations that ran: a time budget may have cut the schedule the config planned
             "train_config": {**{f.name: getattr(config, f.name) for f in fields(config)},

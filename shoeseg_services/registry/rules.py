@@ -66,9 +66,10 @@ class ModelVersion:
     sha256: str | None = None
 
     def recorded(self, key: str) -> dict[str, Any] | None:
-        """A record the worker kept in ``meta`` (``"gate"``: the gate's decision, ``"annotator"``: the
-        annotator's numbers on the validation images), or ``None`` when there is none or it is not a mapping
-        (versions registered by hand, or before the record existed)."""
+        """A record kept in ``meta`` (``"gate"``: the worker's gate decision; ``"annotator"``: the annotator's
+        numbers on the training's validation images, copied from the checkpoint at registration), or ``None``
+        when there is none or it is not a mapping (a checkpoint trained without validation images, a version
+        registered before the record existed)."""
         value = (self.meta or {}).get(key)
         return value if isinstance(value, dict) else None
 
@@ -302,6 +303,8 @@ class ModelRegistry:
         meta = dict(meta or {})
         meta.setdefault("class_names", cmeta.get("class_names"))
         meta.setdefault("model_config", cmeta.get("model_config"))
+        # what an annotator would edit on the training's validation images, at its serving threshold (shoeseg.edits)
+        meta.setdefault("annotator", (cmeta.get("metrics") or {}).get("annotator"))
         record = {
             "version": version,
             "created_at": now(),

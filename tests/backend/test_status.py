@@ -124,6 +124,23 @@ def test_versions_json_carries_the_gates_evidence_and_the_annotators_numbers(app
     assert details["test-v1"]["gate"] is None and details["test-v1"]["annotator"] is None
 
 
+def test_records_that_are_not_what_the_worker_writes_are_shown_as_none_and_escaped(app_client, tmp_path, checkpoints,
+                                                                                  titles):
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register(checkpoints.v1, metrics={"segm_AP": 0.3}, parent=None, meta={"gate": "x", "annotator": [1]})
+    reg.register(checkpoints.v2, metrics={"segm_AP": 0.3}, parent=None,
+                 meta={"annotator": {"n_images": 2, "n_truth": EVIL, "matched_share": {"iou>=0.85": {"a": 1}}}})
+    c = app_client(reg.root)
+    details = {d["version"]: d for d in c.get("/versions").json()["details"]}
+    assert details["test-v1"]["gate"] is None and details["test-v1"]["annotator"] is None
+    page = c.get("/").text
+    row1 = re.search(r'<tr data-version="test-v1".*?</tr>', page).group(0)
+    row2 = re.search(r'<tr data-version="test-v2".*?</tr>', page).group(0)
+    assert '<td class="prelabels"><span class="muted">–</span></td>' in row1
+    assert "- % within IoU 0.85, - to draw, - to delete / image (2 images, &lt;script&gt;" in row2
+    assert EVIL not in page
+
+
 def test_the_page_refuses_without_basic_auth_when_it_is_set(app_client, status_registry, titles):
     c = app_client(status_registry.root, basic_auth_user="lead", basic_auth_pass="s3cret")
     r = c.get("/")

@@ -115,22 +115,35 @@ def test_models_list_shows_the_live_acceptance(registry):
     assert listed["cli-v1"]["acceptance"]["kept"] == 4 and listed["cli-v2"]["acceptance"] is None
 
 
+def test_a_checkpoint_registered_by_hand_shows_the_annotators_numbers_its_training_measured(registry, tmp_path):
+    from tests.helpers import make_checkpoint
+
+    numbers = {"score_thresh": 0.5, "n_images": 4, "n_truth": 5, "matched_share": {"iou>=0.85": 0.6},
+               "missed_per_image": 0.25, "false_positives_per_image": 0.0}
+    ckpt = make_checkpoint(tmp_path / "cli-v4.pt", version="cli-v4", fg_logit=1.0, detections=1, seed=2,
+                           metrics={"segm_AP": 0.3, "annotator": numbers})
+    r = runner.invoke(app, ["models", "register", str(ckpt), "--registry", str(registry.root)])
+    assert r.exit_code == 0, r.output
+    assert registry.get("cli-v4").recorded("annotator") == numbers
+    r = runner.invoke(app, ["models", "list", "--registry", str(registry.root)])
+    line = next(line for line in r.output.splitlines() if "cli-v4" in line)
+    assert "60 % within IoU 0.85, 0.25 to draw, 0.00 to delete / image (4 images, 5 shoes)" in line
+    other = next(line for line in r.output.splitlines() if "cli-v1" in line.split()[:2])
+    assert "within IoU" not in other  # its checkpoint recorded none
+
+
 def test_models_list_shows_the_gates_evidence_and_what_a_chunk_trained_from(registry, tmp_path):
     from tests.helpers import make_checkpoint
 
     gate = {"promote": False, "reason": "worse", "diff": -0.0685, "ci_low": -0.1217, "ci_high": -0.023,
             "compared_on": 9}
     ckpt = make_checkpoint(tmp_path / "cli-v3.pt", version="cli-v3", fg_logit=1.0, detections=1, seed=1)
-    annotator = {"score_thresh": 0.6, "n_images": 9, "n_truth": 12, "matched_share": {"iou>=0.85": 0.25},
-                 "missed_per_image": 1 / 9, "false_positives_per_image": 0.5}
     registry.register(ckpt, metrics={"segm_AP": 0.2}, parent="cli-v1",
-                      meta={"gate": gate, "current_version": "cli-v1", "trained_from": "cli-v2",
-                            "annotator": annotator})
+                      meta={"gate": gate, "current_version": "cli-v1", "trained_from": "cli-v2"})
     r = runner.invoke(app, ["models", "list", "--registry", str(registry.root)])
     assert r.exit_code == 0, r.output
     line = next(line for line in r.output.splitlines() if "cli-v3" in line)
     assert "-0.069 [-0.122, -0.023] on 9 images (from cli-v2)" in line
-    assert "25 % within IoU 0.85, 0.11 to draw, 0.50 to delete / image (9 images, 12 shoes)" in line
     assert "pre-labels on its validation images" in r.output.splitlines()[0]
     first = next(line for line in r.output.splitlines() if "cli-v1" in line.split()[:2])
     assert "from" not in first and "gate: difference" in r.output.splitlines()[0]
