@@ -210,7 +210,8 @@ def _panel(points: list[dict], *, x_key: str, x_label: str, x_fmt, left: float, 
     for x in (lo, (lo + hi) / 2, hi):
         out.append(f'<text x="{sx(x):.1f}" y="{bottom + 16:.1f}" text-anchor="middle" class="tick">{_e(x_fmt(x))}</text>')
     for series, colour, shape in (("ap", _AP_COLOUR, "circle"), ("acceptance", _ACC_COLOUR, "rect")):
-        pts = sorted((p[x_key], p[series], p) for p in points if p[x_key] is not None and p[series] is not None)
+        pts = sorted(((p[x_key], p[series], p) for p in points if p[x_key] is not None and p[series] is not None),
+                     key=lambda t: (t[0], t[1]))  # ties (two versions in one second, same AP) keep their order
         if len(pts) > 1:
             path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y, _ in pts)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.5" '

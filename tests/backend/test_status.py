@@ -141,6 +141,15 @@ def test_records_that_are_not_what_the_worker_writes_are_shown_as_none_and_escap
     assert EVIL not in page
 
 
+def test_the_curve_draws_two_versions_registered_in_one_second_with_the_same_ap():
+    from backend.status import learning_curve_svg
+
+    same = {"ap": 0.3, "acceptance": {"kept_share": 0.5}, "train_tasks": 8, "created_at": "2026-12-07T20:00:00+00:00"}
+    svg = learning_curve_svg([{"version": "a", **same}, {"version": "b", **same}], served="b")
+    assert svg.count('class="point ap"') == 4 and svg.count('class="point acceptance"') == 4  # two per panel
+    assert re.findall(r'class="point ap" data-version="(\w)"', svg) == ["a", "b", "a", "b"]
+
+
 def test_the_page_refuses_without_basic_auth_when_it_is_set(app_client, status_registry, titles):
     c = app_client(status_registry.root, basic_auth_user="lead", basic_auth_pass="s3cret")
     r = c.get("/")
