@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import threading
 import time
 from datetime import datetime
@@ -175,6 +176,11 @@ def gather(model) -> dict[str, Any]:
 _AP_COLOUR, _ACC_COLOUR = "#1f77b4", "#d95f02"
 
 
+def _finite(x) -> float | None:
+    """``x`` as a number to plot, or None where it is none (a record without it, NaN, infinite, text)."""
+    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
 def _when(text: str | None) -> float | None:
     try:
         return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
@@ -234,10 +240,9 @@ def _panel(points: list[dict], *, x_key: str, x_label: str, x_fmt, left: float, 
 def learning_curve_svg(versions: list[dict], *, served: str | None) -> str:
     """The learning curve as inline SVG: validation AP (circles) and live acceptance (squares, kept share)
     of each version against the labels it trained on (left) and against time (right); the served version filled."""
-    points = [{"version": v["version"], "served": v["version"] == served,
-               "ap": v["ap"] if isinstance(v["ap"], int | float) else None,
-               "acceptance": (v["acceptance"] or {}).get("kept_share"),
-               "labels": v["train_tasks"] if isinstance(v["train_tasks"], int | float) else None,
+    points = [{"version": v["version"], "served": v["version"] == served, "ap": _finite(v["ap"]),
+               "acceptance": _finite((v["acceptance"] or {}).get("kept_share")),
+               "labels": _finite(v["train_tasks"]),
                "time": _when(v["created_at"])} for v in versions]
     width, height, panel_w = 960, 300, 400
 
@@ -277,7 +282,7 @@ svg .empty { font: 12px system-ui, sans-serif; fill: #444; }
 
 
 def _num(value: Any, fmt: str = ".3f") -> str:
-    return format(value, fmt) if isinstance(value, int | float) and not isinstance(value, bool) else "–"
+    return "–" if _finite(value) is None else format(value, fmt)
 
 
 def _training_cell(t: dict | None) -> str:

@@ -150,6 +150,25 @@ def test_the_curve_draws_two_versions_registered_in_one_second_with_the_same_ap(
     assert re.findall(r'class="point ap" data-version="(\w)"', svg) == ["a", "b", "a", "b"]
 
 
+def test_numbers_that_are_not_finite_read_as_none_in_versions_and_on_the_page(app_client, tmp_path, checkpoints,
+                                                                                titles):
+    nan, inf = float("nan"), float("inf")
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register(checkpoints.v1, metrics={"segm_AP": nan, "bbox_AP": inf, "train_tasks": nan}, parent=None,
+                 meta={"gate": {"diff": nan, "ci_low": -inf, "ci_high": nan, "compared_on": 0}})
+    reg.register(checkpoints.v2, metrics={"segm_AP": 0.3, "train_tasks": 4}, parent="test-v1", meta={})
+    reg.promote("test-v1")
+    c = app_client(reg.root)
+    r = c.get("/versions")
+    assert r.status_code == 200
+    first = r.json()["details"][0]
+    assert first["metrics"] == {"segm_AP": None, "bbox_AP": None, "train_tasks": None}
+    assert first["gate"]["diff"] is None and first["gate"]["ci_low"] is None
+    page = c.get("/")
+    assert page.status_code == 200 and "nan" not in page.text.lower() and "inf<" not in page.text
+    assert re.findall(r'class="point ap" data-version="([\w-]+)"', page.text) == ["test-v2", "test-v2"]
+
+
 def test_the_page_refuses_without_basic_auth_when_it_is_set(app_client, status_registry, titles):
     c = app_client(status_registry.root, basic_auth_user="lead", basic_auth_pass="s3cret")
     r = c.get("/")
