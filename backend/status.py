@@ -173,12 +173,18 @@ def gather(model) -> dict[str, Any]:
 
 # -- the learning curve --------------------------------------------------------------------------------------
 
-_AP_COLOUR, _ACC_COLOUR = "#1f77b4", "#d95f02"
+_AP_COLOUR, _ACC_COLOUR, _KEPT_COLOUR = "#1f77b4", "#d95f02", "#2ca02c"
 
 
 def _finite(x) -> float | None:
     """``x`` as a number to plot, or None where it is none (a record without it, NaN, infinite, text)."""
     return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _kept_share(annotator: Any) -> Any:
+    """The share of validation shoes a version's pre-labels outlined within IoU 0.85 (its ``meta.annotator``)."""
+    shares = annotator.get("matched_share") if isinstance(annotator, dict) else None
+    return shares.get("iou>=0.85") if isinstance(shares, dict) else None
 
 
 def _when(text: str | None) -> float | None:
@@ -189,7 +195,7 @@ def _when(text: str | None) -> float | None:
 
 
 def _panel(points: list[dict], *, x_key: str, x_label: str, x_fmt, left: float, width: float, height: float) -> str:
-    """One panel: AP and acceptance (both 0..1) of the versions against ``x_key``."""
+    """One panel: AP, pre-labels within IoU 0.85 and live acceptance (all 0..1) of the versions against ``x_key``."""
     top, bottom = 30.0, height - 45.0
     xs = [p[x_key] for p in points if p[x_key] is not None]
     out = [f'<g class="panel" data-x="{_e(x_key)}">',
@@ -215,7 +221,8 @@ def _panel(points: list[dict], *, x_key: str, x_label: str, x_fmt, left: float, 
 
     for x in (lo, (lo + hi) / 2, hi):
         out.append(f'<text x="{sx(x):.1f}" y="{bottom + 16:.1f}" text-anchor="middle" class="tick">{_e(x_fmt(x))}</text>')
-    for series, colour, shape in (("ap", _AP_COLOUR, "circle"), ("acceptance", _ACC_COLOUR, "rect")):
+    for series, colour, shape in (("ap", _AP_COLOUR, "circle"), ("kept", _KEPT_COLOUR, "polygon"),
+                                  ("acceptance", _ACC_COLOUR, "rect")):
         pts = sorted(((p[x_key], p[series], p) for p in points if p[x_key] is not None and p[series] is not None),
                      key=lambda t: (t[0], t[1]))  # ties (two versions in one second, same AP) keep their order
         if len(pts) > 1:
@@ -228,6 +235,9 @@ def _panel(points: list[dict], *, x_key: str, x_label: str, x_fmt, left: float, 
             if shape == "circle":
                 mark = (f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{fill}" stroke="{colour}" '
                         f'stroke-width="2"')
+            elif shape == "polygon":  # a triangle
+                mark = (f'<polygon points="{sx(x):.1f},{sy(y) - 5.5:.1f} {sx(x) - 5:.1f},{sy(y) + 4:.1f} '
+                        f'{sx(x) + 5:.1f},{sy(y) + 4:.1f}" fill="{fill}" stroke="{colour}" stroke-width="2"')
             else:
                 mark = (f'<rect x="{sx(x) - 4.5:.1f}" y="{sy(y) - 4.5:.1f}" width="9" height="9" fill="{fill}" '
                         f'stroke="{colour}" stroke-width="2"')
@@ -238,11 +248,12 @@ def _panel(points: list[dict], *, x_key: str, x_label: str, x_fmt, left: float, 
 
 
 def learning_curve_svg(versions: list[dict], *, served: str | None) -> str:
-    """The learning curve as inline SVG: validation AP (circles) and live acceptance (squares, kept share)
-    of each version against the labels it trained on (left) and against time (right); the served version filled."""
+    """The learning curve as inline SVG: validation mask AP (circles), the share of validation shoes its pre-labels
+    outline within IoU 0.85 (triangles, ``meta.annotator``) and live acceptance (squares, kept share) of each version
+    against the labels it trained on (left) and against time (right); the served version filled."""
     points = [{"version": v["version"], "served": v["version"] == served, "ap": _finite(v["ap"]),
                "acceptance": _finite((v["acceptance"] or {}).get("kept_share")),
-               "labels": _finite(v["train_tasks"]),
+               "kept": _finite(_kept_share(v.get("annotator"))), "labels": _finite(v["train_tasks"]),
                "time": _when(v["created_at"])} for v in versions]
     width, height, panel_w = 960, 300, 400
 
@@ -260,9 +271,11 @@ def learning_curve_svg(versions: list[dict], *, served: str | None) -> str:
     ]
     legend = (f'<g class="legend"><circle cx="70" cy="14" r="5" fill="{_AP_COLOUR}"/>'
               f'<text x="80" y="18">validation mask AP</text>'
-              f'<rect x="225" y="9.5" width="9" height="9" fill="{_ACC_COLOUR}"/>'
-              f'<text x="240" y="18">live acceptance (share of pre-labelled shoes kept within IoU 0.9)</text>'
-              f'<text x="700" y="18">filled: the served version</text></g>')
+              f'<polygon points="215,8.5 210,18 220,18" fill="{_KEPT_COLOUR}"/>'
+              f'<text x="226" y="18">validation shoes outlined within IoU 0.85</text>'
+              f'<rect x="495" y="9.5" width="9" height="9" fill="{_ACC_COLOUR}"/>'
+              f'<text x="510" y="18">live: pre-labelled shoes kept (IoU 0.9)</text>'
+              f'<text x="790" y="18">filled: the served version</text></g>')
     return (f'<svg id="learning-curve" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="learning curve">{legend}{"".join(body)}</svg>')
 

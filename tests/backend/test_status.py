@@ -100,9 +100,12 @@ def test_the_page_shows_projects_versions_acceptance_and_the_curve(app_client, s
     row3 = re.search(r'<tr data-version="test-v3".*?</tr>', page).group(0)  # shoeseg.gate's own record
     assert "kept as a candidate" in row3 and "-0.020 [-0.050, +0.010] on 3 images" in row3
     assert "the mean dropped by &gt; 0.01" in row3
-    # the curve: AP of both versions in both panels, acceptance of the one with annotations
+    # the curve: AP of every version in both panels, the validation shoes within IoU 0.85 of the one that
+    # recorded them, acceptance of the one with annotations
     svg = re.search(r'<svg id="learning-curve".*?</svg>', page, re.S).group(0)
     assert len(re.findall(r'class="point ap" data-version="test-v[123]"', svg)) == 6
+    assert re.findall(r'class="point kept" data-version="([^"]+)" data-value="([^"]+)"', svg) == \
+        [("test-v2", "0.5000")] * 2
     assert re.findall(r'class="point acceptance" data-version="([^"]+)" data-value="([^"]+)"', svg) == \
         [("test-v1", "0.6000")] * 2
     assert "<script" not in page.replace("&lt;script", "")  # no script of our own either
