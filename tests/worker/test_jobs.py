@@ -206,6 +206,50 @@ def test_train_promote_predict_through_a_real_worker(redis_conn, fake_ls, loop_e
     assert candidate.meta["validation"] == "newest labels"
 
 
+def test_a_round_that_is_genuinely_worse_on_the_validation_images_is_never_promoted(redis_conn, fake_ls, loop_env,
+                                                                                      tmp_path, monkeypatch):
+    """No tolerance: the default gate against a candidate the evidence says is worse.
+
+    The current version is a hand-made model, and every label is what it predicted on that image (an annotator
+    who accepted its pre-labels as they were), so it scores AP 1 on any validation image. The worker's round
+    fine-tunes it for an iteration at a destructive learning rate (``SHOESEG_BASE_LR=50``: the warm-up's first
+    step, at a thousandth of it, moves every weight by about 0.05, as a step of Adam does not scale with the
+    gradient), at the current version's input size. The candidate is also built with the profile's proposal
+    and detection settings, which alone move its boxes off the hand-made model's (AP 0.02 at a rate of 1e-9,
+    tried): a worse model either way, AP about 0 where the current version scores 1."""
+    from shoeseg.predict import Predictor
+    from shoeseg_services.registry import ModelRegistry
+    from tests.helpers import make_checkpoint
+    from via_tools.images import read_image
+    from via_tools.model import Region
+
+    good = make_checkpoint(tmp_path / "good.pt", version="good-v1", fg_logit=4.0, detections=3, seed=1,
+                           size_px=96, anchor_boxes=True)
+    predictor = Predictor.from_checkpoint(good, device="cpu", score_thresh=0.5)
+    for im in fake_ls.ds.images:
+        best = max(predictor.predict([read_image(fake_ls.images_dir / im.file_name)])[0], key=lambda d: d.score)
+        im.regions[:] = [Region(label="shoe", polygons=best.polygons, region_id="kept")]
+    registry = ModelRegistry(loop_env.model_dir)
+    registry.register(good, metrics={}, parent=None, meta={"project": 1})
+    registry.promote("good-v1")
+    monkeypatch.delenv("SHOESEG_PROMOTE_TOLERANCE", raising=False)
+    monkeypatch.setenv("SHOESEG_BASE_LR", "50")
+    monkeypatch.setenv("SHOESEG_MIN_SIZE", "96")
+    monkeypatch.setenv("SHOESEG_MAX_SIZE", "96")
+    queued = trigger.request_training(redis_conn, 1, reason="worse", settings=Settings.from_env())
+    work(redis_conn, TRAIN_QUEUE)
+    job = Job.fetch(queued["job_id"], connection=redis_conn)
+    assert job.get_status() == JobStatus.FINISHED, job.meta.get("error")
+    res = job.return_value()
+    gate = registry.get(res["version"]).meta["gate"]
+    assert res["promoted"] is False and registry.current_version_id() == "good-v1"
+    assert gate["compared_on"] == res["val_tasks"] >= 1
+    assert gate["current_mean"] > 0.9 and gate["new_mean"] < 0.5, gate
+    assert gate["ci_high"] < 0, gate  # the whole interval below 0: worse on the evidence
+    assert "worse" in res["decision"], res["decision"]
+    assert not Queue(PREDICT_QUEUE, connection=redis_conn).count  # nothing of it is pushed
+
+
 def test_a_first_model_over_its_time_budget_records_the_iterations_it_ran(redis_conn, fake_ls, loop_env,
                                                                           monkeypatch):
     from shoeseg.train import PROFILES
