@@ -205,3 +205,19 @@ def test_the_s3_settings_pass_through_from_env_and_are_left_out_when_unset(tmp_p
         assert env["SHOESEG_S3_BUCKETS"] == "photos" and env["SHOESEG_ALLOWED_HOSTS"] == "minio.internal:9000"
     # Label Studio itself gets none of the workers' credentials
     assert not any(k.startswith("AWS_") for k in services["label-studio"]["environment"])
+
+
+def test_the_example_and_the_compose_fallbacks_keep_the_codes_defaults():
+    """What a production set-up gets when it copies .env.example, or sets nothing, is what the code and the README
+    call the default (the containers' model folder aside)."""
+    from shoeseg_services.settings import Settings
+
+    example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
+                   if "=" in line and not line.startswith("#"))
+    fallbacks = dict(re.findall(r"\$\{(SHOESEG_\w+):-([^}]*)\}", COMPOSE.read_text()))
+    fallbacks.pop("SHOESEG_MODEL_DIR")
+    default = Settings.from_env({})
+    for source, values in ((".env.example", example), ("docker-compose.yml", fallbacks)):
+        for name, value in values.items():
+            if name.startswith("SHOESEG_"):
+                assert Settings.from_env({name: value}) == default, f"{source}: {name}={value} is not the default"
