@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import threading
 import time
 from datetime import datetime
@@ -25,6 +24,7 @@ from typing import Any
 
 from shoeseg.edits import summary_text
 from shoeseg.gate import evidence_text
+from via_tools.model import is_finite_number
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ _AP_COLOUR, _ACC_COLOUR, _KEPT_COLOUR = "#1f77b4", "#d95f02", "#2ca02c"
 
 def _finite(x) -> float | None:
     """``x`` as a number to plot, or None where it is none (a record without it, NaN, infinite, text)."""
-    return float(x) if isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) else None
+    return float(x) if is_finite_number(x) else None
 
 
 def _kept_share(annotator: Any) -> Any:

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from via_tools.model import is_finite_number
+
 #: What the gate compares: each validation image's mask AP (COCO, averaged over IoU 0.5:0.95).
 METRIC = "per-image mask AP"
 #: Bootstrap resamples of the per-image differences.
@@ -163,10 +165,10 @@ def evidence_text(gate: Mapping[str, Any] | None) -> str | None:
         >>> evidence_text({"reason": "no current version"}) is None
         True
     """
-    if not isinstance(gate, Mapping) or not _is_number(gate.get("diff")):
+    if not isinstance(gate, Mapping) or not is_finite_number(gate.get("diff")):
         return None
     text = f"{gate['diff']:+.3f}"
-    if _is_number(gate.get("ci_low")) and _is_number(gate.get("ci_high")):
+    if is_finite_number(gate.get("ci_low")) and is_finite_number(gate.get("ci_high")):
         text += f" [{gate['ci_low']:+.3f}, {gate['ci_high']:+.3f}]"
     on = gate.get("compared_on")
     if isinstance(on, int) and not isinstance(on, bool):
@@ -175,9 +177,6 @@ def evidence_text(gate: Mapping[str, Any] | None) -> str | None:
         text += f" on {on}"
     return text
 
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and bool(np.isfinite(x))
 
 
 __all__ = ["METRIC", "GateDecision", "decide", "evidence_text", "paired_interval"]
