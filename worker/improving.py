@@ -37,6 +37,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from shoeseg_services import idle_training
@@ -64,24 +65,51 @@ def labels_fingerprint(ds) -> str:
     return hashlib.blake2b(json.dumps(pairs).encode(), digest_size=12).hexdigest()
 
 
-def _lower_priority(settings: Settings) -> int | None:
+@dataclass
+class _Priority:
+    """What a chunk changed to train at a lower priority, to set back at its end."""
+
+    process_nice: int
+    session_nice: int | None
+    threads: int | None
+
+
+def _lower_priority(settings: Settings) -> _Priority:
     """The chunk's process at ``nice`` ``SHOESEG_IDLE_NICE``, and its session too where Linux shares the CPU
     between sessions first (autogroup, :func:`shoeseg_services.processes.session_nice`): the process's own nice
-    only counts within its session, and rq's work horse shares the worker's. Returns the session's nice to set back
-    when the chunk ends (None: unchanged)."""
-    try:
-        os.nice(settings.idle_nice)
-    except OSError:  # not allowed here: run at the same priority
-        log.warning("could not lower the idle-time training's priority", exc_info=True)
-    restore = None
+    only counts within its session, and rq's work horse shares the worker's. With ``SHOESEG_IDLE_THREADS``, fewer
+    torch threads. Returns what to set back when the chunk ends (:func:`_restore_priority`)."""
+    was = _Priority(process_nice=os.getpriority(os.PRIO_PROCESS, 0), session_nice=None, threads=None)
+    if settings.idle_nice > was.process_nice:  # a level, not an increment: chunks run one after another
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, settings.idle_nice)
+        except OSError:  # not allowed here: run at the same priority
+            log.warning("could not lower the idle-time training's priority", exc_info=True)
     before = session_nice()
     if before is not None and settings.idle_nice > before and set_session_nice(settings.idle_nice):
-        restore = before
+        was.session_nice = before
     if settings.idle_threads:
         import torch
 
+        was.threads = torch.get_num_threads()
         torch.set_num_threads(settings.idle_threads)
-    return restore
+    return was
+
+
+def _restore_priority(was: _Priority) -> None:
+    """Sets back what :func:`_lower_priority` changed, for the next job of a worker that runs jobs in its own
+    process (rq's ``SimpleWorker``; a forking worker's work horse ends with its job). A process may not raise its
+    priority again without the right to: it then stays at the idle nice."""
+    if was.session_nice is not None:
+        set_session_nice(was.session_nice)
+    if was.threads is not None:
+        import torch
+
+        torch.set_num_threads(was.threads)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, was.process_nice)
+    except OSError:
+        log.info("the idle-time nice stays on this process (no right to raise its priority again)")
 
 
 def undo_stale_idle_priority(settings: Settings) -> None:
@@ -174,7 +202,7 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
     runs_dir.mkdir(parents=True, exist_ok=True)
     clean_old_runs(runs_dir)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
-    restore_session = _lower_priority(settings)
+    priority = _lower_priority(settings)
     try:
         try:
             result = train(config, dataset=train_ds, images_dir=images_dir, out_dir=run_dir,
@@ -197,8 +225,7 @@ def run_improvement(project_id: int, *, settings: Settings, job, progress: Progr
             trained_from=start.version)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-        if restore_session is not None:
-            set_session_nice(restore_session)
+        _restore_priority(priority)
     done += iters
     outcome = "promoted" if registered["promoted"] else "candidate"
     line_base = registered["version"] if registered["promoted"] else current.version

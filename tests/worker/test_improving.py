@@ -30,6 +30,13 @@ def _work_all(conn) -> None:
     SimpleWorker(list(QUEUES), connection=conn).work(burst=True)
 
 
+def _may_raise_priority(to_nice: int) -> bool:
+    """Whether this process may set its nice back down to ``to_nice`` (root, or RLIMIT_NICE allows it)."""
+    import resource
+
+    return os.geteuid() == 0 or 20 - resource.getrlimit(resource.RLIMIT_NICE)[0] <= to_nice
+
+
 def _first_version(conn, settings) -> str:
     queued = trigger.request_training(conn, 1, reason="test", settings=settings)
     SimpleWorker([TRAIN_QUEUE], connection=conn).work(burst=True)
@@ -66,11 +73,19 @@ def test_idle_chunks_follow_the_push_record_their_evidence_and_stop_at_the_budge
     monkeypatch.setenv("SHOESEG_IDLE_CHUNK_ITERS", "1")
     monkeypatch.setenv("SHOESEG_IDLE_MAX_ITERS", "2")
     monkeypatch.setenv("SHOESEG_PROMOTE_TOLERANCE", "1.0")
+    monkeypatch.setenv("SHOESEG_IDLE_THREADS", "1")
+    import torch
+
+    nice, threads = os.getpriority(os.PRIO_PROCESS, 0), torch.get_num_threads()
     queued = trigger.request_training(redis_conn, 1, reason="test", settings=Settings.from_env())
     _work_all(redis_conn)
     registry = ModelRegistry(loop_env.model_dir)
     versions = sorted(registry.versions(), key=lambda v: v.created_at)
     assert [v.meta.get("kind") for v in versions] == ["round", "idle", "idle"]
+    # two chunks ran in this process (rq's SimpleWorker): its nice and its torch threads are as they were, where
+    # the system lets a process raise its priority again (else at the idle nice, not twice lowered)
+    assert torch.get_num_threads() == threads
+    assert os.getpriority(os.PRIO_PROCESS, 0) == (nice if _may_raise_priority(nice) else max(nice, 10))
     first = Job.fetch(queued["job_id"], connection=redis_conn).return_value()
     push = Job.fetch(first["predict_job_id"], connection=redis_conn)
     chunk = Job.fetch("idle-1-1", connection=redis_conn)
