@@ -178,5 +178,4 @@ def evidence_text(gate: Mapping[str, Any] | None) -> str | None:
     return text
 
 
-
 __all__ = ["METRIC", "GateDecision", "decide", "evidence_text", "paired_interval"]
