@@ -8,14 +8,24 @@ rule would have done with the same evidence:
 
 * **interval**: refused only when the whole interval lies below 0 (the default);
 * **interval + tolerance**: refused as well when the mean drops by more than ``--tolerance`` (0.01), the rule the
-  runs before the change were made with.
+  runs before the change were made with;
+* **expanded interval**: the interval rule with the interval widened for the number of images
+  (:func:`shoeseg.gate.expanded_level`, the default since 2026-12-08). Runs recorded before it hold a plain
+  percentile interval and no per-image scores, so the replay widens each recorded bound about the mean by the
+  ratio of the two levels' normal quantiles (exact for a normal bootstrap distribution, approximate otherwise);
+  a decision recorded with the expanded interval is taken as it is.
+
+``--coverage`` runs the simulation behind that default instead: paired differences of known mean 0 drawn from a
+normal, a skewed and a heavy-tailed distribution, on 5, 9, 15 and 30 images, and how often each interval holds
+the true mean and how often it says "worse" (a version no worse refused).
 
 A rule is judged by the held-out change of what it promotes and of what it refuses. Each decision is replayed
 alone: had a run promoted another version, what followed would differ, so this does not say what a whole run
 would have reached. Decisions recorded twice (a run scored again under another name, or two runs whose first
 chunks trained alike: the same evidence) count once, as the first file in name order scored them.
 
-Run: ``python -m bench gate_rules --runs docs/improving/run-*.json`` (seconds; reads files only).
+Run: ``python -m bench gate_rules --runs docs/improving/run-*.json`` (seconds; reads files only);
+``python -m bench gate_rules --coverage`` (about a minute on 2 cores).
 """
 
 from __future__ import annotations
@@ -25,6 +35,11 @@ import glob
 import json
 import logging
 from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+
+from shoeseg.gate import INTERVAL, expanded_level, paired_interval
 
 log = logging.getLogger("bench.gate_rules")
 
@@ -39,16 +54,28 @@ def decisions(path: Path) -> list[dict]:
         if gate.get("diff") is not None and gate.get("ci_high") is not None and current is not None:
             rows.append({"run": path.stem, "kind": v["kind"], "diff": gate["diff"], "ci_low": gate["ci_low"],
                          "ci_high": gate["ci_high"], "held_out": v["segm_AP"] - current["segm_AP"],
-                         "recorded": "promoted" if v["promoted"] else "refused"})
+                         "recorded": "promoted" if v["promoted"] else "refused",
+                         "ci_high_expanded": _expanded_high(gate)})
         if v["promoted"]:
             current = v
     return rows
 
 
+def _expanded_high(gate: dict) -> float:
+    """The top of a recorded decision's interval had it been expanded for its number of images (see the module)."""
+    n = gate.get("compared_on")
+    if gate.get("interval") == INTERVAL or not isinstance(n, int) or n < 2:
+        return gate["ci_high"]
+    level = gate.get("confidence") or 0.9
+    widen = NormalDist().inv_cdf(0.5 + expanded_level(level, n) / 2) / NormalDist().inv_cdf(0.5 + level / 2)
+    return gate["diff"] + widen * (gate["ci_high"] - gate["diff"])
+
+
 def rules(tolerance: float) -> dict:
     """Each rule's name and whether it promotes a decision's evidence."""
     return {"interval": lambda r: r["ci_high"] >= 0,
-            f"interval + tolerance {tolerance:g}": lambda r: r["ci_high"] >= 0 and r["diff"] >= -tolerance}
+            f"interval + tolerance {tolerance:g}": lambda r: r["ci_high"] >= 0 and r["diff"] >= -tolerance,
+            "expanded interval": lambda r: r["ci_high_expanded"] >= 0}
 
 
 def replay(rows: list[dict], tolerance: float) -> dict[str, dict]:
@@ -69,7 +96,7 @@ def _f(x: float | None) -> str:
 
 def report(rows: list[dict], summary: dict[str, dict], tolerance: float) -> str:
     lines = ["| run | kind | gate: difference [90 % interval] on 9 images | held-out change | recorded | "
-             f"interval | + tolerance {tolerance:g} |", "|---|---|---|---|---|---|---|"]
+             f"interval | + tolerance {tolerance:g} | expanded |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         said = " | ".join("promote" if promotes(r) else "refuse" for promotes in rules(tolerance).values())
         lines.append(f"| {r['run']} | {r['kind']} | {_f(r['diff'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}] | "
@@ -82,14 +109,57 @@ def report(rows: list[dict], summary: dict[str, dict], tolerance: float) -> str:
     return "\n".join(lines)
 
 
+DISTRIBUTIONS = {  # paired differences of mean 0, one draw of k images each
+    "normal": lambda rng, k: rng.normal(0.0, 0.1, k),
+    "skewed": lambda rng, k: rng.exponential(0.1, k) - 0.1,  # most images a little worse, a few much better
+    "heavy-tailed": lambda rng, k: np.where(rng.random(k) < 0.2, rng.normal(0.0, 0.3, k), rng.normal(0.0, 0.03, k)),
+}
+
+
+def coverage(n: int, distribution: str, *, expanded: bool, trials: int = 1000, confidence: float = 0.9,
+             seed: int = 0) -> tuple[float, float]:
+    """How often the gate's interval on ``n`` paired differences of true mean 0 holds 0, and how often it lies
+    wholly below 0 (the gate would refuse a version no worse). ``expanded=False``: the plain percentile interval.
+    """
+    rng = np.random.default_rng(seed)
+    held = below = 0
+    for trial in range(trials):
+        d = DISTRIBUTIONS[distribution](rng, n)
+        _, low, high = paired_interval(d, np.zeros(n), confidence=confidence, seed=trial, expand=expanded)
+        held += low <= 0.0 <= high
+        below += high < 0.0
+    return held / trials, below / trials
+
+
+def coverage_table(trials: int) -> str:
+    lines = ["| images | differences | plain 90 %: holds the mean | says worse | expanded 90 %: holds the mean | "
+             "says worse |", "|---|---|---|---|---|---|"]
+    for n in (5, 9, 15, 30):
+        for name in DISTRIBUTIONS:
+            plain = coverage(n, name, expanded=False, trials=trials)
+            wide = coverage(n, name, expanded=True, trials=trials)
+            lines.append(f"| {n} | {name} | {plain[0]:.0%} | {plain[1]:.0%} | {wide[0]:.0%} | {wide[1]:.0%} |")
+            log.info("%s", lines[-1])
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", default=["docs/improving/run-*.json"],
                         help="improving.json files of bench_improving runs (globs allowed)")
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--out", default=None, help="write the tables to this markdown file")
+    parser.add_argument("--coverage", action="store_true",
+                        help="simulate how often the plain and the expanded interval hold a known mean")
+    parser.add_argument("--trials", type=int, default=1000, help="--coverage: draws per row")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.coverage:
+        text = coverage_table(args.trials)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+        return
     paths = sorted({Path(p) for pattern in args.runs for p in glob.glob(pattern)})
     if not paths:
         raise SystemExit(f"no run found at {args.runs}")

@@ -2,7 +2,8 @@
 
 Both versions are scored on the same validation images (each image's own mask AP, from
 :func:`shoeseg.evaluate.evaluate` with ``per_image_ap=True``), and the per-image differences
-``new - current`` are resampled (a paired bootstrap, seeded) into an interval of their mean. The rule:
+``new - current`` are resampled (a paired bootstrap, seeded) into an interval of their mean, widened for the
+handful of images a project validates on so that its 90 % means 90 % (:func:`expanded_level`). The rule:
 
 * **refused** when the evidence says the new version is worse: the whole interval lies below 0;
 * **promoted** otherwise: not worse beyond the interval.
@@ -30,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -40,6 +42,8 @@ from via_tools.model import is_finite_number
 
 #: What the gate compares: each validation image's mask AP (COCO, averaged over IoU 0.5:0.95).
 METRIC = "per-image mask AP"
+#: How the interval of the differences is made (:func:`paired_interval`), recorded with each decision.
+INTERVAL = "expanded percentile bootstrap"
 #: Bootstrap resamples of the per-image differences.
 N_BOOTSTRAP = 2000
 
@@ -58,6 +62,8 @@ class GateDecision:
         ci_low / ci_high: the bootstrap interval of ``diff`` at ``confidence``.
         confidence: the interval's level.
         tolerance: the largest drop of the mean that can still be promoted (``None``: no rule on the mean).
+        interval: how the interval was made (:data:`INTERVAL`; decisions recorded before 2026-12-08 hold none:
+            a plain percentile bootstrap).
     """
 
     promote: bool
@@ -71,20 +77,24 @@ class GateDecision:
     ci_high: float | None = None
     confidence: float = 0.9
     tolerance: float | None = None
+    interval: str = INTERVAL
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def paired_interval(new: Sequence[float], current: Sequence[float], *, confidence: float = 0.9,
-                    n_boot: int = N_BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
-    """The mean of the paired differences ``new - current`` and its percentile bootstrap interval.
+                    n_boot: int = N_BOOTSTRAP, seed: int = 0, expand: bool = True) -> tuple[float, float, float]:
+    """The mean of the paired differences ``new - current`` and its expanded percentile bootstrap interval.
 
     Args:
         new / current: one value per image, in the same order.
-        confidence: the interval's level (0.9: the 5th to the 95th percentile of the resampled means).
+        confidence: the interval's level, expanded for the number of images (:func:`expanded_level`; 0.9 on 9
+            images: the 2.4th to the 97.6th percentile of the resampled means, on 1000 the 5th to the 95th).
         n_boot: resamples.
         seed: the resampling's seed (the same evidence always gives the same interval).
+        expand: widen the interval for the number of images (the gate's; ``False``: the plain percentile interval,
+            for comparison).
 
     Returns:
         ``(mean, low, high)``.
@@ -107,9 +117,57 @@ def paired_interval(new: Sequence[float], current: Sequence[float], *, confidenc
     d = a - b
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, d.size, size=(int(n_boot), d.size))].mean(axis=1)
-    tail = (1.0 - confidence) / 2.0
+    tail = (1.0 - (expanded_level(confidence, d.size) if expand else confidence)) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(d.mean()), float(low), float(high)
+
+
+def expanded_level(confidence: float, n: int) -> float:
+    """The percentile level that gives a bootstrap interval of ``n`` paired differences its stated ``confidence``.
+
+    A plain percentile bootstrap is too narrow on a handful of images: it treats the spread of the images it has
+    as the spread of all images (it divides by ``n``, not ``n - 1``) and a normal tail where a Student one
+    belongs. On 9 images its "90 %" interval held the true mean 78-84 % of the time in a simulation (normal,
+    skewed and heavy-tailed differences, ``python -m bench gate_rules --coverage``), so a version no worse than
+    the current one was refused in 8-18 % of decisions where 5 % is stated. The expanded percentile interval
+    (Hesterberg, "What teachers should know about the bootstrap", 2015) takes the percentiles at the level whose
+    normal quantile is ``sqrt(n / (n - 1)) * t(n - 1)``: on 9 images the 90 % interval reads the 2.4th and 97.6th
+    percentiles, and held the mean 84-90 % of the time in the same simulation (refused 6-14 %; a skewed
+    difference stays hardest for any percentile interval). With one image there is no spread to correct: the
+    level stays.
+
+    Example:
+        >>> round(expanded_level(0.9, 9), 3), round(expanded_level(0.9, 1000), 3)
+        (0.951, 0.9)
+    """
+    if n < 2:
+        return float(confidence)
+    z = math.sqrt(n / (n - 1)) * _student_quantile(1.0 - (1.0 - confidence) / 2.0, n - 1)
+    return math.erf(z / math.sqrt(2.0))  # the two-sided normal level of z
+
+
+def _student_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile (``p`` >= 0.5) of Student's t with ``df`` degrees of freedom, by bisection on its CDF
+    (the density integrated with the trapezoid rule; accurate to about 1e-4 for the levels the gate uses).
+
+    Example:
+        >>> round(_student_quantile(0.95, 8), 3)
+        1.86
+    """
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        t = np.linspace(0.0, x, 4001)
+        f = np.exp(log_c - (df + 1) / 2 * np.log1p(t * t / df))
+        return 0.5 + float(((f[1:] + f[:-1]) * np.diff(t)).sum() / 2)
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2.0
+    for _ in range(50):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
 
 
 def decide(new: Sequence[float | None], current: Sequence[float | None], *, has_current: bool,
@@ -178,4 +236,4 @@ def evidence_text(gate: Mapping[str, Any] | None) -> str | None:
     return text
 
 
-__all__ = ["METRIC", "GateDecision", "decide", "evidence_text", "paired_interval"]
+__all__ = ["INTERVAL", "METRIC", "GateDecision", "decide", "evidence_text", "expanded_level", "paired_interval"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from bench.bench_gate_rules import decisions, replay
+import pytest
+
+from bench.bench_gate_rules import coverage, decisions, replay
 
 
 def _version(minute: int, ap: float, promoted: bool, gate: dict | None, kind: str = "idle") -> dict:
@@ -28,3 +30,25 @@ def test_each_decision_is_judged_against_the_promoted_version_before_it(tmp_path
     assert (interval["promoted"], interval["refused"], interval["refused_not_worse"]) == (2, 1, 0)
     assert (tolerance["promoted"], tolerance["refused"], tolerance["refused_not_worse"]) == (1, 2, 1)
     assert abs(tolerance["promoted_mean"] - 0.1) < 1e-9
+
+
+def test_the_expanded_rule_widens_a_plain_recorded_interval_and_takes_an_expanded_one_as_recorded(tmp_path):
+    run = tmp_path / "improving.json"
+    plain = {"diff": -0.05, "ci_low": -0.095, "ci_high": -0.005, "compared_on": 9, "confidence": 0.9}
+    run.write_text(json.dumps({"versions": [
+        _version(0, 0.40, True, {"diff": None}, kind="round"),
+        _version(10, 0.42, False, plain),  # widened about the mean by 1.973 / 1.645: top -0.05 + 1.2 * 0.045 > 0
+        _version(20, 0.42, False, {**plain, "ci_high": -0.015}),  # top -0.05 + 1.2 * 0.035 < 0: still worse
+        _version(30, 0.42, False, {**plain, "interval": "expanded percentile bootstrap"}),  # recorded widened
+    ]}))
+    rows = decisions(run)
+    assert [r["ci_high_expanded"] > 0 for r in rows] == [True, False, False]
+    assert rows[0]["ci_high_expanded"] == pytest.approx(-0.05 + 0.045 * 1.973 / 1.645, abs=1e-3)
+    assert replay(rows, tolerance=0.01)["expanded interval"]["promoted"] == 1
+
+
+def test_on_nine_images_the_expanded_interval_holds_a_known_mean_more_often_than_the_plain_one():
+    plain_held, plain_worse = coverage(9, "normal", expanded=False, trials=300)
+    held, worse = coverage(9, "normal", expanded=True, trials=300)
+    assert held > plain_held and worse < plain_worse
+    assert 0.85 <= held <= 0.95  # the stated 90 %, within what 300 draws can tell

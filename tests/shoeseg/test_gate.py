@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoeseg.gate import decide, paired_interval
+from shoeseg.gate import decide, expanded_level, paired_interval
 
 
 def test_the_interval_of_identical_differences_is_that_difference():
@@ -81,3 +81,24 @@ def test_evidence_text_names_difference_interval_and_images():
     assert evidence_text(decide([], [], has_current=False).to_json()) is None
     assert evidence_text({"diff": float("nan")}) is None
     assert evidence_text(None) is None
+
+
+def test_the_interval_is_widened_on_a_handful_of_images_and_hardly_on_many():
+    assert expanded_level(0.9, 9) == pytest.approx(0.9514, abs=1e-3)  # sqrt(9/8) * t(8) = 1.973, two-sided normal
+    assert expanded_level(0.9, 2) > 0.999 and expanded_level(0.9, 1) == 0.9
+    assert expanded_level(0.9, 1000) == pytest.approx(0.9, abs=1e-3)
+    rng = np.random.default_rng(3)
+    current = rng.uniform(0.3, 0.7, size=9)
+    new = current + rng.normal(-0.02, 0.08, size=9)
+    mean, low, high = paired_interval(new, current)
+    _, plain_low, plain_high = paired_interval(new, current, expand=False)
+    assert low < plain_low <= mean <= plain_high < high
+    assert (high - low) > 1.15 * (plain_high - plain_low)  # about 1.973 / 1.645 = 1.2 wider on 9 images
+
+
+def test_a_version_the_plain_interval_calls_worse_on_nine_images_can_be_not_worse_beyond_the_widened_one():
+    current = [0.6] * 9
+    new = [0.6 + d for d in (-0.15, -0.12, -0.1, -0.08, -0.06, -0.04, 0.0, 0.03, 0.11)]  # plain top -0.003, widened +0.004
+    plain = paired_interval(new, current, expand=False)
+    d = decide(new, current, has_current=True)
+    assert plain[2] < 0 < d.ci_high and d.promote and d.interval == "expanded percentile bootstrap"
