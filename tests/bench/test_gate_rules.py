@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bench.bench_gate_rules import coverage, decisions, replay
+from shoeseg.gate import INTERVAL
 
 
 def _version(minute: int, ap: float, promoted: bool, gate: dict | None, kind: str = "idle") -> dict:
@@ -39,7 +40,7 @@ def test_the_expanded_rule_widens_a_plain_recorded_interval_and_takes_an_expande
         _version(0, 0.40, True, {"diff": None}, kind="round"),
         _version(10, 0.42, False, plain),  # widened about the mean by 1.973 / 1.645: top -0.05 + 1.2 * 0.045 > 0
         _version(20, 0.42, False, {**plain, "ci_high": -0.015}),  # top -0.05 + 1.2 * 0.035 < 0: still worse
-        _version(30, 0.42, False, {**plain, "interval": "expanded percentile bootstrap"}),  # recorded widened
+        _version(30, 0.42, False, {**plain, "interval": INTERVAL}),  # recorded widened
     ]}))
     rows = decisions(run)
     assert [r["ci_high_expanded"] > 0 for r in rows] == [True, False, False]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shoeseg.gate import decide, expanded_level, paired_interval
+from shoeseg.gate import INTERVAL, decide, expanded_level, paired_interval
 
 
 def test_the_interval_of_identical_differences_is_that_difference():
@@ -85,7 +85,7 @@ def test_evidence_text_names_difference_interval_and_images():
 
 def test_the_interval_is_widened_on_a_handful_of_images_and_hardly_on_many():
     assert expanded_level(0.9, 9) == pytest.approx(0.9514, abs=1e-3)  # sqrt(9/8) * t(8) = 1.973, two-sided normal
-    assert expanded_level(0.9, 2) > 0.999 and expanded_level(0.9, 1) == 0.9
+    assert expanded_level(0.9, 2) > 0.999 and expanded_level(0.9, 1) == pytest.approx(0.9)
     assert expanded_level(0.9, 1000) == pytest.approx(0.9, abs=1e-3)
     rng = np.random.default_rng(3)
     current = rng.uniform(0.3, 0.7, size=9)
@@ -101,4 +101,20 @@ def test_a_version_the_plain_interval_calls_worse_on_nine_images_can_be_not_wors
     new = [0.6 + d for d in (-0.15, -0.12, -0.1, -0.08, -0.06, -0.04, 0.0, 0.03, 0.11)]  # plain top -0.003, widened +0.004
     plain = paired_interval(new, current, expand=False)
     d = decide(new, current, has_current=True)
-    assert plain[2] < 0 < d.ci_high and d.promote and d.interval == "expanded percentile bootstrap"
+    assert plain[2] < 0 < d.ci_high and d.promote and d.interval == INTERVAL
+
+
+def test_on_two_to_four_images_the_interval_is_students_not_the_images_own_range():
+    mean, low, high = paired_interval([0.49, 0.48], [0.5, 0.5])  # both a little worse
+    half = 6.3138 * np.std([-0.01, -0.02], ddof=1) / np.sqrt(2)  # t(1) at 0.95
+    assert mean == pytest.approx(-0.015) and (low, high) == pytest.approx((-0.015 - half, -0.015 + half), abs=1e-4)
+    assert decide([0.49, 0.48], [0.5, 0.5], has_current=True).promote  # two images cannot say "worse" here
+    _, plain_low, plain_high = paired_interval([0.49, 0.48], [0.5, 0.5], expand=False)
+    assert plain_high < 0  # the percentile bootstrap's range would have refused it
+    assert paired_interval([0.4] * 3, [0.5] * 3) == pytest.approx((-0.1, -0.1, -0.1))  # no spread, no width
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, 1.2, -0.1])
+def test_a_confidence_outside_zero_to_one_is_refused(confidence):
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        paired_interval([0.5, 0.6], [0.4, 0.5], confidence=confidence)
