@@ -6,14 +6,15 @@ never entered the project. For every decision this takes the held-out change it 
 held-out mask AP minus that of the version it was judged against, the promoted one before it) and says what each
 rule would have done with the same evidence:
 
-* **interval**: refused only when the whole interval lies below 0 (the default);
+* **interval**: refused only when the whole (plain percentile) interval lies below 0 (the default until 2026-12-08);
 * **interval + tolerance**: refused as well when the mean drops by more than ``--tolerance`` (0.01), the rule the
   runs before the change were made with;
 * **expanded interval**: the interval rule with the interval widened for the number of images
   (:func:`shoeseg.gate.expanded_level`, the default since 2026-12-08). Runs recorded before it hold a plain
   percentile interval and no per-image scores, so the replay widens each recorded bound about the mean by the
   ratio of the two levels' normal quantiles (exact for a normal bootstrap distribution, approximate otherwise);
-  a decision recorded with the expanded interval is taken as it is.
+  a decision recorded with the expanded interval is taken as it is, and narrowed by that ratio for the other two
+  rules.
 
 ``--coverage`` runs the simulation behind that default instead: paired differences of known mean 0 drawn from a
 normal, a skewed and a heavy-tailed distribution, on 5, 9, 15 and 30 images, and how often each interval holds
@@ -39,7 +40,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from shoeseg.gate import expanded_z, paired_interval
+from shoeseg.gate import INTERVAL, expanded_z, paired_interval
 
 log = logging.getLogger("bench.gate_rules")
 
@@ -54,27 +55,31 @@ def decisions(path: Path) -> list[dict]:
         if gate.get("diff") is not None and gate.get("ci_high") is not None and current is not None:
             rows.append({"run": path.stem, "kind": v["kind"], "diff": gate["diff"], "ci_low": gate["ci_low"],
                          "ci_high": gate["ci_high"], "held_out": v["segm_AP"] - current["segm_AP"],
-                         "recorded": "promoted" if v["promoted"] else "refused",
-                         "ci_high_expanded": _expanded_high(gate)})
+                         "recorded": "promoted" if v["promoted"] else "refused"})
+            rows[-1]["ci_high_plain"], rows[-1]["ci_high_expanded"] = _tops(gate)
         if v["promoted"]:
             current = v
     return rows
 
 
-def _expanded_high(gate: dict) -> float:
-    """The top of a recorded decision's interval had it been expanded for its number of images (see the module)."""
+def _tops(gate: dict) -> tuple[float, float]:
+    """The top of a recorded decision's interval as the plain percentile interval and as the expanded one gave it:
+    the one recorded is taken as it is, the other is widened or narrowed about the mean (see the module)."""
     n = gate.get("compared_on")
-    if str(gate.get("interval", "")).startswith("expanded") or not isinstance(n, int) or n < 2:
-        return gate["ci_high"]
+    if not isinstance(n, int) or n < 2:
+        return gate["ci_high"], gate["ci_high"]
     level = gate.get("confidence") or 0.9
     widen = expanded_z(level, n) / NormalDist().inv_cdf(0.5 + level / 2)
-    return gate["diff"] + widen * (gate["ci_high"] - gate["diff"])
+    spread = gate["ci_high"] - gate["diff"]
+    if gate.get("interval") == INTERVAL:
+        return gate["diff"] + spread / widen, gate["ci_high"]
+    return gate["ci_high"], gate["diff"] + spread * widen
 
 
 def rules(tolerance: float) -> dict:
     """Each rule's name and whether it promotes a decision's evidence."""
-    return {"interval": lambda r: r["ci_high"] >= 0,
-            f"interval + tolerance {tolerance:g}": lambda r: r["ci_high"] >= 0 and r["diff"] >= -tolerance,
+    return {"interval": lambda r: r["ci_high_plain"] >= 0,
+            f"interval + tolerance {tolerance:g}": lambda r: r["ci_high_plain"] >= 0 and r["diff"] >= -tolerance,
             "expanded interval": lambda r: r["ci_high_expanded"] >= 0}
 
 
@@ -132,6 +137,7 @@ def coverage(n: int, distribution: str, *, expanded: bool, trials: int = 1000, c
 
 
 def coverage_table(trials: int) -> str:
+    """The plain and the expanded interval side by side, per number of images and distribution (markdown)."""
     lines = ["| images | differences | plain 90 %: holds the mean | says worse | expanded 90 %: holds the mean | "
              "says worse |", "|---|---|---|---|---|---|"]
     for n in (5, 9, 15, 30):

@@ -44,6 +44,7 @@ def test_the_expanded_rule_widens_a_plain_recorded_interval_and_takes_an_expande
     ]}))
     rows = decisions(run)
     assert [r["ci_high_expanded"] > 0 for r in rows] == [True, False, False]
+    assert rows[2]["ci_high_plain"] == pytest.approx(-0.05 + 0.045 * 1.645 / 1.973, abs=1e-3)  # narrowed back
     assert rows[0]["ci_high_expanded"] == pytest.approx(-0.05 + 0.045 * 1.973 / 1.645, abs=1e-3)
     assert replay(rows, tolerance=0.01)["expanded interval"]["promoted"] == 1
 
